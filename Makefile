@@ -1,0 +1,41 @@
+# Two commands on a fresh machine (see README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= out/demo
+# The same torch release everywhere; pip takes it from the local wheel cache where one exists.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-fast official clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# The main job on the embedded default (tiny preset, local output folder).
+# Until the build flow lands (issue #6), `build` runs what exists: the dry run (effective config and plan)
+# and a synthetic dataset written through the real plan, shard store and manifest.
+demo: install
+	$(BIN)/magicseg build --preset tiny --out $(DEMO_OUT) --dry-run
+	$(BIN)/magicseg build --preset tiny --out $(DEMO_OUT) --synthetic
+	$(BIN)/magicseg inspect $(DEMO_OUT)
+	$(BIN)/magicseg preview $(DEMO_OUT) --out $(DEMO_OUT)/preview.png
+
+# The whole suite, slow tests included (CI runs exactly this).
+test: install
+	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow: the inner loop while developing.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# groundingdino-py compiles an extension against the installed torch, so it must see it (no build isolation).
+official: install
+	$(BIN)/pip install --no-build-isolation 'groundingdino-py>=0.4'
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

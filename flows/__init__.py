@@ -1,0 +1,1 @@
+"""Prefect flows users trigger (build, train, evaluate) and the ``magicseg`` command line."""

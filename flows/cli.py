@@ -1,0 +1,270 @@
+"""The ``magicseg`` command line (DESIGN.md section 3).
+
+Every user mistake (bad config, unknown class, unreachable storage, corrupt shard) ends as one line on stderr
+and exit code 2; ``--debug`` shows the traceback instead. Other exceptions are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+EXIT_USAGE = 2  # bad input: config, class names, storage, arguments
+EXIT_UNHEALTHY = 1  # `inspect` found missing/corrupt/unlisted shards
+
+
+class CliError(Exception):
+    """Raised by the parser instead of printing usage and exiting, so errors stay one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D102 - argparse hook
+        raise CliError(f"{self.prog}: {message}")
+
+
+def _not_landed(command: str, issue: int, hint: str = "") -> None:
+    from magicseg_models.errors import MagicSegError
+
+    raise MagicSegError(f"'{command}' is not available yet (lands with issue #{issue}){hint}")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _classes_fields(value: str | None) -> dict:
+    """``--classes``: an existing file (or any URL) is a vocabulary file, anything else a comma list."""
+    if not value:
+        return {}
+    if "://" in value or os.path.exists(value):
+        return {"vocabulary": {"file": value, "classes": None}}
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    return {"vocabulary": {"classes": names}}
+
+
+def _build_config(args) -> Any:
+    from magicseg_models.config import load_config
+
+    fields: dict[str, Any] = {
+        "out": args.out, "num_samples": args.num_samples, "seed": args.seed, "shard_size": args.shard_size,
+        **_classes_fields(args.classes),
+    }
+    return load_config("build", args.preset, args.config, args.set or (), **fields)
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+
+
+# ------------------------------------------------------------------------------------------- commands
+def cmd_build(args) -> int:
+    from magicseg_models.config import public_config
+    from magicseg_models.planning import iter_jobs, plan_summary, spec_from_config
+    from magicseg_models.vocabulary import Vocabulary
+
+    config = _build_config(args)
+    vocabulary = Vocabulary.load(config.vocabulary.file, config.vocabulary.classes)
+    spec = spec_from_config(config, vocabulary)
+    if args.dry_run:
+        print(f"# effective build config (preset '{config.preset}'); secrets redacted")
+        print(_yaml(public_config(config)), end="")
+        print("---")
+        print(f"# plan over {vocabulary.source}")
+        print(_yaml({"plan": plan_summary(spec)}), end="")
+        return 0
+    if not config.out:
+        from magicseg_models.errors import ConfigError
+
+        raise ConfigError("magicseg build needs --out URI (a local folder or s3://bucket/prefix)")
+    if args.synthetic:
+        from magicseg_models.dataset.synthetic import write_synthetic_dataset
+
+        write_synthetic_dataset(
+            config.out, iter_jobs(spec), vocabulary.full_names(), selected_classes=vocabulary.names,
+            config=public_config(config), storage_options=config.storage.storage_options,
+            height=config.generator.height, width=config.generator.width,
+        )
+        print(f"wrote a synthetic dataset of {spec.num_samples} planned samples to {config.out} "
+              "(shapes drawn by code, no models: checks storage, plan, inspect and preview)")
+        return 0
+    _not_landed("build", 6, "; --dry-run shows the config and plan, --synthetic writes a synthetic dataset")
+    return EXIT_USAGE
+
+
+def cmd_prompts(args) -> int:
+    _not_landed("prompts", 3)
+    return EXIT_USAGE
+
+
+def cmd_train(args) -> int:
+    _not_landed("train", 7)
+    return EXIT_USAGE
+
+
+def cmd_eval(args) -> int:
+    _not_landed("eval", 8)
+    return EXIT_USAGE
+
+
+def cmd_inspect(args) -> int:
+    from magicseg_models.dataset.inspect import inspect_dataset
+
+    report = inspect_dataset(args.uri, progress=_progress_printer("verifying shards") if not args.json else None)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print_report(report)
+    for problem in report["problems"]:
+        print(f"magicseg inspect: {problem}", file=sys.stderr)
+    return 0 if report["ok"] else EXIT_UNHEALTHY
+
+
+def cmd_preview(args) -> int:
+    from magicseg_models.dataset.preview import render_preview
+
+    result = render_preview(args.uri, args.out, n=args.n)
+    print(f"wrote {result['path']}: {result['rows']} samples")
+    return 0
+
+
+def _progress_printer(label: str):
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import Progress
+
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = Progress(transient=True)
+            state["bar"].start()
+            state["task"] = state["bar"].add_task(label, total=total)
+        state["bar"].update(state["task"], completed=done)
+        if done >= total:
+            state.pop("bar").stop()
+
+    return update
+
+
+def _print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cov = report["coverage"]
+    console.print(f"[bold]{report['uri']}[/] schema v{report['schema_version']}, code {report['code_version']}")
+    console.print(f"samples {report['samples']} of {report['planned']} planned; dropped {report['dropped_total']}"
+                  + "".join(f"\n  {reason}: {n}" for reason, n in report["dropped"].items()))
+    console.print(f"per-class samples over {cov['classes']} classes: min {cov['min']}, median {cov['median']}, "
+                  f"max {cov['max']}; classes with none: {len(cov['classes_with_none'])}")
+    top = list(report["per_class"].items())
+    if top:
+        console.print("  " + ", ".join(f"{name} {count}" for name, count in top[:12])
+                      + (" ..." if len(top) > 12 else ""))
+    table = Table("shard", "rows", "bytes", "status")
+    for shard in report["shards"]:
+        style = "green" if shard["status"] == "ok" else "red"
+        table.add_row(shard["path"], str(shard["rows"]), str(shard["bytes"]), f"[{style}]{shard['status']}[/]")
+    console.print(table)
+    console.print("[green]healthy[/]" if report["ok"] else f"[red]{len(report['problems'])} problem(s)[/]")
+
+
+# ------------------------------------------------------------------------------------------- parser
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (over the preset)")
+    p.add_argument("--set", action="append", metavar="key.path=value",
+                   help="override one config key (repeatable), e.g. --set generator.steps=30")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from magicseg_models import __version__
+
+    parser = _Parser(prog="magicseg", description="MagicSeg data factory: build open-world segmentation data "
+                     "from class names, train ZegCLIP on it, evaluate it.")
+    parser.add_argument("--version", action="version", version=f"magicseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("build", help="build a dataset (Prefect flow on Ray)")
+    p.add_argument("--out", metavar="URI", help="dataset URI: a folder, file://..., s3://bucket/prefix")
+    p.add_argument("--preset", help="build preset: tiny (default), sd15, sd15-random")
+    p.add_argument("--num-samples", type=int, metavar="N")
+    p.add_argument("--classes", metavar="FILE|a,b,c", help="vocabulary file, or names to select from the 1205")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--shard-size", type=int, metavar="K")
+    _add_overrides(p)
+    p.add_argument("--dry-run", action="store_true", help="print the effective config and the plan summary")
+    p.add_argument("--synthetic", action="store_true",
+                   help="write synthetic shapes instead of running models (checks storage and tooling)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("prompts", help="try the prompt stage; JSON lines out")
+    p.add_argument("--classes", required=True, metavar="a,b")
+    p.add_argument("--n", type=int, default=5)
+    p.add_argument("--preset")
+    p.add_argument("--set", action="append", metavar="key.path=value")
+    p.set_defaults(func=cmd_prompts)
+
+    p = sub.add_parser("inspect", help="counts, per-class coverage, drop reasons, shard health")
+    p.add_argument("uri", metavar="URI")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("preview", help="PNG grid: image | counterfactual | masks with class names")
+    p.add_argument("uri", metavar="URI")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--n", type=int, default=16)
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("train", help="train ZegCLIP on a dataset (Ray Train)")
+    p.add_argument("--data", required=True, metavar="URI")
+    p.add_argument("--out", required=True, metavar="URI")
+    p.add_argument("--preset", help="train preset: tiny (default), zegclip-vitb16")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--resume", action="store_true")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint (or saved predictions) on a benchmark")
+    p.add_argument("--checkpoint", metavar="URI")
+    p.add_argument("--predictions", metavar="DIR", help="score saved label PNGs instead of running a model")
+    p.add_argument("--benchmark", required=True, choices=["voc", "context", "coco-object", "lvis", "oiv7-points"])
+    p.add_argument("--data-root", required=True, metavar="PATH")
+    p.add_argument("--limit", type=int, metavar="N")
+    p.add_argument("--out", metavar="URI")
+    p.add_argument("--preset")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return args.func(args)
+    except CliError as err:
+        print(f"{err} (see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - user errors become one line; bugs keep their traceback
+        from magicseg_models.errors import MagicSegError
+
+        if debug or not isinstance(err, MagicSegError):
+            raise
+        print(f"magicseg: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("magicseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

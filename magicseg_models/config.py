@@ -1,0 +1,384 @@
+"""Typed configuration: BuildConfig, TrainConfig, EvalConfig, layered from presets.
+
+Layers, later wins: the model defaults below (the paper's and the authors' values) -> a preset shipped as
+package data (``presets/<kind>/<name>.yaml``) -> ``--config FILE.yaml`` -> ``--set a.b=c`` overrides ->
+explicit CLI flags. Every model forbids unknown keys, so a typo fails with one line naming the key instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from importlib import resources
+from typing import Any, Literal, Sequence
+
+import fsspec
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from magicseg_models.errors import ConfigError
+
+Weights = Literal["pretrained", "random", "tiny"]
+"""``pretrained``: hub id or local path; ``random``: full-size architecture, random init (throughput
+benchmarks, no download); ``tiny``: tiny models built from configs in code (tests, CPU, seconds)."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------- build
+class StageResources(Section):
+    """How one stage runs on Ray: actors hold the model for the whole run."""
+
+    actors: int = Field(1, ge=1)
+    num_gpus: float = Field(1.0, ge=0, description="per actor; set to 0 automatically on machines without GPU")
+    num_cpus: float = Field(1.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+
+
+class VocabularyConfig(Section):
+    file: str | None = Field(None, description="custom vocabulary file (one name per line); None = builtin 1205")
+    classes: list[str] | None = Field(None, description="restrict to these names (ids of the full vocabulary kept)")
+
+
+class PlanConfig(Section):
+    two_class_fraction: float = Field(0.5, ge=0, le=1, description="share of jobs asking for two classes")
+
+
+class PromptsConfig(Section):
+    backend: Literal["openai", "hf", "template"] = "openai"
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = api.openai.com")
+    model: str = "gpt-3.5-turbo"
+    weights: Weights = "pretrained"
+    api_key_secret: str | None = Field(
+        None, description="name of a Prefect Secret block holding the API key; otherwise OPENAI_API_KEY")
+    prompts_per_call: int = Field(10, ge=1, description="k numbered prompts asked for per LLM call (paper: 10)")
+    temperature: float = Field(1.0, ge=0, le=2)
+    max_new_tokens: int = Field(1024, ge=16)
+    max_attempts: int = Field(3, ge=1, description="asks for rejected prompts again this many times")
+    on_failure: Literal["template", "drop"] = "template"
+    template: str = Field("a photo of {classes}", description="the paper's simple prompt (ablation baseline)")
+    concurrency: int = Field(16, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    resources: StageResources = StageResources(num_gpus=0.0)
+
+
+class GeneratorConfig(Section):
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    revision: str | None = None
+    weights: Weights = "pretrained"
+    height: int = Field(512, ge=8)
+    width: int = Field(512, ge=8)
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    scheduler: str = Field("default", description="'default' = the model's own (PNDM for SD 1.5), or a class name")
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    attention: Literal["sdpa", "default"] = "sdpa"
+    compile: bool = False
+    channels_last: bool = False
+    safety_checker: bool = Field(False, description="off for dataset building; flagged images dropped as 'nsfw'")
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    resources: StageResources = StageResources()
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        # the VAE downsamples by 8: other sizes fail deep inside the UNet
+        if value % 8:
+            raise ValueError("must be a multiple of 8")
+        return value
+
+
+class DetectorConfig(Section):
+    backend: Literal["transformers", "official"] = "transformers"
+    model: str = "IDEA-Research/grounding-dino-tiny"
+    weights: Weights = "pretrained"
+    config_file: str | None = Field(None, description="official backend: GroundingDINO_SwinT_OGC.py")
+    checkpoint: str | None = Field(None, description="official backend: groundingdino_swint_ogc.pth")
+    box_threshold: float = Field(0.3, ge=0, le=1)
+    text_threshold: float = Field(0.25, ge=0, le=1)
+    max_text_tokens: int = Field(256, ge=8, description="captions longer than this are split into chunks")
+
+
+class SegmenterConfig(Section):
+    backend: Literal["segment-anything", "transformers"] = "segment-anything"
+    model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    checkpoint: str | None = "sam_vit_h_4b8939.pth"
+    weights: Weights = "pretrained"
+
+
+class AnnotateConfig(Section):
+    detector: DetectorConfig = DetectorConfig()
+    segmenter: SegmenterConfig = SegmenterConfig()
+    keep: Literal["all", "any"] = Field("all", description="all: every named class detected; any: at least one")
+    counterfactual_threshold: float | None = Field(
+        None, ge=0, le=1, description="drop pairs whose counterfactual still shows a class above this score")
+    resources: StageResources = StageResources()
+
+
+class StorageConfig(Section):
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options (e.g. endpoint_url); prefer the AWS_* environment")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="None = RAY_ADDRESS if set, else a local Ray for the run")
+    num_cpus: int | None = None
+    object_store_memory: int | None = None
+
+
+class BuildConfig(Section):
+    preset: str = "tiny"
+    out: str | None = Field(None, description="dataset URI: local path, file://, s3://bucket/prefix, ...")
+    num_samples: int = Field(16, ge=0)
+    seed: int = Field(0, ge=0)
+    shard_size: int = Field(1000, ge=1)
+    shards_per_task: int = Field(1, ge=1, description="shards per Prefect task run (the unit of retry)")
+    vocabulary: VocabularyConfig = VocabularyConfig()
+    plan: PlanConfig = PlanConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+# ----------------------------------------------------------------------------------------------- train
+class ZegCLIPConfig(Section):
+    clip: str = "openai/clip-vit-base-patch16"
+    weights: Weights = "pretrained"
+    image_size: int = 512
+    prompt_tokens: int = Field(10, ge=0, description="deep prompt tokens per layer (100 in COCO configs)")
+    prompt_dropout: float = 0.1
+    decoder_layers: int = 3
+    decoder_dim: int = 512
+    decoder_heads: int = 8
+    decoder_ffn: int = 2048
+    text_templates: Literal["single", "imagenet15"] = "imagenet15"
+
+
+class SamplingConfig(Section):
+    num_classes: int = Field(100, ge=1, description="m: classes per image per step; >= |V| means all")
+
+
+class LossConfig(Section):
+    focal_weight: float = 100.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    dice_weight: float = 1.0
+    counterfactual: bool = True
+    counterfactual_weight: float = 1.0
+
+
+class OptimConfig(Section):
+    # The authors' config (the paper text says Adam 2e-4: the same effective rate on prompts and head).
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 2e-5
+    head_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    schedule: Literal["poly", "constant"] = "poly"
+    power: float = 0.9
+    min_lr: float = 1e-6
+    warmup_iters: int = 1500
+    batch_size: int = Field(64, ge=1, description="global batch size over all workers")
+
+
+class AugmentConfig(Section):
+    crop_size: int = 512
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+
+
+class TrainConfig(Section):
+    preset: str = "tiny"
+    data: str | None = None
+    out: str | None = None
+    steps: int = Field(20000, ge=1)
+    workers: int = Field(1, ge=1)
+    use_gpu: bool | None = Field(None, description="None = when the cluster has GPUs")
+    resume: bool = False
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(2000, ge=1)
+    model: ZegCLIPConfig = ZegCLIPConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+# ------------------------------------------------------------------------------------------------ eval
+class BenchmarkSettings(Section):
+    bg_threshold: float = Field(0.95, ge=0, le=1, description="background where the best class score is below")
+    prompt_names: str = Field("default", description="which prompt-name column of the benchmark's vocab to use")
+
+
+def _default_benchmarks() -> dict[str, BenchmarkSettings]:
+    # Paper: 0.95 everywhere (the GroupViT setting for VOC and COCO-Object; GroupViT uses 0.35 on Context).
+    return {name: BenchmarkSettings() for name in ("voc", "context", "coco-object", "lvis", "oiv7-points")}
+
+
+class InferenceConfig(Section):
+    short_side: int = 512
+    crop_size: int = 512
+    stride: int = 426
+    batch_size: int = Field(8, ge=1)
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class EvalConfig(Section):
+    preset: str = "tiny"
+    checkpoint: str | None = None
+    benchmark: Literal["voc", "context", "coco-object", "lvis", "oiv7-points"] = "voc"
+    data_root: str | None = None
+    predictions: str | None = None
+    limit: int | None = Field(None, ge=1)
+    out: str | None = None
+    p_miou_aggregation: Literal["per_class", "per_image_class"] = "per_class"
+    model: ZegCLIPConfig = ZegCLIPConfig()
+    inference: InferenceConfig = InferenceConfig()
+    benchmarks: dict[str, BenchmarkSettings] = Field(default_factory=_default_benchmarks)
+    storage: StorageConfig = StorageConfig()
+
+
+KINDS: dict[str, type[Section]] = {"build": BuildConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+# --------------------------------------------------------------------------------------------- loading
+def available_presets(kind: str) -> list[str]:
+    folder = resources.files("magicseg_models") / "presets" / kind
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_preset(kind: str, name: str) -> dict:
+    path = resources.files("magicseg_models") / "presets" / kind / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown {kind} preset '{name}'; available: {', '.join(available_presets(kind))}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _read_yaml_file(path: str) -> dict:
+    try:
+        with fsspec.open(path, "rt") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"generator.steps=30"`` -> (["generator", "steps"], 30); values are YAML (numbers, bools, lists)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key.path=value, got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # unparseable YAML is taken as a plain string
+    return key.split("."), value
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    for part in reversed(path):
+        value = {part: value}
+    return value
+
+
+def _format_validation_error(err: ValidationError, model: type[BaseModel]) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        hint = _closest_key(model, [str(p) for p in first["loc"]])
+        return f"unknown config key '{path}'" + (f"; did you mean '{hint}'?" if hint else "")
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    more = len(err.errors()) - 1
+    tail = f" [+{more} more]" if more else ""
+    return f"invalid config value for '{path}': {first['msg']}{got_text}{tail}"
+
+
+def _closest_key(model: type[BaseModel], loc: list[str]) -> str | None:
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        current = field.annotation
+    match = difflib.get_close_matches(loc[-1], list(current.model_fields), n=1)
+    return ".".join(loc[:-1] + match) if match else None
+
+
+def load_config(kind: str, preset: str | None = None, config_file: str | None = None,
+                overrides: Sequence[str] = (), **fields: Any):
+    """Build a validated config of ``kind`` (build | train | eval) from its layers.
+
+    ``fields`` are explicit CLI flags (``out=..., num_samples=...``); ``None`` values are skipped.
+    """
+    model = KINDS[kind]
+    file_layer = _read_yaml_file(config_file) if config_file else {}
+    name = preset or file_layer.get("preset") or model.model_fields["preset"].default
+    data = _deep_merge(_read_preset(kind, name), file_layer)
+    for item in overrides:
+        path, value = parse_override(item)
+        data = _deep_merge(data, _nest(path, value))
+    data = _deep_merge(data, {k: v for k, v in fields.items() if v is not None})
+    data["preset"] = name
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, model)) from None
+
+
+# -------------------------------------------------------------------------------------------- secrets
+_SECRET_KEY = re.compile(r"(secret|password|passwd|(^|_)token$|credential|api_?key$|^key$)", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+REDACTED = "<redacted>"
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Copy of a JSON-like value with secret-looking entries replaced, for manifests and artifacts.
+
+    ``api_key_secret`` names a Prefect Secret block (not the secret itself) and is kept.
+    """
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str):
+        if key != "api_key_secret" and _SECRET_KEY.search(key):
+            return REDACTED
+        return _URL_USERINFO.sub(r"\g<scheme>" + REDACTED + "@", value)
+    if key and _SECRET_KEY.search(key) and value is not None and not isinstance(value, (bool, int, float)):
+        return REDACTED
+    return value
+
+
+def public_config(config: BaseModel) -> dict:
+    """The config as JSON with secrets removed: what manifests, artifacts and logs may show."""
+    return redact(config.model_dump(mode="json"))

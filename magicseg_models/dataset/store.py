@@ -1,0 +1,264 @@
+"""Writing a dataset: shards published whole, commit records, and a manifest derived from them.
+
+The shard is the unit of work, naming and commit (img2dataset, datatrove): a :class:`ShardWriter` stages rows
+in a local Parquet file; ``commit`` closes it, publishes it atomically, then writes the shard's commit record
+(``_magicseg/commits/part-NNNNN.json``) and refreshes ``manifest.json`` from all records. Records are
+independent files, so writers committing at once never overwrite each other's entries; the manifest refresh
+re-lists after writing and rewrites until it has seen every record (so the last writer always writes a complete
+manifest). A shard without a commit record is treated as not done and is redone by a resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import magicseg_models
+from magicseg_models.config import redact
+from magicseg_models.dataset.schema import (
+    META_SCHEMA_VERSION, META_SETTINGS, SCHEMA, SCHEMA_VERSION, column_compression,
+)
+from magicseg_models.dataset.storage import Storage
+from magicseg_models.errors import ShardError, StorageError
+
+SHARDS_DIR = "shards"
+COMMITS_DIR = "_magicseg/commits"
+RUN_FILE = "_magicseg/run.json"
+MANIFEST = "manifest.json"
+ROW_GROUP_ROWS = 256  # ~25-50 MB groups of 512px JPEG pairs: column reads stay cheap, memory stays bounded
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def shard_rel_path(index: int) -> str:
+    return f"{SHARDS_DIR}/{shard_name(index)}"
+
+
+def shard_index(name: str) -> int:
+    return int(os.path.basename(name)[len("part-"):].split(".")[0])
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout (recorded in manifests)."""
+    version = magicseg_models.__version__
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(magicseg_models.__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{version}+g{sha}" if sha else version
+
+
+def sha256_file(path: str, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ShardInfo:
+    """What a commit record and a manifest entry say about one published shard."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+    shard: int = -1
+    planned: int = 0
+    dropped: dict[str, str] = field(default_factory=dict)  # sample_id -> reason
+    committed_at: float = 0.0
+
+    def manifest_entry(self) -> dict:
+        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+class DatasetStore:
+    """A dataset URI opened for writing (and for reading its bookkeeping)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
+        self.storage = Storage(uri, storage_options)
+        self.uri = self.storage.uri
+
+    # -------------------------------------------------------------------------------------- run header
+    def write_run_header(self, *, config: Mapping[str, Any] | None = None, planned: int, classes: list[str],
+                         models: Mapping[str, Any] | None = None, **extra: Any) -> dict:
+        """Record what this dataset is (config without secrets, plan size, id->name map, code version)."""
+        header = {
+            "schema_version": SCHEMA_VERSION,
+            "code_version": code_version(),
+            "created_at": time.time(),
+            "planned": int(planned),
+            "classes": list(classes),
+            "config": redact(dict(config or {})),
+            "models": redact(dict(models or {})),
+            **redact(extra),
+        }
+        self.storage.write_json_atomic(RUN_FILE, header)
+        return header
+
+    def read_run_header(self) -> dict | None:
+        return self.storage.read_json(RUN_FILE) if self.storage.exists(RUN_FILE) else None
+
+    # -------------------------------------------------------------------------------------- shards
+    def open_shard(self, index: int, settings: Mapping[str, Any] | None = None) -> "ShardWriter":
+        return ShardWriter(self, index, settings)
+
+    def committed(self) -> dict[int, ShardInfo]:
+        """Commit records by shard index: the shards a resume may skip."""
+        out = {}
+        for name in self.storage.list(COMMITS_DIR, suffix=".json"):
+            record = self.storage.read_json(f"{COMMITS_DIR}/{name}")
+            info = ShardInfo(**record)
+            out[info.shard] = info
+        return out
+
+    def record_commit(self, info: ShardInfo) -> None:
+        self.storage.write_json_atomic(f"{COMMITS_DIR}/{shard_name(info.shard)[:-len('.parquet')]}.json",
+                                       asdict(info))
+
+    # -------------------------------------------------------------------------------------- manifest
+    def build_manifest(self, records: Mapping[int, ShardInfo], header: Mapping[str, Any] | None) -> dict:
+        header = dict(header or {})
+        dropped: dict[str, int] = {}
+        dropped_ids: list[str] = []
+        for info in sorted(records.values(), key=lambda r: r.shard):
+            for sample_id, reason in info.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + 1
+                dropped_ids.append(sample_id)
+        shards = [records[i].manifest_entry() for i in sorted(records)]
+        manifest = {
+            "schema_version": SCHEMA_VERSION, "code_version": code_version(), "created_at": None,
+            "classes": [], "models": {}, "config": {},
+            **header,  # the run header's own fields (plan, selected classes, ...) travel along
+        }
+        manifest.pop("planned", None)
+        manifest.update({
+            "updated_at": time.time(),
+            "counts": {
+                "planned": header.get("planned", sum(r.planned for r in records.values())),
+                "kept": sum(r.rows for r in records.values()),
+                "dropped": dict(sorted(dropped.items())),
+            },
+            "shards": shards,
+            "dropped_ids": dropped_ids,
+        })
+        return manifest
+
+    def refresh_manifest(self, max_rounds: int = 50) -> dict:
+        """Rewrite manifest.json from every commit record; safe with many writers at once.
+
+        After each write, re-list the records: if one appeared meanwhile, write again. Whichever writer writes
+        last saw every record committed before its final listing, so no committed entry is lost.
+        """
+        header = self.read_run_header()
+        seen: set[int] | None = None
+        for _ in range(max_rounds):
+            records = self.committed()
+            if seen is not None and set(records) == seen:
+                return manifest
+            manifest = self.build_manifest(records, header)
+            self.storage.write_json_atomic(MANIFEST, manifest)
+            seen = set(records)
+        return manifest
+
+    def read_manifest(self) -> dict:
+        if not self.storage.exists(MANIFEST):
+            raise StorageError(f"no dataset at {self.uri}: {MANIFEST} not found")
+        return self.storage.read_json(MANIFEST)
+
+
+class ShardWriter:
+    """Stages the rows of one shard locally; nothing is visible at the URI until :meth:`commit`.
+
+    Use as a context manager: an exception inside aborts the shard and removes the staged file.
+    """
+
+    def __init__(self, store: DatasetStore, index: int, settings: Mapping[str, Any] | None = None):
+        self.store = store
+        self.index = index
+        self.rel_path = shard_rel_path(index)
+        fd, self._tmp = tempfile.mkstemp(prefix=f"part-{index:05d}.", suffix=".parquet.tmp",
+                                         dir=store.storage.local_tmp_dir())
+        os.close(fd)
+        metadata = {
+            META_SCHEMA_VERSION: json.dumps(SCHEMA_VERSION).encode(),
+            META_SETTINGS: json.dumps(redact(dict(settings or {})), sort_keys=True).encode(),
+        }
+        self._schema = SCHEMA.with_metadata(metadata)
+        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression=column_compression(),
+                                        use_dictionary=["sample_id", "class_names.list.element", "prompt"])
+        self.rows = 0
+        self._buffer: list[dict] = []
+
+    def write(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> None:
+        """Append rows (dicts with the schema's fields, or a table); flushed in row groups."""
+        if isinstance(rows, pa.Table):
+            self._flush()
+            try:
+                table = rows.select(SCHEMA.names).cast(SCHEMA)
+            except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+                raise ShardError(f"rows for {self.rel_path} do not match the schema: {err}") from None
+            self._writer.write_table(table.replace_schema_metadata(self._schema.metadata),
+                                     row_group_size=ROW_GROUP_ROWS)
+            self.rows += table.num_rows
+            return
+        for row in rows:
+            self._buffer.append(row)
+            if len(self._buffer) >= ROW_GROUP_ROWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        try:
+            table = pa.Table.from_pylist(self._buffer, schema=self._schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise ShardError(f"rows for {self.rel_path} do not match the schema: {err}") from None
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.rows += table.num_rows
+        self._buffer.clear()
+
+    def commit(self, planned: int | None = None, dropped: Mapping[str, str] | None = None) -> ShardInfo:
+        """Close, publish atomically, record the commit and refresh the manifest.
+
+        ``planned``: jobs this shard was planned with; ``dropped``: sample_id -> reason for jobs not kept.
+        """
+        self._flush()
+        self._writer.close()
+        size = os.path.getsize(self._tmp)
+        info = ShardInfo(path=self.rel_path, rows=self.rows, bytes=size, sha256=sha256_file(self._tmp),
+                         shard=self.index, planned=int(planned if planned is not None else self.rows),
+                         dropped=dict(dropped or {}), committed_at=time.time())
+        self.store.storage.publish_file(self._tmp, self.rel_path)
+        self.store.record_commit(info)
+        self.store.refresh_manifest()
+        return info
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or os.path.exists(self._tmp):
+            self.abort()

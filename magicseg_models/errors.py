@@ -1,0 +1,26 @@
+"""Errors that reach the user as one line.
+
+Anything raised as a :class:`MagicSegError` is a problem with the user's input or environment
+(bad config, unknown class, unreachable storage, corrupt shard). The CLI prints ``str(err)`` on one
+line and exits with code 2; every other exception is a bug and keeps its traceback.
+"""
+
+
+class MagicSegError(Exception):
+    """A user-facing error: its message is one line that says what is wrong and where."""
+
+
+class ConfigError(MagicSegError):
+    """A config key is unknown or its value is invalid."""
+
+
+class VocabularyError(MagicSegError):
+    """A class name is unknown, duplicated or empty, or a vocabulary file is malformed."""
+
+
+class StorageError(MagicSegError):
+    """Storage is unreachable, or a dataset at a URI is missing or malformed."""
+
+
+class ShardError(StorageError):
+    """A shard is missing, corrupt, unlisted, or does not match the schema."""

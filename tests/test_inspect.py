@@ -1,0 +1,97 @@
+"""`inspect` reports coverage and catches every way a shard can go bad, on a local folder and on S3."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from magicseg_models.dataset.inspect import inspect_dataset
+from magicseg_models.dataset.storage import Storage
+
+
+def test_healthy_dataset_report(synthetic_dataset, tiny_plan):
+    spec, jobs = tiny_plan
+    report = inspect_dataset(synthetic_dataset)
+    assert report["ok"] and report["problems"] == []
+    assert report["planned"] == len(jobs)
+    assert report["samples"] + report["dropped_total"] == len(jobs)
+    assert len(report["shards"]) == 4 and all(s["status"] == "ok" for s in report["shards"])
+
+    # per-class coverage is counted from the kept rows themselves
+    kept = {j.sample_id for j in jobs} - set(Storage(synthetic_dataset).read_json("manifest.json")["dropped_ids"])
+    expected: dict[str, int] = {}
+    for job in jobs:
+        if job.sample_id in kept:
+            for name in job.class_names:
+                expected[name] = expected.get(name, 0) + 1
+    assert report["per_class"] == dict(sorted(expected.items(), key=lambda kv: (-kv[1], kv[0])))
+    assert report["coverage"]["min"] == min(expected.values())
+    assert report["coverage"]["max"] == max(expected.values())
+    assert report["coverage"]["classes_with_none"] == []
+
+
+def _corrupt(uri: str, how: str) -> str:
+    storage = Storage(uri)
+    path = "shards/part-00001.parquet"
+    if how == "truncated":
+        data = storage.read_bytes(path)
+        storage.write_bytes_atomic(path, data[: len(data) // 2])
+    elif how == "wrong-schema":
+        table = pq.read_table(storage.open(path)).drop_columns(["counterfactual_image"])
+        table = table.set_column(table.schema.get_field_index("seed"), "seed", pa.array(["x"] * table.num_rows))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        storage.write_bytes_atomic(path, sink.getvalue().to_pybytes())
+    elif how == "unlisted":
+        path = "shards/part-00099.parquet"
+        storage.write_bytes_atomic(path, storage.read_bytes("shards/part-00000.parquet"))
+    elif how == "missing":
+        storage.remove(path)
+    elif how == "bitflip":
+        data = bytearray(storage.read_bytes(path))
+        data[len(data) // 3] ^= 0xFF  # same size, different content: only the checksum can tell
+        storage.write_bytes_atomic(path, bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("how,status", [("truncated", "corrupt"), ("wrong-schema", "schema"),
+                                        ("unlisted", "unlisted"), ("missing", "missing"), ("bitflip", "corrupt")])
+def test_inspect_names_the_bad_shard(synthetic_dataset, how, status, capsys):
+    path = _corrupt(synthetic_dataset, how)
+    report = inspect_dataset(synthetic_dataset)
+    assert not report["ok"]
+    bad = [s for s in report["shards"] if s["status"] != "ok"]
+    assert [(s["path"], s["status"]) for s in bad] == [(path, status)]
+    assert len(report["problems"]) == 1 and path in report["problems"][0]
+
+    # the CLI exits non-zero and names the shard on stderr
+    assert main(["inspect", synthetic_dataset]) == 1
+    err = capsys.readouterr().err
+    assert path in err
+
+
+def test_wrong_schema_names_the_fields(synthetic_dataset):
+    _corrupt(synthetic_dataset, "wrong-schema")
+    [problem] = inspect_dataset(synthetic_dataset)["problems"]
+    assert "counterfactual_image" in problem and "seed" in problem
+
+
+def test_inspect_reads_a_dataset_this_code_did_not_write(tmp_path):
+    from tests.handmade import write_handmade_dataset
+
+    root = write_handmade_dataset(str(tmp_path / "hand"), n=3)
+    report = inspect_dataset(root)
+    assert report["ok"], report["problems"]
+    assert report["samples"] == 3
+    assert sum(report["per_class"].values()) >= 3
+
+
+def test_inspect_json_output(synthetic_dataset, capsys):
+    import json
+
+    assert main(["inspect", synthetic_dataset, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["samples"] > 0
+    assert {"samples", "per_class", "shards", "dropped", "coverage"} <= set(report)

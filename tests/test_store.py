@@ -1,0 +1,254 @@
+"""The shard store on a local folder and on an S3 server: contract, atomic commit, concurrency, kills, secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from magicseg_models.dataset import SCHEMA, DatasetReader, DatasetStore, decode_mask
+from magicseg_models.dataset.storage import Storage
+from magicseg_models.dataset.synthetic import synthetic_row
+from magicseg_models.errors import ShardError, StorageError
+
+CONTRACT_FIELDS = ["sample_id", "class_names", "class_ids", "prompt", "counterfactual_prompt", "seed", "image",
+                   "counterfactual_image", "height", "width", "annotations", "counterfactual_scores"]
+ANNOTATION_FIELDS = ["class_id", "class_name", "box", "score", "mask_rle", "area"]
+
+
+def _rows(n: int, start: int = 0, size: int = 32) -> list[dict]:
+    return [synthetic_row(f"s0-{i:09d}", [i % 5], [f"class{i % 5}"], seed=i, height=size, width=size)
+            for i in range(start, start + n)]
+
+
+def _all_bytes(storage: Storage) -> bytes:
+    """Every byte stored under the dataset root (to search for leaked secrets)."""
+    blob = b""
+    for path in storage.fs.find(storage.root):
+        blob += storage.fs.cat_file(path)
+    return blob
+
+
+def test_round_trip_follows_the_contract(dataset_root):
+    store = DatasetStore(dataset_root)
+    store.write_run_header(config={"preset": "t"}, planned=7, classes=[f"class{i}" for i in range(5)])
+    rows = _rows(6)
+    with store.open_shard(0, settings={"generator": {"steps": 2}}) as writer:
+        writer.write(rows[:4])
+        writer.write(rows[4:])
+        info = writer.commit(planned=7, dropped={"s0-000000006": "class_not_detected:class1"})
+    assert info.rows == 6
+
+    pf = pq.ParquetFile(Storage(dataset_root).open("shards/part-00000.parquet"))
+    schema = pf.schema_arrow
+    assert schema.names == CONTRACT_FIELDS
+    assert [f.name for f in schema.field("annotations").type.value_type] == ANNOTATION_FIELDS
+    meta = schema.metadata
+    assert json.loads(meta[b"magicseg.schema_version"]) == 1
+    assert json.loads(meta[b"magicseg.settings"]) == {"generator": {"steps": 2}}
+
+    manifest = store.read_manifest()
+    assert manifest["counts"] == {"planned": 7, "kept": 6, "dropped": {"class_not_detected:class1": 1}}
+    assert manifest["dropped_ids"] == ["s0-000000006"]
+    [entry] = manifest["shards"]
+    assert entry["path"] == "shards/part-00000.parquet"  # relative to the URI
+    data = Storage(dataset_root).read_bytes(entry["path"])
+    assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["config"] == {"preset": "t"} and manifest["code_version"]
+
+    reader = DatasetReader(dataset_root)
+    assert len(reader) == 6
+    got = list(reader.iter_rows())
+    assert [r["sample_id"] for r in got] == [r["sample_id"] for r in rows]
+    assert got[3]["annotations"][0]["mask_rle"] == rows[3]["annotations"][0]["mask_rle"]
+    assert got[3]["image"] == rows[3]["image"]
+
+
+def test_reader_selects_columns_and_decodes(synthetic_dataset):
+    reader = DatasetReader(synthetic_dataset)
+    table = reader.read_table(columns=["sample_id", "class_ids"])
+    assert table.column_names == ["sample_id", "class_ids"]
+    assert table.num_rows == len(reader) == reader.manifest["counts"]["kept"]
+
+    row = next(reader.iter_rows(decode=True))
+    assert row["image"].size == (row["width"], row["height"])
+    for ann in row["annotations"]:
+        mask = ann["mask"]
+        assert mask.shape == (row["height"], row["width"]) and mask.sum() == ann["area"] > 0
+        ys, xs = np.nonzero(mask)
+        assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == pytest.approx(ann["box"])
+
+
+def test_rle_matches_pycocotools_counts():
+    from pycocotools import mask as mask_utils
+
+    from magicseg_models.dataset import encode_mask
+
+    mask = np.zeros((40, 30), bool)
+    mask[5:20, 3:17] = True
+    counts, area = encode_mask(mask)
+    assert area == 15 * 14
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    assert counts == rle["counts"].decode()
+    assert (decode_mask(counts, 40, 30) == mask).all()
+
+
+def test_rows_that_break_the_schema_fail_and_publish_nothing(tmp_path):
+    store = DatasetStore(str(tmp_path / "ds"))
+    bad = dict(_rows(1)[0], seed="not-a-number")
+    with pytest.raises(ShardError, match="part-00000"):
+        with store.open_shard(0) as writer:
+            writer.write([bad])
+            writer.commit()
+    assert not (tmp_path / "ds" / "shards" / "part-00000.parquet").exists()
+    assert not os.listdir(tmp_path / "ds" / "_magicseg" / "tmp")  # the staged file was removed
+
+
+def test_writes_arrow_tables_too(tmp_path):
+    store = DatasetStore(str(tmp_path / "ds"))
+    table = pa.Table.from_pylist(_rows(3), schema=SCHEMA)
+    with store.open_shard(2) as writer:
+        writer.write(table)
+        writer.commit()
+    assert DatasetReader(str(tmp_path / "ds")).read_table().num_rows == 3
+    assert store.committed()[2].rows == 3
+
+
+_WRITER = textwrap.dedent("""
+    import sys, time
+    from magicseg_models.dataset import DatasetStore
+    from magicseg_models.dataset.synthetic import synthetic_row
+    uri, first, count, wait_for = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    store = DatasetStore(uri)
+    while time.time() < wait_for:   # line up with the other writers so commits really overlap
+        time.sleep(0.005)
+    for shard in range(first, first + count):
+        with store.open_shard(shard) as w:
+            w.write([synthetic_row(f"s0-{shard:05d}-{i}", [1], ["a"], seed=i, height=16, width=16) for i in range(3)])
+            w.commit(planned=3)
+""")
+
+
+@pytest.mark.parametrize("writers", [6])
+def test_concurrent_writers_lose_no_manifest_entry(dataset_root, writers):
+    start_at = time.time() + 3.0
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, dataset_root, str(w * 3), "3", str(start_at)],
+                              env=os.environ.copy()) for w in range(writers)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    manifest = DatasetStore(dataset_root).read_manifest()
+    assert [s["path"] for s in manifest["shards"]] == [f"shards/part-{i:05d}.parquet" for i in range(writers * 3)]
+    assert manifest["counts"]["kept"] == writers * 3 * 3
+
+
+def test_manifest_refresh_survives_a_stale_listing(dataset_root):
+    """Writer A lists the commits, then B commits completely, then A writes its (stale) manifest.
+
+    The interleaving that loses entries when a writer trusts its first listing: A must notice and rewrite.
+    """
+
+    class ListsThenWaits(DatasetStore):
+        def committed(self):
+            records = super().committed()
+            if self.between is not None:
+                between, self.between = self.between, None
+                between()
+            return records
+
+    def b_commits():
+        with DatasetStore(dataset_root).open_shard(1) as writer:
+            writer.write(_rows(2, start=10))
+            writer.commit()
+
+    a = ListsThenWaits(dataset_root)
+    a.between = b_commits
+    with a.open_shard(0) as writer:
+        writer.write(_rows(3))
+        writer.commit()
+    manifest = DatasetStore(dataset_root).read_manifest()
+    assert [s["path"] for s in manifest["shards"]] == ["shards/part-00000.parquet", "shards/part-00001.parquet"]
+    assert manifest["counts"]["kept"] == 5
+
+
+_SLOW_WRITER = textwrap.dedent("""
+    import sys, time
+    from magicseg_models.dataset import DatasetStore
+    from magicseg_models.dataset.synthetic import synthetic_row
+    store = DatasetStore(sys.argv[1])
+    with store.open_shard(1) as w:
+        for i in range(10_000):
+            w.write([synthetic_row(f"s0-1-{i}", [1], ["a"], seed=i, height=16, width=16)])
+            if i == 300:
+                print("mid-shard", flush=True)
+            time.sleep(0.001)
+        w.commit()
+""")
+
+
+def test_sigkill_mid_shard_leaves_no_visible_shard_and_an_intact_manifest(dataset_root):
+    store = DatasetStore(dataset_root)
+    store.write_run_header(planned=20, classes=["a", "b"])
+    with store.open_shard(0) as writer:
+        writer.write(_rows(4))
+        writer.commit(planned=4)
+    before = store.read_manifest()
+
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, dataset_root], stdout=subprocess.PIPE,
+                            env=os.environ.copy())
+    assert proc.stdout.readline().strip() == b"mid-shard"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    storage = Storage(dataset_root)
+    assert storage.list("shards") == ["part-00000.parquet"]
+    after = store.read_manifest()
+    assert after["shards"] == before["shards"] and after["counts"] == before["counts"]
+    assert list(store.committed()) == [0]
+    assert len(DatasetReader(dataset_root)) == 4
+
+    from magicseg_models.dataset.inspect import inspect_dataset
+
+    assert inspect_dataset(dataset_root)["ok"]
+
+
+def test_no_credential_reaches_manifest_or_metadata(s3_bucket, s3_server):
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    access = os.environ["AWS_ACCESS_KEY_ID"]
+    api_key = "sk-test-DO-NOT-LEAK-1234567890"
+    options = {"key": access, "secret": secret, "client_kwargs": {"endpoint_url": s3_server}}
+    uri = f"{s3_bucket}/secret-check"
+    config = {"storage": {"storage_options": options}, "prompts": {"api_key": api_key, "api_key_secret": "openai"},
+              "out": f"s3://{access}:{secret}@bucket/x"}
+    store = DatasetStore(uri, storage_options=options)
+    store.write_run_header(config=config, planned=1, classes=["a"], models={"llm_token": api_key})
+    with store.open_shard(0, settings=config) as writer:
+        writer.write(_rows(1))
+        writer.commit()
+    blob = _all_bytes(Storage(uri, options))
+    for value in (secret, access, api_key):
+        assert value.encode() not in blob
+    assert store.read_manifest()["config"]["prompts"]["api_key_secret"] == "openai"  # a block name, not a secret
+
+
+def test_unreachable_storage_is_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(StorageError) as err:
+        DatasetReader("s3://nowhere/ds")
+    assert "s3://nowhere/ds" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_dataset_is_one_line_error(tmp_path):
+    with pytest.raises(StorageError, match="manifest.json not found"):
+        DatasetReader(str(tmp_path / "nothing-here"))
