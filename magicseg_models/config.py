@@ -382,3 +382,54 @@ def redact(value: Any, key: str = "") -> Any:
 def public_config(config: BaseModel) -> dict:
     """The config as JSON with secrets removed: what manifests, artifacts and logs may show."""
     return redact(config.model_dump(mode="json"))
+
+
+# ------------------------------------------------------------------------------------------ reference
+def config_reference(kind: str) -> str:
+    """Markdown table of every key of a config kind (docs/configuration.md is generated from this)."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, dict) and default and isinstance(next(iter(default.values())), BaseModel):
+                default = {k: v.model_dump() for k, v in default.items()}
+            type_text = getattr(ann, "__name__", None) if isinstance(ann, type) else str(ann)
+            type_text = re.sub(r"[\w.]+\.(\w+)", r"\1", type_text or str(ann)).replace("|", "\\|")
+            rows.append(f"| `{prefix}{name}` | {type_text} | `{default!r}` | {field.description or ''} |")
+
+    walk(KINDS[kind], "")
+    return "\n".join(rows)
+
+
+def configuration_doc() -> str:
+    """The whole of docs/configuration.md (regenerate with ``python -m magicseg_models.config``)."""
+    parts = [
+        "# Configuration reference",
+        "",
+        "Generated from `magicseg_models/config.py` by `python -m magicseg_models.config > docs/configuration.md`;",
+        "a test fails when this file and the code disagree.",
+        "",
+        "Layers, later wins: these defaults (the paper's and the authors' values) -> a preset",
+        "(`magicseg_models/presets/<kind>/<name>.yaml`) -> `--config FILE.yaml` -> `--set key.path=value`",
+        "(values parsed as YAML) -> explicit flags such as `--num-samples`. Unknown keys and bad values fail with one",
+        "line naming the key. Secrets never belong in a config: storage credentials come from the AWS environment,",
+        "the LLM key from `OPENAI_API_KEY` or the Prefect Secret block named by `prompts.api_key_secret`; values",
+        "under secret-looking keys (`secret`, `key`, `token`, `password`, ...) are redacted from everything written.",
+        "",
+        "Presets: " + "; ".join(f"{kind}: " + ", ".join(f"`{p}`" for p in available_presets(kind)) for kind in KINDS),
+    ]
+    for kind, model in KINDS.items():
+        parts += ["", f"## {kind}: `{model.__name__}`", "", config_reference(kind)]
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    # import the module by name so class paths render the same as for importers
+    from magicseg_models.config import configuration_doc as _doc
+
+    print(_doc(), end="")
