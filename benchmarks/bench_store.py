@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Shard store throughput against plain pyarrow, on a local folder and on an S3-compatible server.
 
-What is measured (best of ``--repeats``, same process, same table, same backend, fresh paths every repeat):
+What is measured (best of ``--repeats`` after ``--warmup`` untimed rounds, same process, same table, same
+backend, fresh paths every round, ours/raw order alternating, ``os.sync()`` before each timed operation):
 
 - ours-write: ``DatasetStore(uri)`` + ``open_shard(i)`` / ``write(table)`` / ``commit(...)`` per shard
   (local staging file, sha256, atomic publish, commit record, manifest refresh);
@@ -21,7 +22,7 @@ Ratios are raw time / our time (1.0 = as fast as plain pyarrow, higher = faster)
 each ratio is the worse of the two backends and MBps is the local backend's.
 
 Usage: ``.venv/bin/python benchmarks/bench_store.py [--samples 512] [--size 512] [--repeats 3]
-[--backend local|s3|both] [--shard-rows K]``
+[--backend local|s3|both] [--shard-rows K] [--warmup 1] [--local-dir DIR]``
 """
 
 from __future__ import annotations
@@ -175,14 +176,19 @@ def ours_write(backend, key: str, chunks: list[pa.Table]) -> int:
     return total
 
 
-def raw_write(backend, key: str, chunks: list[pa.Table]) -> int:
+def raw_paths(backend, key: str, nshards: int) -> list[str]:
     folder = backend.raw_dir(key)
-    paths = []
-    for index, chunk in enumerate(chunks):
-        path = f"{folder}/part-{index:05d}.parquet"
+    return [f"{folder}/part-{index:05d}.parquet" for index in range(nshards)]
+
+
+def raw_size(backend, key: str, nshards: int) -> int:
+    """Bytes of the raw files (looked up outside the timed region)."""
+    return sum(backend.fs.get_file_info(p).size for p in raw_paths(backend, key, nshards))
+
+
+def raw_write(backend, key: str, chunks: list[pa.Table]) -> None:
+    for path, chunk in zip(raw_paths(backend, key, len(chunks)), chunks):
         pq.write_table(chunk, path, filesystem=backend.fs)
-        paths.append(path)
-    return sum(backend.fs.get_file_info(p).size for p in paths)
 
 
 def ours_read(backend, key: str, expect_rows: int) -> int:
@@ -194,23 +200,22 @@ def ours_read(backend, key: str, expect_rows: int) -> int:
     return nbytes
 
 
-def raw_read(backend, key: str, expect_rows: int, nshards: int) -> int:
-    folder = backend.raw_dir(key)
-    paths = [f"{folder}/part-{i:05d}.parquet" for i in range(nshards)]
-    tables = [pq.read_table(p, filesystem=backend.fs) for p in paths]
+def raw_read(backend, key: str, expect_rows: int, nshards: int) -> None:
+    tables = [pq.read_table(p, filesystem=backend.fs) for p in raw_paths(backend, key, nshards)]
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     assert table.num_rows == expect_rows, (table.num_rows, expect_rows)
     del table, tables
-    return sum(backend.fs.get_file_info(p).size for p in paths)
 
 
-def timed(fn: Callable[[], int]) -> tuple[float, int]:
+def timed(fn: Callable[[], int | None], size: Callable[[], int] | None = None) -> tuple[float, int]:
+    """(seconds, bytes): ``fn`` timed; bytes from what it returns or from ``size()``, called after the clock."""
     gc.collect()
     if hasattr(os, "sync"):
         os.sync()  # start every timed operation without the previous one's dirty pages still being written back
     t0 = time.perf_counter()
     nbytes = fn()
-    return time.perf_counter() - t0, nbytes
+    seconds = time.perf_counter() - t0
+    return seconds, nbytes if size is None else size()
 
 
 def bench_backend(backend, table: pa.Table, shard_rows: int, repeats: int,
@@ -229,16 +234,17 @@ def bench_backend(backend, table: pa.Table, shard_rows: int, repeats: int,
     for rep in range(-warmup, repeats):
         tag = uuid.uuid4().hex[:8]
         ours_key, raw_key = f"ours-{rep}-{tag}", f"raw-{rep}-{tag}"
-        writes = [("ours-write", lambda: ours_write(backend, ours_key, chunks)),
-                  ("raw-write", lambda: raw_write(backend, raw_key, chunks))]
-        reads = [("ours-read", lambda: ours_read(backend, ours_key, table.num_rows)),
-                 ("raw-read", lambda: raw_read(backend, raw_key, table.num_rows, len(chunks)))]
+        raw_bytes = lambda: raw_size(backend, raw_key, len(chunks))  # noqa: E731
+        writes = [("ours-write", lambda: ours_write(backend, ours_key, chunks), None),
+                  ("raw-write", lambda: raw_write(backend, raw_key, chunks), raw_bytes)]
+        reads = [("ours-read", lambda: ours_read(backend, ours_key, table.num_rows), None),
+                 ("raw-read", lambda: raw_read(backend, raw_key, table.num_rows, len(chunks)), raw_bytes)]
         if rep % 2:  # warm-up is round -1: raw first there, ours first in repeat 1
             writes.reverse()
             reads.reverse()
         timings = {}
-        for op, fn in writes + reads:
-            timings[op] = timed(fn)
+        for op, fn, size in writes + reads:
+            timings[op] = timed(fn, size)
         this = "  ".join(f"{op}={timings[op][0]:.3f}s" for op in OPS)
         if rep < 0:
             print(f"  [{backend.name}] warm-up (not counted): {this}", flush=True)

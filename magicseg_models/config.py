@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from importlib import resources
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args, get_origin
 
 import fsspec
 import yaml
@@ -245,6 +245,18 @@ class EvalConfig(Section):
     model: ZegCLIPConfig = ZegCLIPConfig()
     inference: InferenceConfig = InferenceConfig()
     benchmarks: dict[str, BenchmarkSettings] = Field(default_factory=_default_benchmarks)
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _known_benchmarks(cls, value: Any) -> Any:
+        # overriding one benchmark must keep the others' defaults, and a misspelt name must fail
+        if not isinstance(value, dict):
+            return value
+        known = _default_benchmarks()
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(known)}")
+        return {**{name: {} for name in known}, **value}
     storage: StorageConfig = StorageConfig()
 
 
@@ -270,6 +282,8 @@ def _read_yaml_file(path: str) -> dict:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read: {type(err).__name__}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -325,11 +339,20 @@ def _format_validation_error(err: ValidationError, model: type[BaseModel]) -> st
 
 def _closest_key(model: type[BaseModel], loc: list[str]) -> str | None:
     current: Any = model
-    for part in loc[:-1]:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+    parts = loc[:-1]
+    i = 0
+    while i < len(parts):
+        field = getattr(current, "model_fields", {}).get(parts[i])
+        if field is None:
             return None
-        current = field.annotation
+        ann = field.annotation
+        if get_origin(ann) is dict:  # dict[str, Model]: the next part is a free key, then the model's fields
+            ann = get_args(ann)[1]
+            i += 1
+        if not isinstance(ann, type) or not issubclass(ann, BaseModel):
+            return None
+        current = ann
+        i += 1
     match = difflib.get_close_matches(loc[-1], list(current.model_fields), n=1)
     return ".".join(loc[:-1] + match) if match else None
 
@@ -342,10 +365,14 @@ def load_config(kind: str, preset: str | None = None, config_file: str | None = 
     """
     model = KINDS[kind]
     file_layer = _read_yaml_file(config_file) if config_file else {}
-    name = preset or file_layer.get("preset") or model.model_fields["preset"].default
+    parsed = [parse_override(item) for item in overrides]
+    set_preset = [value for path, value in parsed if path == ["preset"]]
+    name = preset or (set_preset[-1] if set_preset else None) or file_layer.get("preset") \
+        or model.model_fields["preset"].default
+    if not isinstance(name, str):
+        raise ConfigError(f"invalid config value for 'preset': expected a preset name, got {name!r}")
     data = _deep_merge(_read_preset(kind, name), file_layer)
-    for item in overrides:
-        path, value = parse_override(item)
+    for path, value in parsed:
         data = _deep_merge(data, _nest(path, value))
     data = _deep_merge(data, {k: v for k, v in fields.items() if v is not None})
     data["preset"] = name
@@ -356,26 +383,26 @@ def load_config(kind: str, preset: str | None = None, config_file: str | None = 
 
 
 # -------------------------------------------------------------------------------------------- secrets
-_SECRET_KEY = re.compile(r"(secret|password|passwd|(^|_)token$|credential|api_?key$|^key$)", re.I)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+_SECRET_KEY = re.compile(r"(secret|password|passwd|(^|_)token$|credential|api_?key$|private_?key|^key$)", re.I)
+# userinfo may hold an unencoded '/' (AWS secret keys do): over-redacting a path with '@' is the safe side
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@\s]+@", re.I)
 REDACTED = "<redacted>"
 
 
 def redact(value: Any, key: str = "") -> Any:
     """Copy of a JSON-like value with secret-looking entries replaced, for manifests and artifacts.
 
+    Everything under a secret-looking key goes, whatever its type (a numeric password, a service-account dict).
     ``api_key_secret`` names a Prefect Secret block (not the secret itself) and is kept.
     """
+    if key != "api_key_secret" and _SECRET_KEY.search(key) and value is not None and not isinstance(value, bool):
+        return REDACTED
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v, key) for v in value]
     if isinstance(value, str):
-        if key != "api_key_secret" and _SECRET_KEY.search(key):
-            return REDACTED
         return _URL_USERINFO.sub(r"\g<scheme>" + REDACTED + "@", value)
-    if key and _SECRET_KEY.search(key) and value is not None and not isinstance(value, (bool, int, float)):
-        return REDACTED
     return value
 
 

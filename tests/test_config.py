@@ -201,9 +201,6 @@ def test_no_layer_is_mutated_between_loads():
     assert c.generator.steps == 2 and len(c.vocabulary.classes) == 8
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: EvalConfig.benchmarks defaults come from a default_factory, so overriding one benchmark "
-    "replaces the whole dict (the other four disappear) and a misspelt benchmark name is accepted"))
 def test_overriding_one_benchmark_keeps_the_others():
     c = load_config("eval", "zegclip-vitb16", overrides=["benchmarks.context.bg_threshold=0.35"])
     assert c.benchmarks["context"].bg_threshold == 0.35
@@ -213,9 +210,6 @@ def test_overriding_one_benchmark_keeps_the_others():
         load_config("eval", "zegclip-vitb16", overrides=["benchmarks.vocc.bg_threshold=0.5"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: load_config overwrites data['preset'] with the preset it loaded, so --set preset=sd15 is "
-    "silently ignored (tiny values, preset reported as tiny) instead of being used or rejected"))
 def test_set_preset_is_honoured_or_rejected():
     try:
         c = load_config("build", overrides=["preset=sd15"])
@@ -300,9 +294,6 @@ def test_empty_config_file_is_the_preset(tmp_path):
     assert load_config("build", "tiny", _write(tmp_path, "# nothing\n")) == load_config("build", "tiny")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: _read_yaml_file catches only FileNotFoundError and YAMLError; a directory (IsADirectoryError) or a "
-    "non-UTF-8 file (UnicodeDecodeError) escapes as a traceback instead of a one-line ConfigError"))
 @pytest.mark.parametrize("case", ["directory", "not-utf8"])
 def test_unreadable_config_file_is_a_config_error(tmp_path, case):
     if case == "directory":
@@ -314,9 +305,6 @@ def test_unreadable_config_file_is_a_config_error(tmp_path, case):
     assert path in msg
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_closest_key does not descend into dict-valued sections (EvalConfig.benchmarks), so a typo there "
-    "gets no did-you-mean"))
 def test_unknown_key_under_a_benchmark_suggests():
     msg = _config_error("eval", overrides=["benchmarks.voc.bg_thresold=0.5"])
     assert "bg_threshold" in msg
@@ -371,17 +359,11 @@ def test_public_config_keeps_plain_urls():
     assert public["prompts"]["base_url"] == "http://127.0.0.1:8000/v1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: redact() exempts ints/floats under secret-looking keys, and --set parses 123456 as an int, "
-    "so a numeric password reaches the manifest"))
 def test_numeric_secret_is_redacted():
     config = load_config("build", overrides=["storage.storage_options.password=731904"])
     assert "731904" not in json.dumps(public_config(config))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: redact() recurses into a dict under a secret-looking key with the inner keys, so e.g. a gcsfs "
-    "service-account token dict keeps its private_key"))
 def test_secret_dict_is_redacted_whole():
     config = load_config("build", overrides=[
         "storage.storage_options.token={type: service_account, private_key: PRIVATE-KEY-PEM}"])

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handmade import write_handmade_dataset
+try:  # tests/ is not a package: `handmade` under pytest, `tests.handmade` when the repo root is on sys.path
+    from tests.handmade import write_handmade_dataset
+except ImportError:
+    from handmade import write_handmade_dataset
 from magicseg_models.dataset import reader as reader_module
 from magicseg_models.dataset.preview import HEADER_HEIGHT, MASK_ALPHA, class_color, preview_image, render_preview
 from magicseg_models.dataset.reader import DatasetReader

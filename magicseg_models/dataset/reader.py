@@ -62,13 +62,15 @@ class DatasetReader:
     def iter_rows(self, columns: Sequence[str] | None = None, decode: bool = False,
                   limit: int | None = None) -> Iterator[dict]:
         """Rows as dicts. With ``decode``: images become PIL images and each annotation gains ``mask`` (HxW bool)."""
+        if limit is not None and limit <= 0:
+            return
         count = 0
         for batch in self.iter_batches(columns):
             for row in batch.to_pylist():
-                if limit is not None and count >= limit:
-                    return
                 yield decode_row(row) if decode else row
                 count += 1
+                if count == limit:  # stop before opening the next shard
+                    return
 
 
 def decode_row(row: dict) -> dict:
