@@ -76,12 +76,41 @@ class Storage:
         with self.errors("reading"):
             return self.fs.cat_file(self.path(rel))
 
-    def read_json(self, rel: str) -> Any:
-        data = self.read_bytes(rel)
+    def read_json(self, rel: str, missing_ok: bool = False) -> Any:
+        """Parsed JSON at ``rel``; with ``missing_ok``, None when there is no such file (one request, not two)."""
         try:
-            return json.loads(data)
-        except ValueError:
-            raise StorageError(f"{self.url(rel)} is not valid JSON") from None
+            with self.errors("reading"):
+                data = self.fs.cat_file(self.path(rel))
+        except StorageError as err:
+            if missing_ok and isinstance(err.__cause__, FileNotFoundError):
+                return None
+            raise
+        return _parse_json(data, self.url(rel))
+
+    def read_many(self, rels: list[str]) -> dict[str, Any]:
+        """Parsed JSON of several files in one batched request (s3fs fetches them concurrently)."""
+        if not rels:
+            return {}
+        with self.errors("reading"):
+            blobs = self.fs.cat([self.path(r) for r in rels], on_error="raise")
+        by_path = {self.path(r): r for r in rels}
+        return {by_path[path]: _parse_json(data, self.url(by_path[path])) for path, data in blobs.items()}
+
+    def list_detailed(self, rel: str, suffix: str = "") -> dict[str, Any]:
+        """Name -> version (ETag or mtime, with size) of the files in folder ``rel``, fresh from the server."""
+        folder = self.path(rel)
+        with self.errors("listing"):
+            self.fs.invalidate_cache(folder)
+            try:
+                entries = self.fs.ls(folder, detail=True)
+            except FileNotFoundError:
+                return {}
+        out = {}
+        for e in entries:
+            name = posixpath.basename(e["name"].rstrip("/"))
+            if name.endswith(suffix) and e.get("type") != "directory":
+                out[name] = (e.get("ETag") or e.get("etag") or e.get("mtime") or e.get("LastModified"), e.get("size"))
+        return out
 
     def list(self, rel: str, suffix: str = "") -> list[str]:
         """Names (not paths) in folder ``rel``, fresh from the server (listing caches would hide commits)."""
@@ -145,6 +174,13 @@ class Storage:
         with self.errors("deleting"):
             if self.fs.exists(self.path(rel)):
                 self.fs.rm(self.path(rel))
+
+
+def _parse_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise StorageError(f"{where} is not valid JSON") from None
 
 
 def _fsync(path: str) -> None:

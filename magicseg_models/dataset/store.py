@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -62,12 +64,44 @@ def code_version() -> str:
     return f"{version}+g{sha}" if sha else version
 
 
-def sha256_file(path: str, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+class FollowingHash:
+    """sha256 of a file while another thread is still appending to it.
+
+    Parquet is written front to back and never rewritten, so the bytes already on disk are final: hashing them
+    as they land overlaps the checksum with encoding (hashlib and pyarrow both release the GIL) instead of
+    re-reading the whole shard after it closes.
+    """
+
+    def __init__(self, path: str, chunk: int = 8 << 20, poll_s: float = 0.01):
+        self._file = open(path, "rb")
+        self._digest = hashlib.sha256()
+        self._closed = threading.Event()
+        self._chunk, self._poll_s = chunk, poll_s
+        self._thread = threading.Thread(target=self._follow, name="shard-sha256", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while True:
+            closed = self._closed.is_set()  # read before the file: after a close, one more read reaches EOF
+            block = self._file.read(self._chunk)
+            if block:
+                self._digest.update(block)
+            elif closed:
+                return
+            else:
+                self._closed.wait(self._poll_s)
+
+    def hexdigest(self) -> str:
+        """Call once the writer has closed the file."""
+        self._closed.set()
+        self._thread.join()
+        self._file.close()
+        return self._digest.hexdigest()
+
+    def cancel(self) -> None:
+        self._closed.set()
+        self._thread.join()
+        self._file.close()
 
 
 @dataclass
@@ -93,6 +127,8 @@ class DatasetStore:
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
         self.storage = Storage(uri, storage_options)
         self.uri = self.storage.uri
+        # commit records are written once per shard: re-read one only when its listing entry changes
+        self._records: dict[str, tuple[Any, ShardInfo]] = {}
 
     # -------------------------------------------------------------------------------------- run header
     def write_run_header(self, *, config: Mapping[str, Any] | None = None, planned: int, classes: list[str],
@@ -112,20 +148,25 @@ class DatasetStore:
         return header
 
     def read_run_header(self) -> dict | None:
-        return self.storage.read_json(RUN_FILE) if self.storage.exists(RUN_FILE) else None
+        return self.storage.read_json(RUN_FILE, missing_ok=True)
 
     # -------------------------------------------------------------------------------------- shards
     def open_shard(self, index: int, settings: Mapping[str, Any] | None = None) -> "ShardWriter":
         return ShardWriter(self, index, settings)
 
     def committed(self) -> dict[int, ShardInfo]:
-        """Commit records by shard index: the shards a resume may skip."""
-        out = {}
-        for name in self.storage.list(COMMITS_DIR, suffix=".json"):
-            record = self.storage.read_json(f"{COMMITS_DIR}/{name}")
-            info = ShardInfo(**record)
-            out[info.shard] = info
-        return out
+        """Commit records by shard index: the shards a resume may skip.
+
+        One listing per call; only records that are new or changed since the last call are fetched (in one
+        batched request), so refreshing the manifest after each of N commits costs O(N) reads, not O(N^2).
+        """
+        listing = self.storage.list_detailed(COMMITS_DIR, suffix=".json")
+        stale = [name for name, version in listing.items() if self._records.get(name, (None,))[0] != version]
+        for name, data in self.storage.read_many([f"{COMMITS_DIR}/{n}" for n in stale]).items():
+            self._records[posixpath.basename(name)] = (listing[posixpath.basename(name)], ShardInfo(**data))
+        for name in set(self._records) - set(listing):
+            del self._records[name]
+        return {info.shard: info for _, info in self._records.values()}
 
     def record_commit(self, info: ShardInfo) -> None:
         self.storage.write_json_atomic(f"{COMMITS_DIR}/{shard_name(info.shard)[:-len('.parquet')]}.json",
@@ -202,6 +243,7 @@ class ShardWriter:
         self._schema = SCHEMA.with_metadata(metadata)
         self._writer = pq.ParquetWriter(self._tmp, self._schema, compression=column_compression(),
                                         use_dictionary=["sample_id", "class_names.list.element", "prompt"])
+        self._hash = FollowingHash(self._tmp)
         self.rows = 0
         self._buffer: list[dict] = []
 
@@ -233,25 +275,30 @@ class ShardWriter:
         self.rows += table.num_rows
         self._buffer.clear()
 
-    def commit(self, planned: int | None = None, dropped: Mapping[str, str] | None = None) -> ShardInfo:
-        """Close, publish atomically, record the commit and refresh the manifest.
+    def commit(self, planned: int | None = None, dropped: Mapping[str, str] | None = None,
+               refresh_manifest: bool = True) -> ShardInfo:
+        """Close, publish atomically, record the commit and (by default) refresh the manifest.
 
         ``planned``: jobs this shard was planned with; ``dropped``: sample_id -> reason for jobs not kept.
+        A caller committing many shards in a row may pass ``refresh_manifest=False`` and call
+        :meth:`DatasetStore.refresh_manifest` once afterwards.
         """
         self._flush()
         self._writer.close()
-        size = os.path.getsize(self._tmp)
-        info = ShardInfo(path=self.rel_path, rows=self.rows, bytes=size, sha256=sha256_file(self._tmp),
-                         shard=self.index, planned=int(planned if planned is not None else self.rows),
+        info = ShardInfo(path=self.rel_path, rows=self.rows, bytes=os.path.getsize(self._tmp),
+                         sha256=self._hash.hexdigest(), shard=self.index,
+                         planned=int(planned if planned is not None else self.rows),
                          dropped=dict(dropped or {}), committed_at=time.time())
         self.store.storage.publish_file(self._tmp, self.rel_path)
         self.store.record_commit(info)
-        self.store.refresh_manifest()
+        if refresh_manifest:
+            self.store.refresh_manifest()
         return info
 
     def abort(self) -> None:
         try:
             self._writer.close()
+            self._hash.cancel()
         finally:
             if os.path.exists(self._tmp):
                 os.remove(self._tmp)
