@@ -61,7 +61,7 @@ def _check_shard(storage: Storage, entry: dict) -> dict:
     return result
 
 
-def inspect_dataset(uri: str, storage_options: dict[str, Any] | None = None, workers: int = 8,
+def inspect_dataset(uri: str, storage_options: dict[str, Any] | None = None, workers: int = 4,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """The report as a JSON-able dict; ``report["problems"]`` is empty when every shard is healthy."""
     storage = Storage(uri, storage_options)

@@ -54,14 +54,18 @@ def shard_index(name: str) -> int:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus the git commit when running from a checkout (recorded in manifests)."""
+    """Package version plus the git commit when running from this project's checkout (recorded in manifests)."""
     version = magicseg_models.__version__
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(magicseg_models.__file__)))
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(magicseg_models.__file__))).stdout.strip()
+        out = subprocess.run(["git", "-C", checkout, "rev-parse", "--show-toplevel", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5).stdout.split()
     except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{version}+g{sha}" if sha else version
+        out = []
+    # an installed package may sit inside some other repository: only our own checkout's commit counts
+    if len(out) == 2 and os.path.realpath(out[0]) == os.path.realpath(checkout):
+        return f"{version}+g{out[1]}"
+    return version
 
 
 class FollowingHash:
