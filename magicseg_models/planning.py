@@ -29,7 +29,8 @@ from typing import Callable, Iterator
 
 from magicseg_models.errors import ConfigError
 
-__all__ = ["Job", "PlanSpec", "plan_jobs", "iter_jobs", "shard_jobs", "num_shards", "plan_summary", "spec_from_config"]
+__all__ = ["Job", "PlanSpec", "plan_jobs", "iter_jobs", "shard_jobs", "num_shards", "plan_summary",
+           "spec_from_config"]
 
 # The fraction is snapped to the nearest ratio with a denominator of at most this, so 0.3 means
 # exactly 3/10 (not the binary float just below it) and 1/3 means exactly 1/3.
@@ -47,6 +48,9 @@ class Job:
     class_names: tuple[str, ...]  # matching canonical names
     seed: int  # image seed in [0, 2**63), from blake2b(run seed, index)
     shard: int  # index // shard_size
+    # Which pass over the class list this job's classes came from: jobs asking for the same classes get
+    # distinct variants, so the prompt stage gives them distinct prompts (k prompts per LLM call serve k variants).
+    variant: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,11 +169,13 @@ def _iter_window(spec: PlanSpec, start: int, stop: int) -> Iterator[Job]:
             a, b = pairs[2 * pairs_before], pairs[2 * pairs_before + 1]
             ids = (a, b) if a < b else (b, a)
             names = (name_of[ids[0]], name_of[ids[1]])
+            variant = 2 * pairs_before // pairs.n
         else:
             ids = (singles[i - pairs_before],)
             names = (name_of[ids[0]],)
+            variant = (i - pairs_before) // singles.n
         image_seed = image_hash(i) & _SEED_MASK
-        yield Job(i, f"s{seed}-{i:09d}", ids, names, image_seed, i // shard_size)
+        yield Job(i, f"s{seed}-{i:09d}", ids, names, image_seed, i // shard_size, variant)
 
 
 def plan_jobs(spec: PlanSpec, start: int = 0, stop: int | None = None) -> list[Job]:

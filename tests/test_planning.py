@@ -266,3 +266,14 @@ def test_job_is_frozen():
     assert isinstance(job, Job)
     with pytest.raises(AttributeError):
         job.seed = 1  # type: ignore[misc]
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_classes=st.integers(1, 9), n=st.integers(0, 200), frac=st.sampled_from([0.0, 0.3, 0.5, 1.0]))
+def test_jobs_with_the_same_classes_get_distinct_variants(n_classes, n, frac):
+    """The prompt stage picks prompt number `variant`: repeats of a class set must not share one."""
+    spec = PlanSpec(tuple(range(n_classes)), tuple(f"c{i}" for i in range(n_classes)), n, 1, 10, frac)
+    seen: dict[tuple, set] = {}
+    for job in plan_jobs(spec):
+        assert job.variant not in seen.setdefault(job.class_ids, set())
+        seen[job.class_ids].add(job.variant)
