@@ -42,14 +42,15 @@ def _classes_fields(value: str | None) -> dict:
     return {"vocabulary": {"classes": names}}
 
 
-def _build_config(args) -> Any:
+def load_build_config(args) -> Any:
     from magicseg_models.config import load_config
 
     fields: dict[str, Any] = {
-        "out": args.out, "num_samples": args.num_samples, "seed": args.seed, "shard_size": args.shard_size,
-        **_classes_fields(args.classes),
+        "out": getattr(args, "out", None), "num_samples": getattr(args, "num_samples", None),
+        "seed": getattr(args, "seed", None), "shard_size": getattr(args, "shard_size", None),
+        **_classes_fields(getattr(args, "classes", None) if args.command == "build" else None),
     }
-    return load_config("build", args.preset, args.config, args.set or (), **fields)
+    return load_config("build", args.preset, getattr(args, "config", None), args.set or (), **fields)
 
 
 def _yaml(obj: Any) -> str:
@@ -64,7 +65,7 @@ def cmd_build(args) -> int:
     from magicseg_models.planning import iter_jobs, plan_summary, spec_from_config
     from magicseg_models.vocabulary import Vocabulary
 
-    config = _build_config(args)
+    config = load_build_config(args)
     vocabulary = Vocabulary.load(config.vocabulary.file, config.vocabulary.classes)
     spec = spec_from_config(config, vocabulary)
     if args.dry_run:
@@ -93,9 +94,67 @@ def cmd_build(args) -> int:
     return EXIT_USAGE
 
 
+def default_cache_dir() -> str:
+    return os.environ.get("MAGICSEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "magicseg")
+
+
 def cmd_prompts(args) -> int:
-    _not_landed("prompts", 3)
-    return EXIT_USAGE
+    from magicseg_models.prompts.cache import PromptCache
+    from magicseg_models.prompts.stage import PromptWriter
+    from magicseg_models.vocabulary import Vocabulary
+    from tasks.secrets import llm_api_key
+
+    if args.n < 1:
+        from magicseg_models.errors import ConfigError
+
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    config = load_build_config(args)
+    vocabulary = Vocabulary.load(config.vocabulary.file)
+    classes = _classes_to_try(vocabulary, args.classes)
+    writer = PromptWriter(config.prompts, vocabulary, seed=config.seed,
+                          cache=PromptCache(config.prompts.cache or default_cache_dir()),
+                          token_counter=generator_token_counter(config), api_key=llm_api_key(config.prompts))
+    for item in writer.prompts_for(classes, args.n):
+        print(json.dumps(item, ensure_ascii=False))
+    stats = writer.stats()
+    llm = stats["llm"]
+    print(f"magicseg prompts: {stats['backend']} {stats['model']}: llm calls {llm.get('calls', 0)}, "
+          f"retries {llm.get('retries', 0)}, tokens {llm.get('prompt_tokens', 0)}/{llm.get('completion_tokens', 0)}, "
+          f"cache hits {stats['cache_hits']}, misses {stats['cache_misses']}, rejects {stats['rejects']}, "
+          f"outcomes {stats['outcomes']}", file=sys.stderr)
+    return 0
+
+
+def _classes_to_try(vocabulary, names: str) -> list:
+    """Vocabulary classes (with their hints) where known; any other name is tried as given."""
+    from magicseg_models.errors import VocabularyError
+    from magicseg_models.vocabulary import Vocabulary
+
+    classes = []
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        try:
+            classes.append(vocabulary.resolve(name))
+        except VocabularyError as err:
+            if str(err).startswith("ambiguous"):
+                raise
+            print(f"magicseg prompts: '{name}' is not in {vocabulary.source}; trying it as given", file=sys.stderr)
+            classes.append(Vocabulary.from_names([name])[0])
+    if not 1 <= len(classes) <= 2:
+        from magicseg_models.errors import ConfigError
+
+        raise ConfigError(f"--classes takes 1 or 2 names, got {len(classes)}")
+    return classes
+
+
+def generator_token_counter(config):
+    """Counts tokens with the generator's own tokenizer (SD reads only 77), or None when it cannot be loaded."""
+    try:
+        from magicseg_models.generation.components import load_tokenizer
+        from magicseg_models.prompts.text import tokenizer_counter
+
+        return tokenizer_counter(load_tokenizer(config.generator))
+    except Exception:  # noqa: BLE001 - validation then skips only the token-window check
+        return None
 
 
 def cmd_train(args) -> int:
@@ -200,11 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write synthetic shapes instead of running models (checks storage and tooling)")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("prompts", help="try the prompt stage; JSON lines out")
-    p.add_argument("--classes", required=True, metavar="a,b")
-    p.add_argument("--n", type=int, default=5)
-    p.add_argument("--preset")
-    p.add_argument("--set", action="append", metavar="key.path=value")
+    p = sub.add_parser("prompts", help="try the prompt stage: N prompt pairs for one class set, JSON lines out")
+    p.add_argument("--classes", required=True, metavar="a,b", help="1-2 class names of the vocabulary")
+    p.add_argument("--n", type=int, default=5, help="how many prompts (default 5)")
+    p.add_argument("--preset", help="build preset whose prompts section is used (default tiny)")
+    p.add_argument("--seed", type=int)
+    _add_overrides(p)
     p.set_defaults(func=cmd_prompts)
 
     p = sub.add_parser("inspect", help="counts, per-class coverage, drop reasons, shard health")

@@ -57,11 +57,16 @@ class PromptsConfig(Section):
     prompts_per_call: int = Field(10, ge=1, description="k numbered prompts asked for per LLM call (paper: 10)")
     temperature: float = Field(1.0, ge=0, le=2)
     max_new_tokens: int = Field(1024, ge=16)
-    max_attempts: int = Field(3, ge=1, description="asks for rejected prompts again this many times")
-    on_failure: Literal["template", "drop"] = "template"
+    max_attempts: int = Field(3, ge=1, description="asks again this many times while a call lacks k valid prompts")
+    on_failure: Literal["template", "drop"] = Field(
+        "template", description="a class set with no valid LLM prompt: use the template, or drop its jobs")
     template: str = Field("a photo of {classes}", description="the paper's simple prompt (ablation baseline)")
-    concurrency: int = Field(16, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
+    template_scenes: bool = Field(False, description="vary the template with a few scene phrases")
+    cache: str | None = Field(
+        None, description="where LLM outputs are cached; None = OUT/prompts for builds, ~/.cache/magicseg otherwise")
+    concurrency: int = Field(16, ge=1, description="LLM requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="per LLM request")
+    max_retries: int = Field(5, ge=0, description="per LLM request, on 429/5xx/timeouts (honours Retry-After)")
     resources: StageResources = StageResources(num_gpus=0.0)
 
 

@@ -232,7 +232,6 @@ def test_debug_shows_the_traceback(capsys):
 
 
 @pytest.mark.parametrize("args,issue", [
-    (["prompts", "--classes", "cat,dog"], 3),
     (["train", "--data", "in", "--out", "out"], 7),
     (["eval", "--benchmark", "voc", "--data-root", "x"], 8),
     (["build", "--out", "OUT"], 6),

@@ -90,7 +90,8 @@ def test_build_tiny_is_cpu_only_with_tiny_weights():
     for res in (c.prompts.resources, c.generator.resources, c.annotate.resources):
         assert res.num_gpus == 0
     assert c.generator.weights == c.annotate.detector.weights == c.annotate.segmenter.weights == "tiny"
-    assert c.prompts.backend == "template"  # no network
+    # no network: the prompt stage runs the tiny local LM (hf backend), never an endpoint
+    assert c.prompts.backend == "hf" and c.prompts.weights == "tiny"
     assert c.generator.height % 8 == 0 and c.generator.height <= 128 and c.generator.steps <= 4
     assert len(c.vocabulary.classes) == 8
 

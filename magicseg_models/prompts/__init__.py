@@ -1,0 +1,1 @@
+"""Prompt stage: the LLM instruction, parsing and checking its answers, counterfactual text."""

@@ -1,0 +1,323 @@
+"""Prompt text: the LLM instruction, parsing its answer, checking prompts, counterfactual text.
+
+Pure functions (no network, no model). Class names are matched as whole words/phrases,
+case-insensitively, with their regular plural, so that a prompt "contains" a class exactly when
+its counterfactual (every class name replaced by ``nothing``) has lost it.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from magicseg_models.vocabulary import VocabClass
+
+# Bump whenever the instruction text below changes: it is part of the prompt cache key.
+INSTRUCTION_VERSION = "v1"
+
+# ~60 words stay well inside CLIP's 77 tokens (about 1.3 tokens per English word).
+MAX_PROMPT_WORDS = 60
+
+
+# --------------------------------------------------------------------------- instruction
+
+
+def _quoted(classes: Sequence[VocabClass]) -> str:
+    names = [f'"{c.prompt_name}"' for c in classes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def build_instruction(classes: Sequence[VocabClass], k: int = 10) -> list[dict]:
+    """Chat messages asking for ``k`` numbered scene descriptions containing every class.
+
+    Carries the paper's four requirements (busy background, diverse scenarios, detailed
+    attributes, details differing between examples) plus what our checks need: the names
+    verbatim, one prompt per line, short enough for Stable Diffusion's 77-token text window.
+    """
+    if not classes:
+        raise ValueError("build_instruction needs at least one class")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    names = _quoted(classes)
+    one = len(classes) == 1
+    every, it, objects = ("the name", "it", "object") if one else ("each name", "them", "objects")
+    system = (
+        "You write prompts for a text-to-image model (Stable Diffusion). Each prompt is one "
+        "vivid sentence describing a photograph. You follow the requested format exactly."
+    )
+    lines = [
+        f"Write exactly {k} different image prompts, each showing {names}.",
+        "",
+        "Requirements:",
+        "1. The background must be complex and rich in detail, never plain or monotonous.",
+        "2. Make the scenarios as diverse as possible: different places, times of day, "
+        "weather, viewpoints and situations.",
+        f"3. Describe the {objects} in detail: colour, size, material, posture, pose and the "
+        "actions taken.",
+        "4. The details must differ from one prompt to the next; do not repeat a scene.",
+        f"5. Each prompt must contain {every} {names} spelled exactly like that "
+        f"(singular or plural), not a synonym, and should name {it} early in the sentence.",
+        f"6. Keep each prompt under {MAX_PROMPT_WORDS} words.",
+    ]
+    hints = [c for c in classes if c.hint]
+    if hints:
+        lines += ["", *(f"By '{c.prompt_name}' we mean: {c.hint}" for c in hints)]
+    lines += [
+        "",
+        f"Answer with the numbered list only (1. to {k}.), one prompt per line, "
+        "with no title, no explanations and no text before or after the list.",
+    ]
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
+
+
+# --------------------------------------------------------------------------- parsing
+
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
+# "1. x", "1) x", "(1) x", "1: x", "Prompt 1: x"; markdown bold around the number is tolerated.
+_NUMBERED = re.compile(
+    r"^\s*(?:\*\*)?(?:(?:prompt|example)\s*)?(?:\(\d{1,3}\)|\d{1,3}[.):])(?:\*\*)?\s+(?P<text>\S.*)$",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^\s*[-*•]\s+(?P<text>\S.*)$")
+_QUOTES = "\"'“”‘’«»`"
+
+
+def _clean(item: str) -> str:
+    item = " ".join(item.split())  # JSON strings may hold newlines or tabs
+    while True:  # quotes or markdown bold around the whole prompt, possibly nested
+        if len(item) >= 2 and item[0] in _QUOTES and item[-1] in _QUOTES:
+            stripped = item[1:-1].strip()  # only a pair: 'a sign saying "open"' keeps its quote
+        elif len(item) >= 4 and item.startswith("**") and item.endswith("**"):
+            stripped = item[2:-2].strip()
+        else:
+            return item
+        item = stripped
+
+
+def _strings_from_json(value: object) -> list[str]:
+    if isinstance(value, dict):  # {"prompts": [...]}: the first list of strings
+        for inner in value.values():
+            found = _strings_from_json(inner) if isinstance(inner, list) else []
+            if found:
+                return found
+        return []
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _from_json(text: str) -> list[str]:
+    decoder = json.JSONDecoder()
+    blocks = _FENCE.findall(text) or [text]
+    for block in blocks:
+        # The JSON may follow a preamble ("Here you go: [...]"): try from the first bracket.
+        starts = sorted(i for i in (block.find("["), block.find("{")) if i >= 0)
+        for start in starts[:1]:
+            try:
+                value, _ = decoder.raw_decode(block[start:])
+            except ValueError:
+                continue
+            found = [s for s in map(_clean, _strings_from_json(value)) if s]
+            if found:
+                return found
+    return []
+
+
+def parse_completion(text: str) -> list[str]:
+    """The prompts in an LLM answer: a JSON array/object (fenced or not), else a numbered list,
+    else a bulleted list. Preambles and unlisted lines are ignored; junk gives []."""
+    if not text or not text.strip():
+        return []
+    found = _from_json(text)
+    if found:
+        return found
+    lines = text.splitlines()
+    for pattern in (_NUMBERED, _BULLET):  # numbered items win: bullets may be sub-points
+        items = [m["text"] for m in map(pattern.match, lines) if m]
+        items = [s for s in map(_clean, items) if s]
+        if items:
+            return items
+    return []
+
+
+# --------------------------------------------------------------------------- class matching
+
+_PLURAL_ES = ("s", "x", "z", "ch", "sh")
+
+
+def _plurals(word: str) -> set[str]:
+    """Regular English plurals of ``word`` (alternatives where the rule is not decidable)."""
+    low = word.lower()
+    if not low[-1:].isalpha():  # "c++": no plural form
+        return set()
+    if low.endswith(_PLURAL_ES):
+        return {word + "es"}
+    if low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":
+        return {word[:-1] + "ies"}
+    if low.endswith("fe"):
+        return {word[:-2] + "ves", word + "s"}
+    if low.endswith("f"):  # leaf -> leaves, but roof -> roofs
+        return {word[:-1] + "ves", word + "s"}
+    if low.endswith("o") and len(low) > 1 and low[-2] not in "aeiou":  # tomatoes, but photos
+        return {word + "es", word + "s"}
+    return {word + "s"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _phrase_pattern(phrase: str) -> str:
+    """Regex source for ``phrase`` as a whole word/phrase, its last word also in plural.
+
+    Words are split on whitespace and hyphens and rejoined by flexible whitespace/hyphens
+    ("hot dog" matches "hot  dog" and "hot-dog"); every word is escaped, so names like "c++ book"
+    are literal. Lookarounds instead of ``\\b`` so names starting or ending in a symbol work too.
+    """
+    words = [w for w in re.split(r"[\s\-]+", phrase.strip()) if w]
+    if not words:
+        raise ValueError("empty class phrase")
+    last = sorted({words[-1], *_plurals(words[-1])}, key=len, reverse=True)
+    body = [re.escape(w) for w in words[:-1]] + ["(?:" + "|".join(map(re.escape, last)) + ")"]
+    return r"(?<!\w)" + r"[\s\-]+".join(body) + r"(?!\w)"
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(phrases: tuple[str, ...]) -> re.Pattern:
+    # Longest names first so that "school bus" wins over "bus" at the same position.
+    ordered = sorted(set(phrases), key=len, reverse=True)
+    return re.compile("|".join(f"(?:{_phrase_pattern(p)})" for p in ordered), re.IGNORECASE)
+
+
+def find_class(prompt: str, phrase: str) -> re.Match | None:
+    """First whole-word, case-insensitive occurrence of ``phrase`` (or its regular plural)."""
+    return _compiled((phrase,)).search(prompt)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    reason: str | None = None  # see validate_prompt for the possible reasons
+
+
+def _junk_fraction(text: str) -> float:
+    """Share of characters that are not letters, digits, punctuation or spaces."""
+    odd = sum(1 for ch in text if unicodedata.category(ch)[0] not in "LNPZ")
+    return odd / len(text)
+
+
+def dedup_key(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
+
+
+def validate_prompt(
+    prompt: str,
+    classes: Sequence[VocabClass],
+    token_counter: Callable[[str], int] | None = None,
+    max_tokens: int = 77,
+    min_words: int = 3,
+    max_chars: int = 600,
+    seen: set[str] | None = None,
+) -> Verdict:
+    """Whether ``prompt`` is usable for ``classes``; an accepted prompt is added to ``seen``.
+
+    Reasons, in the order checked: ``too_short``, ``too_long``, ``bad_characters`` (control
+    characters or >10% symbols/junk), ``missing_class:<name>``, ``class_after_token_limit:<name>``
+    (the class's first occurrence does not end inside the text encoder's window), ``duplicate``.
+    ``<name>`` is the class's canonical vocabulary name. ``token_counter`` counts tokens without
+    BOS/EOS (see :func:`tokenizer_counter`); None skips the token check.
+    """
+    if len(prompt.split()) < min_words:
+        return Verdict(False, "too_short")
+    if len(prompt) > max_chars:
+        return Verdict(False, "too_long")
+    if any(unicodedata.category(ch)[0] == "C" for ch in prompt) or _junk_fraction(prompt) > 0.1:
+        return Verdict(False, "bad_characters")
+    for c in classes:
+        match = find_class(prompt, c.prompt_name)
+        if match is None:
+            return Verdict(False, f"missing_class:{c.name}")
+        # BOS and EOS take 2 of the window; the whole name must be readable, so count up to its
+        # end (for a one-token name this equals "its start lies inside the window").
+        if token_counter is not None and token_counter(prompt[: match.end()]) > max_tokens - 2:
+            return Verdict(False, f"class_after_token_limit:{c.name}")
+    if seen is not None:
+        key = dedup_key(prompt)
+        if key in seen:
+            return Verdict(False, "duplicate")
+        seen.add(key)
+    return Verdict(True, None)
+
+
+# --------------------------------------------------------------------------- counterfactual
+
+
+def counterfactual(prompt: str, classes: Sequence[VocabClass], word: str = "nothing") -> str:
+    """``prompt`` with every class name (and its regular plural) replaced by ``word``.
+
+    One pass over a single alternation, longest names first, so "school bus" is replaced as a
+    unit before "bus" could match inside it; grammar is left alone ("a yellow school nothing").
+    """
+    if not classes:
+        return prompt
+    pattern = _compiled(tuple(c.prompt_name for c in classes))
+    return pattern.sub(lambda _: word, prompt)  # a function: `word` is never read as a template
+
+
+# --------------------------------------------------------------------------- simple prompts
+
+# Short scenes for the "simple prompt" ablation with a little diversity; "{classes}" becomes
+# e.g. "a cat in a busy street market".
+SCENES = (
+    "in a busy street market",
+    "on a wooden table in a sunlit kitchen",
+    "in a park on a rainy afternoon",
+    "in a cluttered living room at night",
+    "on a snowy mountain road",
+    "by a lake at sunset",
+    "in a crowded train station",
+    "in a garden full of flowers",
+)
+
+
+def _with_article(name: str) -> str:
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
+
+
+def _class_phrase(classes: Sequence[VocabClass]) -> str:
+    parts = [_with_article(c.prompt_name) for c in classes]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def template_prompts(
+    classes: Sequence[VocabClass],
+    n: int,
+    template: str = "a photo of {classes}",
+    scenes: bool = False,
+) -> list[str]:
+    """``n`` prompts from ``template`` ("a photo of a cat and a dog"); with ``scenes`` the class
+    phrase cycles through :data:`SCENES` ("a photo of a cat in a busy street market", ...)."""
+    if "{classes}" not in template:
+        raise ValueError(f"template {template!r} has no {{classes}} placeholder")
+    if not classes:
+        raise ValueError("template_prompts needs at least one class")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    phrase = _class_phrase(classes)
+    variants = [f"{phrase} {scene}" for scene in SCENES] if scenes else [phrase]
+    # str.replace, not str.format: other braces in a user template stay literal.
+    return [template.replace("{classes}", v) for v in itertools.islice(itertools.cycle(variants), n)]
+
+
+def tokenizer_counter(tokenizer) -> Callable[[str], int]:
+    """Token count without BOS/EOS for a transformers (CLIP) tokenizer, for validate_prompt."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+
+    return count
