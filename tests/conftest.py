@@ -77,3 +77,14 @@ def synthetic_dataset(tiny_plan, dataset_root):
     write_synthetic_dataset(dataset_root, jobs, list(spec.class_names), height=64, width=64,
                             config={"preset": "test"})
     return dataset_root
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A throwaway Prefect API (the test harness's temporary server and database), once per session."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
