@@ -465,3 +465,31 @@ if __name__ == "__main__":
     from magicseg_models.config import configuration_doc as _doc
 
     print(_doc(), end="")
+
+
+# ------------------------------------------------------------------------------------------ comparing
+# Keys that do not change what a build writes: how big, where, how fast. A rerun may change them freely;
+# any other difference on an existing dataset would mix two datasets in one.
+RERUN_FREE_KEYS = ("preset", "out", "num_samples", "shards_per_task", "ray", "storage", "prompts.concurrency",
+                   "prompts.timeout_s", "prompts.max_retries", "prompts.cache", "prompts.resources",
+                   "generator.resources", "annotate.resources", "generator.compile", "generator.attention",
+                   "generator.channels_last")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def config_differences(old: dict, new: dict, free: Sequence[str] = RERUN_FREE_KEYS) -> list[str]:
+    """Dotted keys whose values differ between two public configs, ignoring ``free`` keys and their children."""
+    a, b = _flatten(old), _flatten(new)
+
+    def is_free(key: str) -> bool:
+        return any(key == f or key.startswith(f + ".") for f in free)
+
+    return sorted(k for k in set(a) | set(b) if not is_free(k) and a.get(k) != b.get(k))

@@ -375,3 +375,16 @@ def test_public_config_is_yaml_dumpable():
     # --dry-run prints it as YAML: every value must be a plain type
     config = load_config("train", "zegclip-vitb16")
     assert yaml.safe_load(yaml.safe_dump(public_config(config))) == public_config(config)
+
+
+def test_rerun_differences_ignore_size_place_and_speed_but_not_content():
+    from magicseg_models.config import config_differences
+
+    base = public_config(load_config("build", "tiny"))
+    grown = public_config(load_config("build", "tiny", overrides=[
+        "num_samples=500", "out=s3://b/x", "ray.num_cpus=8", "generator.resources.batch_size=16",
+        "prompts.concurrency=64"]))
+    assert config_differences(base, grown) == []
+    changed = public_config(load_config("build", "tiny", overrides=["generator.steps=9", "seed=3",
+                                                                    "annotate.keep=any"]))
+    assert config_differences(base, changed) == ["annotate.keep", "generator.steps", "seed"]
