@@ -100,7 +100,7 @@ def default_cache_dir() -> str:
 
 def cmd_prompts(args) -> int:
     from magicseg_models.prompts.cache import PromptCache
-    from magicseg_models.prompts.stage import PromptWriter
+    from magicseg_models.prompts.stage import PromptWriter, generator_token_counter
     from magicseg_models.vocabulary import Vocabulary
     from tasks.secrets import llm_api_key
 
@@ -113,7 +113,7 @@ def cmd_prompts(args) -> int:
     classes = _classes_to_try(vocabulary, args.classes)
     writer = PromptWriter(config.prompts, vocabulary, seed=config.seed,
                           cache=PromptCache(config.prompts.cache or default_cache_dir()),
-                          token_counter=generator_token_counter(config), api_key=llm_api_key(config.prompts))
+                          token_counter=generator_token_counter(config.generator), api_key=llm_api_key(config.prompts))
     for item in writer.prompts_for(classes, args.n):
         print(json.dumps(item, ensure_ascii=False))
     stats = writer.stats()
@@ -144,17 +144,6 @@ def _classes_to_try(vocabulary, names: str) -> list:
 
         raise ConfigError(f"--classes takes 1 or 2 names, got {len(classes)}")
     return classes
-
-
-def generator_token_counter(config):
-    """Counts tokens with the generator's own tokenizer (SD reads only 77), or None when it cannot be loaded."""
-    try:
-        from magicseg_models.generation.components import load_tokenizer
-        from magicseg_models.prompts.text import tokenizer_counter
-
-        return tokenizer_counter(load_tokenizer(config.generator))
-    except Exception:  # noqa: BLE001 - validation then skips only the token-window check
-        return None
 
 
 def cmd_train(args) -> int:
@@ -257,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the effective config and the plan summary")
     p.add_argument("--synthetic", action="store_true",
                    help="write synthetic shapes instead of running models (checks storage and tooling)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again at a URI built with a different config (deletes its shards)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("prompts", help="try the prompt stage: N prompt pairs for one class set, JSON lines out")

@@ -123,8 +123,9 @@ def test_class_after_the_token_window_is_rejected(tmp_path):
         writer = _writer(_config(srv, prompts__max_attempts=1), tmp_path, token_counter=lambda t: len(t.split()))
         prompts = writer.prompts_for([Vocabulary.default().resolve("cat")], 2)
     assert writer.stats()["rejects"] == {"class_after_token_limit": 1}
-    assert [p["prompt"] for p in prompts] == ["a cat sleeping on a warm windowsill at dawn"] * 2
-    assert writer.stats()["outcomes"] == {"llm": 1, "reused": 1}
+    # one valid prompt for two jobs: the second job never gets a copy of it, it falls back
+    assert [p["prompt"] for p in prompts] == ["a cat sleeping on a warm windowsill at dawn", "a photo of a cat"]
+    assert writer.stats()["outcomes"] == {"llm": 1, "template_fallback": 1}
 
 
 def test_cache_makes_a_second_identical_request_free(server, tmp_path):
@@ -212,3 +213,83 @@ def test_magicseg_prompts_against_a_faulty_server(server, tmp_path):
     assert rerun.returncode == 0 and rerun.stdout == done.stdout
     assert len(server.chat_requests) == requests  # served from the cache
     assert "cache hits 1" in rerun.stderr
+
+
+def test_a_name_inside_a_longer_vocabulary_name_is_not_the_class(tmp_path):
+    """'dog' inside 'dog collar' (and 'bear' inside 'teddy bear') would label an image that shows no dog."""
+    answers = ("1. a leather dog collar hanging on a hook by the front door\n"
+               "2. a dog wearing a red dog collar in a sunny park\n"
+               "3. a child hugging a teddy bear on a sofa\n"
+               "4. a brown bear beside a teddy bear in a forest clearing")
+    with FakeOpenAI(responder=lambda m: answers) as srv:
+        writer = _writer(_config(srv, prompts__max_attempts=1), tmp_path)
+        vocab = Vocabulary.default()
+        dogs = writer.prompts_for([vocab.resolve("dog"), vocab.resolve("dog collar")], 1)
+        bears = writer.prompts_for([vocab.resolve("bear")], 1)
+    assert dogs[0]["prompt"] == "a dog wearing a red dog collar in a sunny park"
+    assert dogs[0]["counterfactual_prompt"] == "a nothing wearing a red nothing in a sunny park"
+    assert bears[0]["prompt"] == "a brown bear beside a teddy bear in a forest clearing"
+
+
+def test_counterfactual_removes_irregular_plurals_and_synonyms():
+    from magicseg_models.prompts.text import counterfactual
+
+    vocab = Vocabulary.default()
+    person = vocab.resolve("person")
+    assert counterfactual("a person talking to two people and a woman", [person]) == \
+        "a nothing talking to two nothing and a nothing"
+    mouse = vocab.resolve("mouse (computer equipment)")
+    assert "mice" not in counterfactual("a computer mouse next to two other mice", [mouse])
+
+
+def test_cache_is_keyed_by_the_instruction_and_revalidated(server, tmp_path):
+    vocab = Vocabulary.default()
+    writer = _writer(_config(server), tmp_path)
+    writer.prompts_for([vocab.resolve("bus (vehicle)")], 1)
+    asked = len(server.chat_requests)
+    # another vocabulary naming the same class differently asks anew instead of reusing "bus" prompts
+    (tmp_path / "classes.txt").write_text("bus (vehicle)\tcoach\n")
+    custom = Vocabulary.from_file(str(tmp_path / "classes.txt"))
+    other = PromptWriter(_config(server).prompts, custom, cache=PromptCache(str(tmp_path / "cache")), api_key=KEY)
+    [item] = other.prompts_for([custom.resolve("bus (vehicle)")], 1)
+    assert len(server.chat_requests) == asked + 1 and "coach" in item["prompt"]
+    # a cached prompt that no longer validates (here: shorter token window) is not served
+    strict = _writer(_config(server), tmp_path, token_counter=lambda text: 1000)
+    [fallback] = strict.prompts_for([vocab.resolve("bus (vehicle)")], 1)
+    assert fallback["prompt"] == "a photo of a bus" and strict.stats()["cache_hits"] == 1
+
+
+def test_pair_calls_ask_only_for_what_their_jobs_need(server, tmp_path):
+    writer = _writer(_config(server), tmp_path)
+    rows = writer(_jobs((["cat", "dog"], 0)))
+    _assert_valid(rows[0])
+    [request] = server.chat_requests
+    assert "exactly 1 " in request["json"]["messages"][-1]["content"]
+    singles = writer(_jobs((["horse"], 0)))  # a single class recurs: its call asks for all k
+    _assert_valid(singles[0])
+    assert "exactly 10 " in server.chat_requests[-1]["json"]["messages"][-1]["content"]
+
+
+def test_hf_re_asks_draw_new_samples():
+    from magicseg_models.prompts.hf_writer import HFChat
+    from magicseg_models.prompts.text import build_instruction
+
+    chat = HFChat(model="tiny-llama", weights="tiny", max_tokens=16)
+    messages = build_instruction([Vocabulary.default().resolve("cat")], 2)
+    assert chat.complete_many_sync([messages]) != chat.complete_many_sync([messages])
+
+
+def test_token_window_is_checked_even_without_the_generators_tokenizer(tmp_path):
+    from magicseg_models.prompts.stage import estimated_clip_tokens, generator_token_counter
+    from magicseg_models.prompts.text import tokenizer_counter
+    from magicseg_models.generation.components import build_tiny_tokenizer
+
+    config = load_config("build", "sd15", overrides=[f"generator.model={tmp_path}/no-such-model"])
+    counter = generator_token_counter(config.generator)  # cannot load: falls back to the estimate
+    assert counter is estimated_clip_tokens
+    assert counter("very " * 95 + "cat") > 77
+    # the estimate never undercounts what a real CLIP-style BPE tokenizer counts on vocabulary prompts
+    real = tokenizer_counter(build_tiny_tokenizer())
+    for c in list(Vocabulary.default())[::40]:
+        text = f"a detailed photo of a {c.prompt_name} in a busy street at dusk"
+        assert estimated_clip_tokens(text) >= real(text) * 0.8

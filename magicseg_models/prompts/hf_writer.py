@@ -82,6 +82,7 @@ class HFChat:
             max_tokens = min(max_tokens, 32)  # its text is junk whatever the length: keep CPU runs in seconds
         self.temperature, self.max_tokens, self.batch_size, self.seed = temperature, max_tokens, batch_size, seed
         self.stats = LLMStats()
+        self._draws = 0
 
     def complete_many_sync(self, batches: Sequence[list[dict]]) -> list[str | None]:
         import torch
@@ -91,7 +92,9 @@ class HFChat:
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start:start + self.batch_size]
             inputs = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            torch.manual_seed(self.seed + start)  # sampling is reproducible for a given batch
+            # reproducible per run, but a re-ask (same messages) must not get the very same sample again
+            torch.manual_seed(self.seed * 1_000_003 + self._draws)
+            self._draws += 1
             with torch.inference_mode():
                 generated = self.model.generate(
                     **inputs, do_sample=self.temperature > 0, temperature=self.temperature or None,

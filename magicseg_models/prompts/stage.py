@@ -13,18 +13,51 @@ A class set with no valid prompt falls back to the template prompt or is dropped
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import re
 from collections import Counter
 from typing import Any, Callable, Sequence
 
 from magicseg_models.config import PromptsConfig
 from magicseg_models.prompts.cache import PromptCache, cache_key
 from magicseg_models.prompts.text import (
-    INSTRUCTION_VERSION, build_instruction, counterfactual, dedup_key, parse_completion, template_prompts,
-    validate_prompt,
+    INSTRUCTION_VERSION, build_instruction, counterfactual, covering_names, parse_completion, template_prompts,
+    tokenizer_counter, validate_prompt,
 )
 from magicseg_models.vocabulary import VocabClass, Vocabulary
 
 DROP_PROMPT_FAILED = "prompt_failed"
+logger = logging.getLogger(__name__)
+
+
+def estimated_clip_tokens(text: str) -> int:
+    """An over-estimate of CLIP BPE tokens: one per word or symbol, plus one per 6 letters of a long word."""
+    return sum(1 + (len(tok) - 1) // 6 if tok[0].isalnum() else 1 for tok in re.findall(r"\w+|[^\w\s]", text))
+
+
+def generator_token_counter(generator) -> Callable[[str], int]:
+    """Token counts with the generator's own tokenizer (SD's text encoder reads only 77 tokens).
+
+    When that tokenizer cannot be loaded (offline, no files), a warning and :func:`estimated_clip_tokens`,
+    which errs on the long side: a prompt may be rejected needlessly, never accepted with an invisible class.
+    """
+    try:
+        if generator.weights == "pretrained":
+            from transformers import CLIPTokenizer
+
+            kw = {"revision": generator.revision} if generator.revision else {}
+            tokenizer = CLIPTokenizer.from_pretrained(generator.model, subfolder="tokenizer", **kw)
+        else:
+            from magicseg_models.generation.components import build_tiny_tokenizer
+
+            tokenizer = build_tiny_tokenizer()
+    except Exception as err:  # noqa: BLE001 - any load failure means: no token check
+        logger.warning("no generator tokenizer (%s): estimating tokens for the 77-token window",
+                       str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+        return estimated_clip_tokens
+    return tokenizer_counter(tokenizer)
 
 
 def make_chat(config: PromptsConfig, api_key: str | None = None, seed: int = 0):
@@ -56,6 +89,8 @@ class PromptWriter:
         self.cache = cache or PromptCache(None)
         self.token_counter = token_counter
         self.chat = chat if chat is not None else make_chat(config, api_key=api_key, seed=seed)
+        # names inside longer vocabulary names ("bear" in "teddy bear") do not count as the class
+        self.covering = covering_names(tuple(c.prompt_name for c in vocabulary))
         self.rejects: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()  # llm, template, template_fallback, reused, dropped
 
@@ -93,17 +128,20 @@ class PromptWriter:
             return [self._template(classes, variant) for classes, variant in jobs]
         k = self.config.prompts_per_call
         calls: dict[tuple, list[VocabClass]] = {}
+        needed: dict[tuple, int] = {}
         for classes, variant in jobs:
-            calls.setdefault(self._call_id(classes, variant // k), classes)
-        answers = self._answers(calls)
+            cid = self._call_id(classes, variant // k)
+            calls.setdefault(cid, classes)
+            needed[cid] = max(needed.get(cid, 0), variant % k + 1)
+        answers = self._answers(calls, needed)
         chosen: list[str | None] = []
         for classes, variant in jobs:
             prompts = answers[self._call_id(classes, variant // k)]
             slot = variant % k
-            if prompts:
-                self.outcomes["llm" if slot < len(prompts) else "reused"] += 1
-                chosen.append(prompts[slot % len(prompts)])
-            elif self.config.on_failure == "template":
+            if slot < len(prompts):
+                self.outcomes["llm"] += 1
+                chosen.append(prompts[slot])
+            elif self.config.on_failure == "template":  # never a second job with the same LLM prompt
                 self.outcomes["template_fallback"] += 1
                 chosen.append(self._template(classes, variant))
             else:
@@ -118,35 +156,48 @@ class PromptWriter:
     def _call_id(classes: Sequence[VocabClass], call: int) -> tuple:
         return tuple(sorted(c.name for c in classes)), call
 
-    def _answers(self, calls: dict[tuple, list[VocabClass]]) -> dict[tuple, list[str]]:
-        """Valid prompts per call: from the cache, else asked (and re-asked) of the LLM, then cached."""
+    def _key(self, classes: Sequence[VocabClass], call: int) -> dict:
+        # the instruction's own text (names, hints, k) is part of the key: another vocabulary or k asks anew
+        instruction = json.dumps(build_instruction(classes, self.config.prompts_per_call), sort_keys=True)
+        return cache_key(class_names=[c.name for c in classes], backend=self.config.backend,
+                         model=f"{self.config.weights}:{self.config.model}@{self._endpoint()}",
+                         instruction_version=f"{INSTRUCTION_VERSION}:{hashlib.sha256(instruction.encode()).hexdigest()[:16]}"
+                                             f":t{self.config.temperature}", seed=self.seed, call=call)
+
+    def _endpoint(self) -> str:
+        return getattr(self.chat, "endpoint", "") or ""
+
+    def _answers(self, calls: dict[tuple, list[VocabClass]], needed: dict[tuple, int]) -> dict[tuple, list[str]]:
+        """Valid prompts per call: cached ones (re-validated), then asked of the LLM until the jobs at hand
+        have theirs or ``max_attempts`` is spent; whatever is valid is cached (partial lists are topped up later).
+
+        A one-class set recurs every pass over the vocabulary, so its call asks for all k prompts (the rest serve
+        later jobs from the cache); a pair rarely recurs, so its call asks only for what its jobs need.
+        """
         k = self.config.prompts_per_call
-        keys = {cid: cache_key(class_names=[c.name for c in classes], backend=self.config.backend,
-                               model=self.config.model, instruction_version=INSTRUCTION_VERSION, seed=self.seed,
-                               call=cid[1]) for cid, classes in calls.items()}
+        keys = {cid: self._key(classes, cid[1]) for cid, classes in calls.items()}
+        seen: dict[tuple, set[str]] = {}  # one duplicate filter per class set, across its calls
         valid: dict[tuple, list[str]] = {}
-        for cid in calls:
-            cached = self.cache.get(keys[cid])
-            if cached is not None:
-                valid[cid] = cached
-        todo = {cid: classes for cid, classes in calls.items() if cid not in valid}
-        # calls for the same class set share one duplicate filter: their jobs must not get the same prompt
-        by_classes: dict[tuple, set[str]] = {}
-        seen = {cid: by_classes.setdefault(cid[0], set()) for cid in todo}
-        for cid, prompts in valid.items():
-            by_classes.setdefault(cid[0], set()).update(dedup_key(p) for p in prompts)
-        for cid in todo:
+        for cid, classes in calls.items():
+            shared = seen.setdefault(cid[0], set())
             valid[cid] = []
+            for prompt in self.cache.get(keys[cid]) or []:
+                if validate_prompt(prompt, classes, self.token_counter, seen=shared, covering=self.covering).ok:
+                    valid[cid].append(prompt)
+        want = {cid: k if len(classes) == 1 else needed[cid] for cid, classes in calls.items()}
+        asked: set[tuple] = set()
         for _ in range(self.config.max_attempts):
-            pending = [cid for cid in todo if len(valid[cid]) < k]
+            pending = [cid for cid in calls if len(valid[cid]) < needed[cid]]
             if not pending:
                 break
-            texts = self.chat.complete_many_sync([build_instruction(todo[cid], k) for cid in pending])
+            asked.update(pending)
+            texts = self.chat.complete_many_sync(
+                [build_instruction(calls[cid], want[cid] - len(valid[cid])) for cid in pending])
             for cid, text in zip(pending, texts):
-                self._collect(text, todo[cid], valid[cid], seen[cid], k)
-        for cid in todo:
-            if valid[cid]:  # an empty answer is not cached: a later run may succeed
-                self.cache.put(keys[cid], valid[cid], meta={"requested": k})
+                self._collect(text, calls[cid], valid[cid], seen[cid[0]], want[cid])
+        for cid in asked:
+            if valid[cid]:  # nothing valid is not cached: a later run asks again
+                self.cache.put(keys[cid], valid[cid], meta={"requested": want[cid]})
         return valid
 
     def _collect(self, text: str | None, classes: list[VocabClass], valid: list[str], seen: set[str],
@@ -160,7 +211,7 @@ class PromptWriter:
         for prompt in candidates:
             if len(valid) >= k:
                 return
-            verdict = validate_prompt(prompt, classes, self.token_counter, seen=seen)
+            verdict = validate_prompt(prompt, classes, self.token_counter, seen=seen, covering=self.covering)
             if verdict.ok:
                 valid.append(prompt)
             else:

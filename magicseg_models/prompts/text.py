@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from magicseg_models.vocabulary import VocabClass
@@ -106,25 +106,35 @@ def _strings_from_json(value: object) -> list[str]:
             if found:
                 return found
         return []
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str)]
+    if isinstance(value, list):  # ["...", ...] or [{"prompt": "..."}, ...]: the first string of each item
+        out = []
+        for item in value:
+            if isinstance(item, dict):
+                item = next((v for v in item.values() if isinstance(v, str)), None)
+            if isinstance(item, str):
+                out.append(item)
+        return out
     return []
 
 
 def _from_json(text: str) -> list[str]:
     decoder = json.JSONDecoder()
-    blocks = _FENCE.findall(text) or [text]
-    for block in blocks:
-        # The JSON may follow a preamble ("Here you go: [...]"): try from the first bracket.
-        starts = sorted(i for i in (block.find("["), block.find("{")) if i >= 0)
-        for start in starts[:1]:
-            try:
-                value, _ = decoder.raw_decode(block[start:])
-            except ValueError:
-                continue
-            found = [s for s in map(_clean, _strings_from_json(value)) if s]
-            if found:
-                return found
+    fenced = _FENCE.findall(text)
+    for block in fenced or [text]:
+        # unfenced JSON may follow a preamble ("Here you go: [...]"), but a numbered list that merely
+        # contains brackets ('1. a sign reading ["open"]') is not JSON
+        if not fenced and any(_NUMBERED.match(line) for line in block.splitlines()):
+            continue
+        start = min((i for i in (block.find("["), block.find("{")) if i >= 0), default=-1)
+        if start < 0:
+            continue
+        try:
+            value, _ = decoder.raw_decode(block[start:])
+        except ValueError:
+            continue
+        found = [s for s in map(_clean, _strings_from_json(value)) if s]
+        if found:
+            return found
     return []
 
 
@@ -138,7 +148,13 @@ def parse_completion(text: str) -> list[str]:
         return found
     lines = text.splitlines()
     for pattern in (_NUMBERED, _BULLET):  # numbered items win: bullets may be sub-points
-        items = [m["text"] for m in map(pattern.match, lines) if m]
+        items: list[str] = []
+        for line in lines:
+            match = pattern.match(line)
+            if match:
+                items.append(match["text"])
+            elif items and line.strip() and line[:1].isspace():
+                items[-1] += " " + line.strip()  # an indented continuation of the item above
         items = [s for s in map(_clean, items) if s]
         if items:
             return items
@@ -148,6 +164,10 @@ def parse_completion(text: str) -> list[str]:
 # --------------------------------------------------------------------------- class matching
 
 _PLURAL_ES = ("s", "x", "z", "ch", "sh")
+# the irregular plurals of vocabulary words an LLM is likely to write: a counterfactual must not keep "people"
+_IRREGULAR = {"person": "people", "mouse": "mice", "child": "children", "man": "men", "woman": "women",
+              "foot": "feet", "tooth": "teeth", "goose": "geese", "ox": "oxen", "louse": "lice",
+              "die": "dice", "fish": "fish", "sheep": "sheep", "deer": "deer", "cactus": "cacti"}
 
 
 def _plurals(word: str) -> set[str]:
@@ -155,6 +175,8 @@ def _plurals(word: str) -> set[str]:
     low = word.lower()
     if not low[-1:].isalpha():  # "c++": no plural form
         return set()
+    if low in _IRREGULAR:
+        return {_IRREGULAR[low], word + "s"}
     if low.endswith(_PLURAL_ES):
         return {word + "es"}
     if low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":
@@ -223,6 +245,7 @@ def validate_prompt(
     min_words: int = 3,
     max_chars: int = 600,
     seen: set[str] | None = None,
+    covering: Mapping[str, Sequence[str]] | None = None,
 ) -> Verdict:
     """Whether ``prompt`` is usable for ``classes``; an accepted prompt is added to ``seen``.
 
@@ -230,7 +253,9 @@ def validate_prompt(
     characters or >10% symbols/junk), ``missing_class:<name>``, ``class_after_token_limit:<name>``
     (the class's first occurrence does not end inside the text encoder's window), ``duplicate``.
     ``<name>`` is the class's canonical vocabulary name. ``token_counter`` counts tokens without
-    BOS/EOS (see :func:`tokenizer_counter`); None skips the token check.
+    BOS/EOS (see :func:`tokenizer_counter`); None skips the token check. ``covering`` maps a prompt
+    name to longer vocabulary names that contain it ("bear" -> "teddy bear", see
+    :func:`covering_names`): an occurrence inside one of those does not count as the class.
     """
     if len(prompt.split()) < min_words:
         return Verdict(False, "too_short")
@@ -239,7 +264,7 @@ def validate_prompt(
     if any(unicodedata.category(ch)[0] == "C" for ch in prompt) or _junk_fraction(prompt) > 0.1:
         return Verdict(False, "bad_characters")
     for c in classes:
-        match = find_class(prompt, c.prompt_name)
+        match = _own_occurrence(prompt, c.prompt_name, (covering or {}).get(c.prompt_name, ()))
         if match is None:
             return Verdict(False, f"missing_class:{c.name}")
         # BOS and EOS take 2 of the window; the whole name must be readable, so count up to its
@@ -254,6 +279,35 @@ def validate_prompt(
     return Verdict(True, None)
 
 
+def _own_occurrence(prompt: str, phrase: str, longer: Sequence[str]) -> re.Match | None:
+    """First occurrence of ``phrase`` that is not part of an occurrence of a longer name."""
+    taken = [m.span() for m in _compiled(tuple(longer)).finditer(prompt)] if longer else []
+    for match in _compiled((phrase,)).finditer(prompt):
+        if not any(a <= match.start() and match.end() <= b for a, b in taken):
+            return match
+    return None
+
+
+def _words(name: str) -> tuple[str, ...]:
+    return tuple(w for w in re.split(r"[\s\-]+", name.lower()) if w)
+
+
+@functools.lru_cache(maxsize=8)
+def covering_names(names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """For each name, the longer names of ``names`` that contain it as whole words ("dog" -> "dog collar").
+
+    A "dog" found only inside "dog collar" is not a dog: validation must not accept it for the class dog.
+    """
+    by_part: dict[tuple[str, ...], set[str]] = {}
+    for name in names:
+        words = _words(name)
+        for i in range(len(words)):
+            for j in range(i + 1, len(words) + 1):
+                if (i, j) != (0, len(words)):
+                    by_part.setdefault(words[i:j], set()).add(name)
+    return {name: tuple(sorted(by_part[_words(name)])) for name in names if _words(name) in by_part}
+
+
 # --------------------------------------------------------------------------- counterfactual
 
 
@@ -265,7 +319,8 @@ def counterfactual(prompt: str, classes: Sequence[VocabClass], word: str = "noth
     """
     if not classes:
         return prompt
-    pattern = _compiled(tuple(c.prompt_name for c in classes))
+    # synonyms too: a "person" prompt that also says "a woman" must not keep her in the counterfactual
+    pattern = _compiled(tuple({p for c in classes for p in (c.prompt_name, *c.synonyms) if _words(p)}))
     return pattern.sub(lambda _: word, prompt)  # a function: `word` is never read as a template
 
 

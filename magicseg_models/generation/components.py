@@ -1,0 +1,458 @@
+"""The generator's models: built from configs in code (``tiny``, ``random``) or loaded (``pretrained``).
+
+Three ways to get Stable Diffusion 1.x components, picked by ``generator.weights``:
+
+- ``tiny``: a UNet, VAE and CLIP text encoder a few hundred kB in size, built from the configs below with a fixed
+  init seed, and a CLIP tokenizer trained here (byte-level BPE on the builtin vocabulary's names plus common
+  words). Nothing is downloaded; images are noise, but every tensor shape, the scheduler and the whole paired
+  pipeline are the real ones. The tiny VAE downsamples by 8 like SD's, so latents are ``image / 8``.
+- ``random``: the SD 1.5 architecture at full size (its published ``unet``, ``vae`` and ``text_encoder``
+  configs, embedded below) with random weights, for throughput measurements where FLOPs, not weights, matter.
+  The tokenizer is the local one (token ids lie inside CLIP's 49408-token vocabulary; prompts still fill the
+  77-token sequence the UNet cross-attends to).
+- ``pretrained``: any SD 1.x diffusers folder, as a hub id or a local path (``generator.model``).
+
+The scheduler is the model's own (PNDM for SD 1.5) or any compatible diffusers scheduler, by class name or a
+short alias (``dpm-solver++``, ``euler``, ``ddim``, ...), built from the model's scheduler config.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from magicseg_models.errors import ConfigError, MagicSegError
+
+TINY_INIT_SEED = 0
+MAX_TOKENS = 77  # CLIP's context: tokens past 77 (BOS and EOS included) are invisible to the UNet
+
+
+class WeightsError(MagicSegError):
+    """Generator weights cannot be found or loaded (missing folder, not a diffusers layout, offline hub)."""
+
+
+# ------------------------------------------------------------------------------------- SD 1.5 configs
+# The published configs of stable-diffusion-v1-5 (unet/, vae/, text_encoder/ and scheduler/ config.json).
+SD15_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+
+SD15_VAE_CONFIG: dict[str, Any] = {
+    "sample_size": 512,
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "scaling_factor": 0.18215,
+}
+
+# CLIP ViT-L/14's text tower (openai/clip-vit-large-patch14), as SD 1.5's text_encoder/config.json.
+SD15_TEXT_CONFIG: dict[str, Any] = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "projection_dim": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": MAX_TOKENS,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "trained_betas": None,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+}
+SD15_SCHEDULER_CLASS = "PNDMScheduler"
+
+# ------------------------------------------------------------------------------------------ tiny configs
+# Same block types as SD 1.5, a few channels each. Two UNet levels; four VAE levels so that the VAE downsamples
+# by 8 like SD's (latents are image / 8, and the "multiple of 8" rule means the same thing in every preset).
+TINY_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "norm_num_groups": 32,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+}
+
+TINY_VAE_CONFIG: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (8, 16, 16, 16),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "scaling_factor": 0.18215,
+}
+
+TINY_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "projection_dim": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": MAX_TOKENS,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+# Words that prompts and counterfactual prompts are made of, besides class names (the tokenizer is trained on
+# both, so typical prompts tokenize into whole words rather than bytes).
+_COMMON_WORDS = """
+a an the of in on at by with and or near next to under over behind beside between across along through into
+onto from for while is are sits stands lies hangs rests parked leaning standing sitting lying walking running
+flying floating holding wearing eating looking playing nothing photo picture image scene view close up detailed
+realistic bright dark sunny cloudy rainy snowy morning evening night light shadow colorful red orange yellow
+green blue purple pink brown black white gray grey silver golden wooden metal plastic glass old new small large
+big tiny tall short round long street road park garden kitchen table room house building city field forest
+beach river lake mountain sky water grass tree trees window door wall floor background foreground corner shelf
+desk bed sofa market shop store office school station farm yard countryside indoors outdoors busy quiet crowded
+empty people man woman child children dog cat bird car bus bicycle person horse bottle plant potted tv monitor
+its their his her two three several many some one
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """Train a CLIP-style byte-level BPE (``</w>`` word ends) on vocabulary names and common words."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from magicseg_models.vocabulary import Vocabulary
+
+    vocabulary = Vocabulary.default()
+    corpus = sorted(set(vocabulary.names) | {c.prompt_name for c in vocabulary} | set(_COMMON_WORDS.split()))
+    tok = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
+    # the normalizer and pre-tokenizer of transformers' CLIPTokenizer, so training sees the words it will see
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|"""
+                                   r"""[\p{N}]|[^\s\p{L}\p{N}]+"""), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=4096, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>")
+    tok.train_from_iterator(corpus, trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    # CLIP's layout: every byte symbol alone and as a word end, then the merges, then the two special tokens
+    # last (so EOS has the highest id, which CLIP's pooled output relies on).
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for token in [*alphabet, *(c + "</w>" for c in alphabet),
+                  *sorted(model["vocab"], key=model["vocab"].get), "<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(token, len(vocab))
+    merges = tuple(tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"])
+    return vocab, merges  # type: ignore[return-value]
+
+
+def build_tiny_tokenizer():
+    """A real ``transformers.CLIPTokenizer`` (max length 77, pads with EOS) over a vocabulary trained here.
+
+    A new instance each call: tokenizers keep padding state, so threads should not share one.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _tiny_vocab_and_merges()
+    return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m) for m in merges], model_max_length=MAX_TOKENS)
+
+
+# ----------------------------------------------------------------------------------------------- schedulers
+# Short names users type; any compatible diffusers scheduler class name works too.
+SCHEDULER_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "pndm": ("PNDMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpm-solver++-karras": ("DPMSolverMultistepScheduler",
+                            {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpm-solver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+}
+# Epsilon-prediction schedulers over SD's discrete 1000-step training schedule (diffusers' KarrasDiffusionSchedulers).
+_COMPATIBLE = (
+    "PNDMScheduler", "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+)
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9+]", "", name.lower())
+
+
+def known_schedulers() -> list[str]:
+    return ["default", *SCHEDULER_ALIASES, *_COMPATIBLE]
+
+
+def make_scheduler(name: str, base):
+    """The scheduler called ``name`` ("default" = ``base`` itself), built from ``base``'s config.
+
+    ``base`` is the model's own scheduler (its betas, timestep spacing and offset carry over).
+    """
+    import diffusers
+
+    if name == "default":
+        return base
+    key = _norm_name(name)
+    aliases = {_norm_name(alias): target for alias, target in SCHEDULER_ALIASES.items()}
+    classes = {_norm_name(cls): (cls, {}) for cls in _COMPATIBLE}
+    classes.update({_norm_name(cls.removesuffix("Scheduler")): (cls, {}) for cls in _COMPATIBLE})
+    target = aliases.get(key) or classes.get(key)
+    if target is None:
+        raise ConfigError(f"invalid config value for 'generator.scheduler': unknown scheduler {name!r}; "
+                          f"known: {', '.join(['default', *SCHEDULER_ALIASES])} or a diffusers class name "
+                          f"({', '.join(_COMPATIBLE)})")
+    cls_name, overrides = target
+    try:
+        cls = getattr(diffusers, cls_name)
+        return cls.from_config(base.config, **overrides)
+    except ImportError as err:  # diffusers' placeholder classes say which library is missing
+        library = re.search(r"requires the (\S+) library", str(err))
+        need = f"pip install {library.group(1)}" if library else _one_line(err)
+        raise ConfigError(f"scheduler {name!r} ({cls_name}) needs a missing library: {need}") from None
+
+
+def default_scheduler():
+    import diffusers
+
+    return getattr(diffusers, SD15_SCHEDULER_CLASS).from_config(SD15_SCHEDULER_CONFIG)
+
+
+# ------------------------------------------------------------------------------------------ device / dtype
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto": the first CUDA GPU when there is one, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The configured dtype, except float16 on a CPU (slow and partly unsupported there), which runs in float32."""
+    dtype = _DTYPES[name]
+    if device.type == "cpu" and dtype == torch.float16:
+        return torch.float32
+    return dtype
+
+
+# ------------------------------------------------------------------------------------------------- loading
+@dataclass
+class Components:
+    """What a Stable Diffusion pipeline is made of (the names are diffusers' component names)."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    safety_checker: Any = None
+    feature_extractor: Any = None
+    source: dict[str, Any] = field(default_factory=dict)  # what was loaded: weights, model, revision
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
+                "scheduler": self.scheduler, "safety_checker": self.safety_checker,
+                "feature_extractor": self.feature_extractor}
+
+
+def _text_encoder(config: dict[str, Any], tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(**{"vocab_size": len(tokenizer), **config},
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextModel(cfg)
+
+
+def _safety_checker(size: str):
+    """A randomly initialised safety checker (tiny or ViT-L/14) and its CLIP image processor."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    if size == "tiny":
+        vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "image_size": 32, "patch_size": 8, "projection_dim": 32}
+        text = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
+                "projection_dim": 32}
+        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+        crop = 32
+    else:  # CLIP ViT-L/14, as SD 1.5's safety_checker/config.json
+        vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                  "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 768}
+        config = CLIPConfig(text_config={"hidden_size": 768, "projection_dim": 768}, vision_config=vision,
+                            projection_dim=768)
+        crop = 224
+    extractor = CLIPImageProcessor(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop})
+    return StableDiffusionSafetyChecker(config), extractor
+
+
+def _build_from_configs(size: str, safety: bool, device: torch.device) -> Components:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    tokenizer = build_tiny_tokenizer()
+    unet_cfg, vae_cfg, text_cfg = ((TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG) if size == "tiny" else
+                                   (SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD15_TEXT_CONFIG))
+    # fixed init seed: the same weights in every process, whatever ran before (the global RNG is restored)
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), torch.device(device):
+        torch.manual_seed(TINY_INIT_SEED)
+        unet = UNet2DConditionModel(**unet_cfg)
+        vae = AutoencoderKL(**vae_cfg)
+        text_encoder = _text_encoder(text_cfg, tokenizer)
+        checker, extractor = _safety_checker(size) if safety else (None, None)
+    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                      scheduler=default_scheduler(), safety_checker=checker, feature_extractor=extractor)
+
+
+def _looks_local(model: str) -> bool:
+    return (model.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(os.path.expanduser(model))
+            or model.count("/") > 1 or "\\" in model)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _load_pretrained(model: str, revision: str | None, dtype: torch.dtype, safety: bool) -> Components:
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if _looks_local(model):
+        path = os.path.expanduser(model.removeprefix("file://"))
+        if not os.path.isdir(path):
+            raise WeightsError(f"generator.model: no such folder {model!r} (give an SD 1.x diffusers folder or a "
+                               f"hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5)")
+        missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+                   if not os.path.isdir(os.path.join(path, sub))]
+        if missing:
+            raise WeightsError(f"generator.model: {model!r} is not a Stable Diffusion diffusers folder "
+                               f"(missing {', '.join(sub + '/' for sub in missing)})")
+        model = path
+    kw = {"revision": revision} if revision else {}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **kw)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
+        sched_cfg = diffusers.DDIMScheduler.load_config(model, subfolder="scheduler", **kw)
+        scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+        checker = extractor = None
+        if safety:
+            from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+            from transformers import CLIPImageProcessor
+
+            checker = StableDiffusionSafetyChecker.from_pretrained(model, subfolder="safety_checker",
+                                                                   torch_dtype=dtype, **kw)
+            extractor = CLIPImageProcessor.from_pretrained(model, subfolder="feature_extractor", **kw)
+    except MagicSegError:
+        raise
+    except Exception as err:  # hub offline, missing files, unreadable weights: one line for the user
+        raise WeightsError(f"cannot load generator weights {model!r}"
+                           f"{f' (revision {revision})' if revision else ''}: {_one_line(err)}") from None
+    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                      safety_checker=checker, feature_extractor=extractor)
+
+
+def load_components(config, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Components:
+    """Components for a :class:`~magicseg_models.config.GeneratorConfig`, on ``device`` in ``dtype``.
+
+    ``random`` builds the full-size models directly on ``device`` (seconds on a GPU instead of a minute of CPU
+    initialisation). Raises :class:`ConfigError` for an unknown scheduler and :class:`WeightsError` when weights
+    cannot be found or loaded.
+    """
+    device = resolve_device(device)
+    dtype = dtype or resolve_dtype(config.dtype, device)
+    # check the scheduler name before anything heavy is built
+    make_scheduler(config.scheduler, default_scheduler())
+    if config.weights == "pretrained":
+        components = _load_pretrained(config.model, config.revision, dtype, config.safety_checker)
+        source = {"weights": "pretrained", "model": config.model, "revision": config.revision}
+    elif config.weights == "tiny":
+        components = _build_from_configs("tiny", config.safety_checker, torch.device("cpu"))
+        source = {"weights": "tiny", "model": "tiny (built in code)", "init_seed": TINY_INIT_SEED}
+    else:
+        components = _build_from_configs("sd15", config.safety_checker, device)
+        source = {"weights": "random", "model": "sd15 architecture (random init)", "init_seed": TINY_INIT_SEED}
+    components.scheduler = make_scheduler(config.scheduler, components.scheduler)
+    components.source = source
+    for name in ("unet", "vae", "text_encoder", "safety_checker"):
+        module = getattr(components, name)
+        if module is not None:
+            _move(module, device, dtype)
+    return components
+
+
+def _move(module, device: torch.device, dtype: torch.dtype) -> None:
+    """``module.to(device, dtype)``, eval mode, no grads; without diffusers' warning about casting after load
+    (SD 1.x models keep no modules in float32, so the cast is exact)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    logger = diffusers_logging.get_logger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(diffusers_logging.ERROR)
+    try:
+        module.to(device=device, dtype=dtype)
+    finally:
+        logger.setLevel(level)
+    module.eval().requires_grad_(False)
+
+
+def parameter_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())

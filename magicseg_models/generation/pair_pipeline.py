@@ -1,0 +1,449 @@
+"""Paired Stable Diffusion: an image and its counterfactual from the same latents, in one UNet batch.
+
+MagicSeg's counterfactual pair must differ only by the object, so both images start from the SAME initial
+latents, drawn from a generator seeded with the job's seed alone (reproducible whatever else is in the batch).
+After the first step the two trajectories differ, so each keeps its own latents and its own unconditional
+branch of classifier-free guidance. For N pairs one UNet call per timestep holds the 4N branches::
+
+    [uncond image 1..N | uncond counterfactual 1..N | cond image 1..N | cond counterfactual 1..N]
+
+so a pair costs ``len(timesteps)`` UNet calls (``steps``; PNDM adds one warm-up call) instead of twice that, and
+the N pairs share each call. The empty-prompt embedding is computed once per pipeline (per model load).
+
+Two layers, as in diffusers:
+
+- :class:`PairedStableDiffusionPipeline`: a ``DiffusionPipeline`` over tensors. ``check_inputs`` raises one-line
+  :class:`GenerationInputError` s instead of silently fixing inputs; ``__call__`` runs in numbered steps and is
+  numerically the plain ``StableDiffusionPipeline`` run on the same latents (its image of prompt p with latents z
+  is the plain pipeline's image of p from z, to float tolerance).
+- :class:`PairGenerator`: the stage. It loads its models in ``__init__`` from a ``GeneratorConfig`` and maps a
+  batch of rows (``prompt``, ``counterfactual_prompt``, ``seed``, anything else passes through) to a batch of rows
+  with ``image`` and ``counterfactual_image`` bytes, ``height``, ``width`` and ``drop_reason``. It runs the same
+  in a test, a notebook or a Ray actor (this package imports neither Ray nor Prefect).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from magicseg_models.dataset.codecs import encode_image
+from magicseg_models.errors import MagicSegError
+from magicseg_models.generation.components import (
+    Components,
+    load_components,
+    resolve_device,
+    resolve_dtype,
+)
+
+MAX_SEED = 2**64  # torch generators take seeds in [0, 2**64)
+BLACK_MAX = 1  # an image whose every uint8 value is <= this is "all black" (fp16 overflow, blanked output)
+OUTPUT_TYPES = ("pt", "np", "uint8", "latent")
+DROP_REASONS = ("nonfinite", "nsfw", "black")
+
+
+class GenerationInputError(MagicSegError):
+    """A generation request is malformed: bad size, step count, guidance, prompts or seeds."""
+
+
+@dataclass
+class PairPipelineOutput:
+    """What :class:`PairedStableDiffusionPipeline` returns for N pairs.
+
+    ``images`` / ``counterfactual_images``: ``pt`` (N, 3, H, W) float in [0, 1] on the pipeline's device; ``np``
+    (N, H, W, 3) float32 in [0, 1]; ``uint8`` (N, H, W, 3) uint8 arrays; ``latent`` the final latents.
+    ``initial_latents``: (N, C, H/8, W/8), the noise pair i started from (before ``init_noise_sigma``).
+    ``finite``: per pair, whether (image, counterfactual) decoded without NaN/inf.
+    ``nsfw``: per pair, the safety checker's flags, or None when no checker is loaded.
+    """
+
+    images: Any
+    counterfactual_images: Any
+    initial_latents: torch.Tensor
+    finite: list[tuple[bool, bool]]
+    nsfw: list[tuple[bool, bool]] | None
+    unet_calls: int
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _clone_generator(generator: torch.Generator) -> torch.Generator:
+    clone = torch.Generator(device=generator.device)
+    clone.set_state(generator.get_state())
+    return clone
+
+
+class PairedStableDiffusionPipeline(DiffusionPipeline):
+    """Stable Diffusion 1.x text-to-image for (prompt, counterfactual prompt, seed) jobs, paired in one batch.
+
+    Components are diffusers' ``StableDiffusionPipeline`` ones, so ``PairedStableDiffusionPipeline(**sd.components)``
+    works on a loaded pipeline (extra components such as ``image_encoder`` are not used).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["safety_checker", "feature_extractor"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
+                 **unused_components):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler, safety_checker=safety_checker,
+                              feature_extractor=feature_extractor)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self._negative_embeds: torch.Tensor | None = None
+        self._negative_lock = threading.Lock()
+        self.vae_decode_batch = 16  # images per VAE decode call (bounds activation memory at 512x512)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
+        """CLIP last hidden states (len(texts), 77, D) of ``texts``, padded and truncated to the tokenizer's length."""
+        tokens = self.tokenizer(list(texts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(self.device)
+        embeds = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        return embeds.to(dtype=self.dtype, device=self.device)
+
+    @property
+    def negative_prompt_embeds(self) -> torch.Tensor:
+        """The empty prompt's embedding (1, 77, D): computed on first use, then reused for every batch."""
+        if self._negative_embeds is None:
+            with self._negative_lock:
+                if self._negative_embeds is None:
+                    self._negative_embeds = self.encode_prompt([""])
+        return self._negative_embeds
+
+    def check_inputs(self, prompt, counterfactual_prompt, seeds, height, width, num_inference_steps,
+                     guidance_scale, latents=None, output_type="pt") -> None:
+        """Raise :class:`GenerationInputError` (one line) for anything the pipeline would otherwise fix silently."""
+        for name, texts in (("prompt", prompt), ("counterfactual_prompt", counterfactual_prompt)):
+            if isinstance(texts, str) or not isinstance(texts, Sequence):
+                raise GenerationInputError(f"{name} must be a list of strings, got {type(texts).__name__}")
+            bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+            if bad is not None:
+                raise GenerationInputError(f"{name}[{bad}] must be a string, got {type(texts[bad]).__name__}")
+        if not prompt:
+            raise GenerationInputError("no jobs: prompt is an empty list")
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+            raise GenerationInputError(f"seeds must be a list of integers, got {type(seeds).__name__}")
+        if not len(prompt) == len(counterfactual_prompt) == len(seeds):
+            raise GenerationInputError(f"{len(prompt)} prompts, {len(counterfactual_prompt)} counterfactual "
+                                       f"prompts and {len(seeds)} seeds: one of each per job")
+        for i, seed in enumerate(seeds):
+            if not _is_int(seed) or not 0 <= int(seed) < MAX_SEED:
+                raise GenerationInputError(f"seeds[{i}] must be an integer in [0, 2**64), got {seed!r}")
+        scale = self.vae_scale_factor
+        for name, size in (("height", height), ("width", width)):
+            if not _is_int(size) or size < scale or size % scale:
+                raise GenerationInputError(f"{name} must be a positive multiple of {scale} (the VAE's "
+                                           f"downsampling), got {size!r}")
+        if not _is_int(num_inference_steps) or num_inference_steps < 1:
+            raise GenerationInputError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise GenerationInputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise GenerationInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if latents is not None:
+            expected = (len(prompt), self.unet.config.in_channels, height // scale, width // scale)
+            if tuple(latents.shape) != expected:
+                raise GenerationInputError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
+
+    def prepare_latents(self, seeds: Sequence[int], height: int, width: int, dtype: torch.dtype):
+        """One CPU generator per job, seeded with its seed alone: job i's noise does not depend on the batch.
+
+        Drawn like diffusers' ``randn_tensor`` with that generator (on the CPU, then moved), so the plain pipeline
+        given ``generator=torch.Generator().manual_seed(seed)`` draws the same latents. Returns the latents and the
+        generators (advanced past the draw; stochastic schedulers continue from them).
+        """
+        generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+        shape = (len(seeds), self.unet.config.in_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
+        return randn_tensor(shape, generator=generators, device=self.device, dtype=dtype), generators
+
+    def prepare_extra_step_kwargs(self, scheduler, generators: list[torch.Generator], eta: float) -> dict:
+        """``eta`` and per-branch generators for schedulers that take them.
+
+        Branch order is [images 1..N, counterfactuals 1..N]; a counterfactual gets a copy of its image's generator,
+        so ancestral schedulers add the same noise to both images of a pair, and each image gets exactly the noise
+        a plain pipeline seeded with the job's seed would add.
+        """
+        params = set(inspect.signature(scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generators + [_clone_generator(g) for g in generators]
+        return kwargs
+
+    # --------------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(self, prompt: Sequence[str], counterfactual_prompt: Sequence[str], seeds: Sequence[int],
+                 height: int | None = None, width: int | None = None, num_inference_steps: int = 20,
+                 guidance_scale: float = 7.5, latents: torch.Tensor | None = None, output_type: str = "pt",
+                 eta: float = 0.0) -> PairPipelineOutput:
+        """Generate ``len(prompt)`` pairs: image i from ``prompt[i]``, its counterfactual from
+        ``counterfactual_prompt[i]``, both from the latents of ``seeds[i]`` (or ``latents[i]`` when given)."""
+        # 0. Default height and width to the UNet's sample size
+        height = self.unet.config.sample_size * self.vae_scale_factor if height is None else height
+        width = self.unet.config.sample_size * self.vae_scale_factor if width is None else width
+
+        # 1. Check inputs; raise rather than fix
+        self.check_inputs(prompt, counterfactual_prompt, seeds, height, width, num_inference_steps,
+                          guidance_scale, latents, output_type)
+        n = len(prompt)
+        device, dtype = self.device, self.dtype
+        do_cfg = guidance_scale > 1.0
+
+        # 2. Encode prompts: the 2N conditional texts in one text-encoder call; the empty prompt comes from the
+        #    cache. Hidden states follow the branch order [uncond img | uncond cf | cond img | cond cf].
+        cond = self.encode_prompt([*prompt, *counterfactual_prompt])
+        if do_cfg:
+            uncond = self.negative_prompt_embeds.expand(2 * n, -1, -1)
+            encoder_hidden_states = torch.cat([uncond, cond])
+        else:
+            encoder_hidden_states = cond
+
+        # 3. Prepare timesteps on a fresh copy of the scheduler (schedulers keep per-run state)
+        scheduler = self.scheduler.__class__.from_config(self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+
+        # 4. Prepare latents: one seeded generator per job; image and counterfactual share them
+        initial, generators = self.prepare_latents(seeds, height, width, dtype)
+        if latents is not None:
+            initial = latents.to(device=device, dtype=dtype)
+        x = torch.cat([initial, initial]) * scheduler.init_noise_sigma  # [images | counterfactuals]
+
+        # 5. Prepare extra step kwargs (eta, per-branch generators for stochastic schedulers)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(scheduler, generators, eta)
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:  # guidance-distilled UNets (LCM)
+            from diffusers import StableDiffusionPipeline
+
+            w = torch.tensor(guidance_scale - 1).repeat(2 * n)
+            timestep_cond = StableDiffusionPipeline.get_guidance_scale_embedding(
+                self, w, embedding_dim=self.unet.config.time_cond_proj_dim).to(device=device, dtype=dtype)
+
+        # 6. Denoising loop: ONE UNet call per timestep for all 4N branches
+        calls = 0
+        for t in self.progress_bar(timesteps):
+            model_input = torch.cat([x, x]) if do_cfg else x
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise = self.unet(model_input, t, encoder_hidden_states=encoder_hidden_states,
+                              timestep_cond=timestep_cond, return_dict=False)[0]
+            calls += 1
+            if do_cfg:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+            x = scheduler.step(noise, t, x, **extra_step_kwargs, return_dict=False)[0]
+
+        if output_type == "latent":
+            return PairPipelineOutput(x[:n], x[n:], initial, [(True, True)] * n, None, calls)
+
+        # 7. Decode all 2N images (in chunks of vae_decode_batch) and flag NaN/inf before clamping hides them
+        scaled = x / self.vae.config.scaling_factor
+        decoded = torch.cat([self.vae.decode(chunk, return_dict=False)[0]
+                             for chunk in scaled.split(self.vae_decode_batch)])
+        finite_flags = torch.isfinite(decoded).flatten(1).all(1).tolist()
+        finite = list(zip(finite_flags[:n], finite_flags[n:]))
+        images = (decoded / 2 + 0.5).clamp(0, 1)
+
+        # 8. Safety checker (optional): flags only; the caller decides what to drop
+        nsfw = None
+        if self.safety_checker is not None:
+            flags = self.run_safety_checker(images)
+            nsfw = list(zip(flags[:n], flags[n:]))
+
+        # 9. Convert the output
+        if output_type == "np":
+            images = images.float().permute(0, 2, 3, 1).cpu().numpy()
+        elif output_type == "uint8":  # rounded like diffusers' numpy_to_pil, on the device: 4x less to copy
+            images = images.nan_to_num(0.0).float().mul(255).round().to(torch.uint8)
+            images = images.permute(0, 2, 3, 1).cpu().numpy()
+        return PairPipelineOutput(images[:n], images[n:], initial, finite, nsfw, calls)
+
+    def run_safety_checker(self, images: torch.Tensor) -> list[bool]:
+        """Safety-checker flags for images (B, 3, H, W) in [0, 1]; images are not altered."""
+        arrays = images.nan_to_num(0.0).float().mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        clip_input = self.feature_extractor(list(arrays), return_tensors="pt").pixel_values
+        clip_input = clip_input.to(device=self.device, dtype=next(self.safety_checker.parameters()).dtype)
+        # the checker blanks flagged images in the array it is given: hand it a placeholder, keep the flags
+        _, flags = self.safety_checker(images=torch.zeros(len(arrays), 1), clip_input=clip_input)
+        return [bool(flag) for flag in flags]
+
+
+# ------------------------------------------------------------------------------------------------- stage
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: tuples -> lists, non-finite floats (DPM-Solver's -inf clip) -> strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _encode_pair(image: np.ndarray, counterfactual: np.ndarray, fmt: str, quality: int):
+    """Worker-thread half of the output policy: all-black check, then JPEG/PNG encoding."""
+    if int(image.max()) <= BLACK_MAX or int(counterfactual.max()) <= BLACK_MAX:
+        return "black"
+    return encode_image(image, fmt, quality), encode_image(counterfactual, fmt, quality)
+
+
+class PairGenerator:
+    """The generation stage: loads SD 1.x once (``GeneratorConfig``), then maps rows to rows.
+
+    Input rows need ``prompt``, ``counterfactual_prompt`` and ``seed``; every other field passes through. Output
+    rows add ``image`` and ``counterfactual_image`` (encoded bytes), ``height``, ``width`` and ``drop_reason``
+    (``None`` when kept; else ``nonfinite``, ``nsfw`` or ``black``, with both images ``None``). A batch is cut into
+    UNet batches of ``config.resources.batch_size`` pairs; encoding runs in a thread pool while the next UNet
+    batch computes. ``__call__`` also takes a dict of columns (Ray Data's batch format) and returns one.
+    """
+
+    def __init__(self, config, device: str | torch.device | None = None, encode_workers: int | None = None):
+        # 1. Settings: device and dtype (float16 is for GPUs; a CPU runs it in float32)
+        self.config = config
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+
+        # 2. Models, loaded once per stage instance
+        components: Components = load_components(config, self.device, self.dtype)
+        self.source = components.source
+        self.pipeline = PairedStableDiffusionPipeline(**components.as_kwargs())
+        self.pipeline.set_progress_bar_config(disable=True)
+
+        # 3. Speed options: SDPA attention, channels_last, torch.compile
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        self.pipeline.unet.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
+        self.pipeline.vae.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
+        if config.channels_last:
+            self.pipeline.unet.to(memory_format=torch.channels_last)
+            self.pipeline.vae.to(memory_format=torch.channels_last)
+        if config.compile:
+            self.pipeline.unet.compile()
+
+        # 4. The empty-prompt embedding, once per model load
+        self.pipeline.negative_prompt_embeds  # noqa: B018
+
+        self._encode_workers = encode_workers or min(4, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What produced the images (for shard metadata and manifests)."""
+        import diffusers
+
+        c = self.config
+        scheduler = self.pipeline.scheduler
+        return {
+            **self.source, "height": c.height, "width": c.width, "steps": c.steps,
+            "guidance_scale": c.guidance_scale, "scheduler": type(scheduler).__name__,
+            "scheduler_config": _plain({k: v for k, v in scheduler.config.items() if not k.startswith("_")}),
+            "dtype": str(self.dtype).removeprefix("torch."), "device": self.device.type,
+            "attention": c.attention, "compile": c.compile, "channels_last": c.channels_last,
+            "safety_checker": c.safety_checker, "image_format": c.image_format,
+            "jpeg_quality": c.jpeg_quality if c.image_format == "jpeg" else None,
+            "batch_size": c.resources.batch_size, "diffusers": diffusers.__version__,
+            "torch": torch.__version__,
+        }
+
+    # ----------------------------------------------------------------------------------------------- rows
+    def __call__(self, batch):
+        if isinstance(batch, Mapping):  # columns (Ray Data) -> rows -> columns
+            names = list(batch)
+            size = len(batch[names[0]]) if names else 0
+            rows = [{name: batch[name][i] for name in names} for i in range(size)]
+            out = self.generate(rows)
+            keys = list(out[0]) if out else [*names, "image", "counterfactual_image", "height", "width",
+                                                "drop_reason"]
+            return {key: [row[key] for row in out] for key in keys}
+        return self.generate(list(batch))
+
+    @staticmethod
+    def _check_rows(rows: Sequence[Mapping]) -> None:
+        for i, row in enumerate(rows):
+            where = f"row {i}" + (f" ({row['sample_id']})" if isinstance(row, Mapping) and "sample_id" in row
+                                  else "")
+            if not isinstance(row, Mapping):
+                raise GenerationInputError(f"{where}: expected a mapping with prompt, counterfactual_prompt and "
+                                           f"seed, got {type(row).__name__}")
+            for key in ("prompt", "counterfactual_prompt", "seed"):
+                if key not in row:
+                    raise GenerationInputError(f"{where}: missing '{key}'")
+            for key in ("prompt", "counterfactual_prompt"):
+                if not isinstance(row[key], str):
+                    raise GenerationInputError(f"{where}: '{key}' must be a string, got {type(row[key]).__name__}")
+            if not _is_int(row["seed"]) or not 0 <= int(row["seed"]) < MAX_SEED:
+                raise GenerationInputError(f"{where}: 'seed' must be an integer in [0, 2**64), got {row['seed']!r}")
+
+    def generate(self, rows: Sequence[Mapping]) -> list[dict]:
+        """Rows in, rows out (same order, same length; dropped pairs carry ``drop_reason``)."""
+        self._check_rows(rows)
+        c = self.config
+        if self._pool is None:  # started on first use (and again after close())
+            self._pool = ThreadPoolExecutor(max_workers=self._encode_workers, thread_name_prefix="magicseg-encode")
+        pending: list[tuple[dict, Future | str]] = []
+        step = c.resources.batch_size
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            out = self.pipeline([r["prompt"] for r in chunk], [r["counterfactual_prompt"] for r in chunk],
+                                [int(r["seed"]) for r in chunk], height=c.height, width=c.width,
+                                num_inference_steps=c.steps, guidance_scale=c.guidance_scale, output_type="uint8")
+            for i, row in enumerate(chunk):
+                if not all(out.finite[i]):
+                    pending.append((dict(row), "nonfinite"))
+                elif out.nsfw is not None and any(out.nsfw[i]):
+                    pending.append((dict(row), "nsfw"))
+                else:  # black check and encoding in the pool, while the next UNet batch runs
+                    pending.append((dict(row), self._pool.submit(
+                        _encode_pair, out.images[i], out.counterfactual_images[i], c.image_format,
+                        c.jpeg_quality)))
+        results = []
+        for row, job in pending:
+            outcome = job.result() if isinstance(job, Future) else job
+            if isinstance(outcome, str):
+                row.update(image=None, counterfactual_image=None, drop_reason=outcome)
+            else:
+                row.update(image=outcome[0], counterfactual_image=outcome[1], drop_reason=None)
+            row.update(height=c.height, width=c.width)
+            results.append(row)
+        return results
+
+    def close(self) -> None:
+        """Stop the encoding threads (the models stay loaded; a later call starts new threads)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> PairGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
