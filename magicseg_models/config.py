@@ -106,13 +106,26 @@ class DetectorConfig(Section):
     box_threshold: float = Field(0.3, ge=0, le=1)
     text_threshold: float = Field(0.25, ge=0, le=1)
     max_text_tokens: int = Field(256, ge=8, description="captions longer than this are split into chunks")
+    image_size: int | None = Field(
+        None, ge=32, description="shortest image side fed to the detector; None = 800 (longest side at most 1333)")
+    nms_iou: float | None = Field(
+        0.8, gt=0, le=1, description="per-class NMS of near-duplicate boxes at this IoU; None = off")
+    max_boxes: int = Field(50, ge=1, description="at most this many boxes per class in an image, best first")
+    batch_size: int = Field(8, ge=1, description="images per detector forward pass")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="autocast dtype on a GPU (a CPU runs float32)")
 
 
 class SegmenterConfig(Section):
     backend: Literal["segment-anything", "transformers"] = "segment-anything"
     model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
-    checkpoint: str | None = "sam_vit_h_4b8939.pth"
+    checkpoint: str | None = Field(
+        "sam_vit_h_4b8939.pth", description="segment-anything .pth; transformers backend: hub id or folder "
+        "(None = facebook/sam-vit-<size>)")
     weights: Weights = "pretrained"
+    batch_size: int = Field(4, ge=1, description="images per SAM image-encoder pass (each image embedded once)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="autocast dtype on a GPU (a CPU runs float32)")
 
 
 class AnnotateConfig(Section):
@@ -121,7 +134,8 @@ class AnnotateConfig(Section):
     keep: Literal["all", "any"] = Field("all", description="all: every named class detected; any: at least one")
     counterfactual_threshold: float | None = Field(
         None, ge=0, le=1, description="drop pairs whose counterfactual still shows a class above this score")
-    resources: StageResources = StageResources()
+    # detector and segmenter run in one actor; half a GPU lets two annotators share one
+    resources: StageResources = StageResources(num_gpus=0.5)
 
 
 class StorageConfig(Section):
@@ -300,17 +314,28 @@ def _read_yaml_file(path: str) -> dict:
     return data
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"generator.steps=30"`` -> (["generator", "steps"], 30); values are YAML (numbers, bools, lists)."""
+def parse_override(item: str, model: type[BaseModel] | None = None) -> tuple[list[str], Any]:
+    """``"generator.steps=30"`` -> (["generator", "steps"], 30); values are YAML (numbers, bools, lists).
+
+    With ``model``, a key whose field is a string (``str`` or ``str | None``) takes the text as written, so that
+    ``prompts.model=3.5`` or ``prompts.template={classes}`` stay strings; ``null``/``~``/empty still mean None
+    for an optional one.
+    """
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set expects key.path=value, got '{item}'")
+    path = key.split(".")
+    annotation = _annotation(model, path) if model is not None else None
+    if annotation is str:
+        return path, raw
+    if annotation == str | None:
+        return path, None if raw.strip() in ("", "~", "null", "Null", "NULL") else raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # unparseable YAML is taken as a plain string
-    return key.split("."), value
+    return path, value
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -342,22 +367,28 @@ def _format_validation_error(err: ValidationError, model: type[BaseModel]) -> st
     return f"invalid config value for '{path}': {first['msg']}{got_text}{tail}"
 
 
-def _closest_key(model: type[BaseModel], loc: list[str]) -> str | None:
+def _annotation(model: type[BaseModel], path: list[str]) -> Any:
+    """The type of the config field at ``path`` (``model`` itself for []), or None past the typed models."""
     current: Any = model
-    parts = loc[:-1]
     i = 0
-    while i < len(parts):
-        field = getattr(current, "model_fields", {}).get(parts[i])
+    while i < len(path):
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None  # inside a free-form value (e.g. storage_options)
+        field = current.model_fields.get(path[i])
         if field is None:
             return None
-        ann = field.annotation
-        if get_origin(ann) is dict:  # dict[str, Model]: the next part is a free key, then the model's fields
-            ann = get_args(ann)[1]
+        current = field.annotation
+        if get_origin(current) is dict and i + 1 < len(path):  # dict[str, X]: the next part is a free key
+            current = get_args(current)[1]
             i += 1
-        if not isinstance(ann, type) or not issubclass(ann, BaseModel):
-            return None
-        current = ann
         i += 1
+    return current
+
+
+def _closest_key(model: type[BaseModel], loc: list[str]) -> str | None:
+    current = _annotation(model, loc[:-1])
+    if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        return None
     match = difflib.get_close_matches(loc[-1], list(current.model_fields), n=1)
     return ".".join(loc[:-1] + match) if match else None
 
@@ -370,7 +401,7 @@ def load_config(kind: str, preset: str | None = None, config_file: str | None = 
     """
     model = KINDS[kind]
     file_layer = _read_yaml_file(config_file) if config_file else {}
-    parsed = [parse_override(item) for item in overrides]
+    parsed = [parse_override(item, model) for item in overrides]
     set_preset = [value for path, value in parsed if path == ["preset"]]
     name = preset or (set_preset[-1] if set_preset else None) or file_layer.get("preset") \
         or model.model_fields["preset"].default
@@ -388,16 +419,26 @@ def load_config(kind: str, preset: str | None = None, config_file: str | None = 
 
 
 # -------------------------------------------------------------------------------------------- secrets
-_SECRET_KEY = re.compile(r"(secret|password|passwd|(^|_)token$|credential|api_?key$|private_?key|^key$)", re.I)
+_SECRET_KEY = re.compile(
+    r"secret|passw(or)?d|credential|authoriz|private[_-]?key|(access|account|api)[_-]?key|connection[_-]?string"
+    r"|(^|[_-])(auth|token|key|sig|signature)$", re.I)  # e.g. sas_token, headers.Authorization, X-Amz-Signature
 # userinfo may hold an unencoded '/' (AWS secret keys do): over-redacting a path with '@' is the safe side
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@\s]+@", re.I)
+# name=value pairs of query strings and fragments (and of connection strings, "AccountKey=...;")
+_URL_PARAM = re.compile(r"(?P<name>(?<=[?&;#])[^=&;#\s]+)=[^&;#\s]*")
 REDACTED = "<redacted>"
+# Storage options are where credentials usually live, under names no pattern can foresee (client_kwargs, profile,
+# sas URLs...): public copies keep the values of these harmless ones only.
+PUBLIC_STORAGE_OPTIONS = ("endpoint_url", "region_name", "anon", "use_ssl", "requester_pays", "config_kwargs",
+                          "default_block_size", "version_aware", "client_kwargs.endpoint_url",
+                          "client_kwargs.region_name")
 
 
 def redact(value: Any, key: str = "") -> Any:
     """Copy of a JSON-like value with secret-looking entries replaced, for manifests and artifacts.
 
-    Everything under a secret-looking key goes, whatever its type (a numeric password, a service-account dict).
+    Everything under a secret-looking key goes, whatever its type (a numeric password, a service-account dict);
+    in strings, URL userinfo and the values of secret-looking query parameters go.
     ``api_key_secret`` names a Prefect Secret block (not the secret itself) and is kept.
     """
     if key != "api_key_secret" and _SECRET_KEY.search(key) and value is not None and not isinstance(value, bool):
@@ -407,13 +448,31 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v, key) for v in value]
     if isinstance(value, str):
-        return _URL_USERINFO.sub(r"\g<scheme>" + REDACTED + "@", value)
+        value = _URL_USERINFO.sub(r"\g<scheme>" + REDACTED + "@", value)
+        return _URL_PARAM.sub(lambda m: f"{m['name']}={REDACTED}" if _SECRET_KEY.search(m["name"]) else m[0], value)
     return value
+
+
+def _keep_public_options(options: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in options.items():
+        path = f"{prefix}{key}"
+        if path in PUBLIC_STORAGE_OPTIONS:
+            out[key] = value
+        elif isinstance(value, dict) and any(p.startswith(path + ".") for p in PUBLIC_STORAGE_OPTIONS):
+            out[key] = _keep_public_options(value, path + ".")
+        else:
+            out[key] = REDACTED
+    return out
 
 
 def public_config(config: BaseModel) -> dict:
     """The config as JSON with secrets removed: what manifests, artifacts and logs may show."""
-    return redact(config.model_dump(mode="json"))
+    public = redact(config.model_dump(mode="json"))
+    storage = public.get("storage")
+    if isinstance(storage, dict) and isinstance(storage.get("storage_options"), dict):
+        storage["storage_options"] = _keep_public_options(storage["storage_options"])
+    return public
 
 
 # ------------------------------------------------------------------------------------------ reference
@@ -448,10 +507,15 @@ def configuration_doc() -> str:
         "",
         "Layers, later wins: these defaults (the paper's and the authors' values) -> a preset",
         "(`magicseg_models/presets/<kind>/<name>.yaml`) -> `--config FILE.yaml` -> `--set key.path=value`",
-        "(values parsed as YAML) -> explicit flags such as `--num-samples`. Unknown keys and bad values fail with one",
-        "line naming the key. Secrets never belong in a config: storage credentials come from the AWS environment,",
-        "the LLM key from `OPENAI_API_KEY` or the Prefect Secret block named by `prompts.api_key_secret`; values",
-        "under secret-looking keys (`secret`, `key`, `token`, `password`, ...) are redacted from everything written.",
+        "(values parsed as YAML, except that a string key takes the text as written: `--set prompts.model=3.5` is",
+        "the string `3.5`; `null` or nothing still unsets an optional one) -> explicit flags such as `--num-samples`.",
+        "Unknown keys and bad values fail with one line naming the key. Secrets never belong in a config: storage",
+        "credentials come from the AWS environment, the LLM key from `OPENAI_API_KEY` or the Prefect Secret block",
+        "named by `prompts.api_key_secret`. Configs as recorded (manifests, Parquet metadata, artifacts, dry runs)",
+        "redact the values of secret-looking keys (`secret`, `key`, `token`, `password`, `auth`, `account_key`,",
+        "`connection_string`, ...), URL userinfo, secret-looking URL query parameters, and every value of",
+        "`storage.storage_options` except these harmless ones:",
+        ", ".join(f"`{k}`" for k in PUBLIC_STORAGE_OPTIONS) + ".",
         "",
         "Presets: " + "; ".join(f"{kind}: " + ", ".join(f"`{p}`" for p in available_presets(kind)) for kind in KINDS),
     ]

@@ -19,6 +19,16 @@ from magicseg_models.errors import StorageError
 LOCK = "_magicseg/lock.json"
 
 
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True  # someone else's process, or no pid recorded: assume alive
+    return True
+
+
 class BuildLock:
     def __init__(self, storage: Storage, run_name: str = "", ttl_s: float = 120.0, heartbeat_s: float = 15.0,
                  settle_s: float = 0.5):
@@ -34,6 +44,8 @@ class BuildLock:
             return None
         if time.time() - float(lock.get("heartbeat", 0)) > self.ttl_s:
             return None  # stale: its build died without releasing it
+        if lock.get("host") == self.owner["host"] and not _alive(lock.get("pid")):
+            return None  # its build ran here and is gone (killed): resume at once, not after the ttl
         return lock
 
     def _refuse(self, other: dict) -> StorageError:

@@ -17,6 +17,7 @@ from magicseg_models.config import (
     load_config,
     parse_override,
     public_config,
+    redact,
 )
 from magicseg_models.errors import ConfigError, MagicSegError
 
@@ -171,6 +172,32 @@ def test_set_values_are_typed_as_yaml(item, path, value):
     for key in keys:
         got = getattr(got, key)
     assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("item,path,value", [
+    ("prompts.model=3.5", "prompts.model", "3.5"),  # YAML would make these a float, a mapping, a bool, a date
+    ("prompts.template={classes}", "prompts.template", "{classes}"),
+    ("generator.model=yes", "generator.model", "yes"),
+    ("generator.revision=2024-01-01", "generator.revision", "2024-01-01"),
+    ("prompts.template=a photo: {classes}", "prompts.template", "a photo: {classes}"),
+    ("generator.revision=~", "generator.revision", None),  # optional strings can still be unset
+    ("prompts.base_url=null", "prompts.base_url", None),
+    ("benchmarks.voc.prompt_names=1", "benchmarks.voc.prompt_names", "1"),  # through dict[str, model]
+])
+def test_set_string_keys_take_the_text_as_written(item, path, value):
+    kind = "eval" if path.startswith("benchmarks") else "build"
+    got = load_config(kind, "tiny", overrides=[item])
+    for key in path.split("."):
+        got = got[key] if isinstance(got, dict) else getattr(got, key)
+    assert got == value and type(got) is type(value)
+
+
+def test_set_keeps_yaml_typing_for_other_keys():
+    c = load_config("build", "tiny", overrides=["storage.storage_options.anon=true",
+                                                "storage.storage_options.client_kwargs={verify: false}",
+                                                "vocabulary.classes=[cat, dog]", "generator.steps=3"])
+    assert c.storage.storage_options == {"anon": True, "client_kwargs": {"verify": False}}
+    assert c.vocabulary.classes == ["cat", "dog"] and c.generator.steps == 3
 
 
 def test_config_file_that_names_a_preset_uses_it(tmp_path):
@@ -388,3 +415,42 @@ def test_rerun_differences_ignore_size_place_and_speed_but_not_content():
     changed = public_config(load_config("build", "tiny", overrides=["generator.steps=9", "seed=3",
                                                                     "annotate.keep=any"]))
     assert config_differences(base, changed) == ["annotate.keep", "generator.steps", "seed"]
+
+
+@pytest.mark.parametrize("name", ["account_key", "connection_string", "auth", "authorization", "Authorization",
+                                  "access_key", "sas_token", "api-key", "AccountKey", "aws_access_key_id",
+                                  "client_secret", "X-Amz-Signature"])
+def test_common_secret_key_names_are_redacted(name):
+    assert redact({"headers": {name: "Bearer SEKRIT-1"}}) == {"headers": {name: REDACTED}}
+
+
+@pytest.mark.parametrize("name", ["api_key_secret", "max_new_tokens", "prompt_tokens", "keep", "author",
+                                  "signature_version", "endpoint_url"])
+def test_ordinary_key_names_are_kept(name):
+    assert redact({name: "plain"}) == {name: "plain"}
+
+
+@pytest.mark.parametrize("url,public", [
+    ("https://llm.local/v1?api-key=SEKRIT-1&model=x", "https://llm.local/v1?api-key=<redacted>&model=x"),
+    ("https://h/p?x=1&token=SEKRIT-1#top", "https://h/p?x=1&token=<redacted>#top"),
+    ("https://acct.blob.core.windows.net/c?sv=2022-11-02&sig=SEKRIT-1",
+     "https://acct.blob.core.windows.net/c?sv=2022-11-02&sig=<redacted>"),
+    ("AccountName=acct;AccountKey=SEKRIT-1;EndpointSuffix=core.windows.net",
+     "AccountName=acct;AccountKey=<redacted>;EndpointSuffix=core.windows.net"),
+    ("https://h/p?q=cat&page=2", "https://h/p?q=cat&page=2"),
+])
+def test_secret_query_parameters_in_urls_are_redacted(url, public):
+    assert redact({"base_url": url}) == {"base_url": public}
+
+
+def test_public_config_keeps_only_harmless_storage_options():
+    config = load_config("build", "tiny", overrides=[
+        "storage.storage_options.profile=prod-admin", "storage.storage_options.region_name=eu-west-1",
+        "storage.storage_options.anon=false", "storage.storage_options.config_kwargs={max_pool_connections: 50}",
+        "storage.storage_options.client_kwargs={endpoint_url: 'http://127.0.0.1:9000', verify: /ca.pem}",
+        "storage.storage_options.s3_additional_kwargs={SSECustomerKey: SEKRIT-1}"])
+    options = public_config(config)["storage"]["storage_options"]
+    assert options == {"profile": REDACTED, "region_name": "eu-west-1", "anon": False,
+                       "config_kwargs": {"max_pool_connections": 50},
+                       "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "verify": REDACTED},
+                       "s3_additional_kwargs": REDACTED}

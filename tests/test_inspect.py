@@ -124,3 +124,17 @@ def test_file_url_is_a_dataset_root(tmp_path, tiny_plan):
     write_synthetic_dataset(uri, jobs[:6], list(spec.class_names), height=32, width=32)
     assert (tmp_path / "via-url" / "shards" / "part-00000.parquet").exists()
     assert len(DatasetReader(uri)) == inspect_dataset(uri)["samples"] > 0
+
+
+def test_a_build_of_zero_samples_is_an_empty_dataset(dataset_root, capsys):
+    """The run header brings a manifest with it: a dataset exists, with 0 shards, from the start of a run."""
+    from magicseg_models.dataset import DatasetReader
+    from magicseg_models.dataset.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(dataset_root, [], ["cat", "dog"])
+    report = inspect_dataset(dataset_root)
+    assert report["ok"] and report["samples"] == report["planned"] == 0 and report["shards"] == []
+    assert report["coverage"]["classes_with_none"] == ["cat", "dog"]
+    assert len(DatasetReader(dataset_root)) == 0
+    assert main(["inspect", dataset_root]) == 0
+    assert "Traceback" not in capsys.readouterr().err

@@ -35,3 +35,16 @@ def test_heartbeat_keeps_a_long_build_fresh(tmp_path):
         time.sleep(1.0)  # longer than the ttl: only the heartbeat keeps it fresh
         with pytest.raises(StorageError):
             BuildLock(storage, ttl_s=0.6, settle_s=0.05).acquire()
+
+
+def test_lock_of_a_killed_build_on_this_host_is_free_at_once(tmp_path):
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    storage = Storage(str(tmp_path / "ds"))
+    storage.write_json_atomic(LOCK, {"id": "killed", "host": socket.gethostname(), "pid": dead.pid,
+                                     "heartbeat": time.time()})
+    with BuildLock(storage, settle_s=0.05):
+        assert storage.read_json(LOCK)["id"] != "killed"

@@ -15,6 +15,8 @@ try:  # tests/ is not a package: `handmade` under pytest, `tests.handmade` when 
     from tests.handmade import write_handmade_dataset
 except ImportError:
     from handmade import write_handmade_dataset
+from flows.cli import main
+from magicseg_models.dataset import DatasetStore
 from magicseg_models.dataset import reader as reader_module
 from magicseg_models.dataset.preview import HEADER_HEIGHT, MASK_ALPHA, class_color, preview_image, render_preview
 from magicseg_models.dataset.reader import DatasetReader
@@ -174,6 +176,39 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         render_preview(root, str(tmp_path / "p.png"), tile=4)
     with pytest.raises(StorageError, match="not found"):
         render_preview(str(tmp_path / "missing"), str(tmp_path / "p.png"))
+
+
+@pytest.mark.parametrize("column,damage,message", [
+    ("image", lambda row: row.update(image=b"\xff\xd8 not really a JPEG"), "image is not a decodable image"),
+    ("counterfactual_image", lambda row: row.update(counterfactual_image=row["image"][:200]),
+     "counterfactual_image is not a decodable image"),
+    ("mask_rle", lambda row: row["annotations"][0].update(mask_rle=row["annotations"][0]["mask_rle"][:-2]),
+     "annotations.mask_rle is not a valid COCO RLE of 32x32 pixels"),
+    ("mask_rle", lambda row: row["annotations"][0].update(mask_rle=""),  # pycocotools decodes this to garbage
+     "annotations.mask_rle is not a valid COCO RLE"),
+])
+def test_undecodable_sample_is_one_line_from_the_cli(tmp_path, capsys, column, damage, message):
+    from magicseg_models.dataset.synthetic import synthetic_row
+
+    uri = str(tmp_path / "ds")
+    row = synthetic_row("s0-bad", [1], ["dog"], seed=1, height=32, width=32)
+    damage(row)
+    with DatasetStore(uri).open_shard(0) as writer:
+        writer.write([row])
+        writer.commit()
+    assert main(["preview", uri, "--out", str(tmp_path / "p.png")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"sample s0-bad: {message}" in lines[0], lines
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_unwritable_output_is_one_line_naming_it(tmp_path):
+    root = write_handmade_dataset(str(tmp_path / "hand"), n=1)
+    (tmp_path / "a-file").write_text("")
+    out = str(tmp_path / "a-file" / "p.png")  # its parent is a file
+    with pytest.raises(StorageError) as err:
+        render_preview(root, out, tile=32)
+    assert out in str(err.value) and "\n" not in str(err.value)
 
 
 def test_class_colors_are_stable_and_distinct():

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from magicseg_models.dataset import SCHEMA, DatasetReader, DatasetStore, decode_mask
+from magicseg_models.dataset.schema import schema_problems
 from magicseg_models.dataset.storage import Storage
+from magicseg_models.dataset.store import STALE_STAGED_S
 from magicseg_models.dataset.synthetic import synthetic_row
 from magicseg_models.errors import ShardError, StorageError
 
@@ -103,6 +106,18 @@ def test_rle_matches_pycocotools_counts():
     assert (decode_mask(counts, 40, 30) == mask).all()
 
 
+@pytest.mark.parametrize("counts", ["", "0", "b035000f", "b035000f05", "\x7f", "caf\u00e9"])
+def test_malformed_rle_is_refused(counts):
+    """pycocotools decodes such strings into uninitialised memory (or past its buffer): check before."""
+    from magicseg_models.dataset import encode_mask
+
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:5] = True
+    assert encode_mask(mask)[0] == "b035000f0"
+    with pytest.raises(ValueError):
+        decode_mask(counts, 8, 8)
+
+
 def test_rows_that_break_the_schema_fail_and_publish_nothing(tmp_path):
     store = DatasetStore(str(tmp_path / "ds"))
     bad = dict(_rows(1)[0], seed="not-a-number")
@@ -112,6 +127,90 @@ def test_rows_that_break_the_schema_fail_and_publish_nothing(tmp_path):
             writer.commit()
     assert not (tmp_path / "ds" / "shards" / "part-00000.parquet").exists()
     assert not os.listdir(tmp_path / "ds" / "_magicseg" / "tmp")  # the staged file was removed
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda r: r.pop("counterfactual_scores"), "missing counterfactual_scores"),
+    (lambda r: r.update(sede=3), "unknown sede"),
+    (lambda r: (r.pop("seed"), r.update(sede=3)), "missing seed; unknown sede"),
+])
+def test_dict_rows_need_exactly_the_contract_fields(tmp_path, change, named):
+    store = DatasetStore(str(tmp_path / "ds"))
+    row = _rows(1)[0]
+    change(row)
+    with pytest.raises(ShardError) as err:
+        with store.open_shard(0) as writer:
+            writer.write([row])
+            writer.commit()
+    assert named in str(err.value) and "part-00000" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "ds" / "shards").exists()
+
+
+@pytest.mark.parametrize("as_table", [False, True])
+def test_null_contract_values_are_refused(tmp_path, as_table):
+    store = DatasetStore(str(tmp_path / "ds"))
+    rows = [dict(_rows(1)[0], counterfactual_image=None)]
+    nullable = pa.schema([f.with_nullable(True) for f in SCHEMA])
+    with pytest.raises(ShardError, match="counterfactual_image"):
+        with store.open_shard(0) as writer:
+            writer.write(pa.Table.from_pylist(rows, schema=nullable) if as_table else rows)
+            writer.commit()
+    assert not (tmp_path / "ds" / "shards").exists()
+
+
+def test_tables_with_unknown_columns_are_refused(tmp_path):
+    table = pa.Table.from_pylist(_rows(2), schema=SCHEMA).append_column("note", pa.array(["a", "b"]))
+    with pytest.raises(ShardError, match="unknown note"):
+        with DatasetStore(str(tmp_path / "ds")).open_shard(0) as writer:
+            writer.write(table)
+
+
+def test_nullable_fields_from_other_writers_still_read(tmp_path):
+    """Shards with nullable fields (other tools, older writers) pass the schema check and read with ours."""
+    nullable = pa.schema([f.with_nullable(True) for f in SCHEMA])
+    assert schema_problems(nullable) == []
+    uri = str(tmp_path / "ds")
+    store = DatasetStore(uri)
+    for shard in (0, 1):
+        with store.open_shard(shard) as writer:
+            writer.write(_rows(2, start=2 * shard))
+            writer.commit()
+    path = tmp_path / "ds" / "shards" / "part-00001.parquet"
+    pq.write_table(pq.read_table(path).cast(nullable), path)
+    assert DatasetReader(uri).read_table().num_rows == 4
+
+
+def test_published_shard_is_as_readable_as_other_files(tmp_path):
+    old_umask = os.umask(0o022)  # what most systems use; mkstemp's 0600 differs from it
+    try:
+        store = DatasetStore(str(tmp_path / "ds"))
+        with store.open_shard(0) as writer:
+            writer.write(_rows(1))
+            writer.commit()
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old_umask)
+    modes = {name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+             for name in ("plain", "ds/manifest.json", "ds/shards/part-00000.parquet")}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_missing_shard_is_a_shard_error(synthetic_dataset):
+    Storage(synthetic_dataset).remove("shards/part-00001.parquet")
+    with pytest.raises(ShardError, match=r"shard shards/part-00001.parquet is missing") as err:
+        list(DatasetReader(synthetic_dataset).iter_rows())
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("manifest", [[1, 2], {"shards": "x"}, {"shards": [{"path": 3}]}, {"counts": {}}])
+def test_malformed_manifest_is_one_error_everywhere(tmp_path, manifest):
+    from magicseg_models.dataset.inspect import inspect_dataset
+
+    uri = str(tmp_path / "ds")
+    Storage(uri).write_json_atomic("manifest.json", manifest)
+    for read in (DatasetReader, inspect_dataset, lambda u: DatasetStore(u).read_manifest()):
+        with pytest.raises(StorageError, match=r"manifest.json has no valid 'shards' list$"):
+            read(uri)
 
 
 def test_writes_arrow_tables_too(tmp_path):
@@ -218,6 +317,17 @@ def test_sigkill_mid_shard_leaves_no_visible_shard_and_an_intact_manifest(datase
     from magicseg_models.dataset.inspect import inspect_dataset
 
     assert inspect_dataset(dataset_root)["ok"]
+
+    if dataset_root.startswith("s3://"):
+        return  # object stores stage in the machine's temp folder, not under the URI
+    staged = os.path.join(dataset_root, "_magicseg", "tmp")
+    [leftover] = [name for name in os.listdir(staged) if name.endswith(".parquet.tmp")]
+    store.write_run_header(planned=20, classes=["a", "b"])  # the next run starts
+    assert os.listdir(staged) == [leftover]  # young: it might belong to a live writer
+    old = time.time() - STALE_STAGED_S - 60
+    os.utime(os.path.join(staged, leftover), (old, old))
+    store.write_run_header(planned=20, classes=["a", "b"])
+    assert os.listdir(staged) == []
 
 
 def test_no_credential_reaches_manifest_or_metadata(s3_bucket, s3_server):

@@ -35,6 +35,31 @@ def encode_mask(mask: np.ndarray) -> tuple[str, int]:
 
 
 def decode_mask(counts: str, height: int, width: int) -> np.ndarray:
-    """COCO compressed RLE counts string of an image of ``height`` x ``width`` -> boolean HxW mask."""
-    rle = {"size": [int(height), int(width)], "counts": counts.encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
+    """COCO compressed RLE counts string of an image of ``height`` x ``width`` -> boolean HxW mask.
+
+    Raises ValueError for counts that do not cover exactly height x width pixels: pycocotools does not check, and
+    decodes such strings into uninitialised memory or past the end of its buffer.
+    """
+    data = counts.encode("ascii")
+    if _rle_total(data) != int(height) * int(width):
+        raise ValueError(f"RLE counts do not cover a {height}x{width} mask")
+    return mask_utils.decode({"size": [int(height), int(width)], "counts": data}).astype(bool)
+
+
+def _rle_total(data: bytes) -> int:
+    """Pixels covered by a compressed RLE string, parsed as pycocotools' rleFrString does; -1 when malformed."""
+    c = np.frombuffer(data, np.uint8).astype(np.int64) - 48  # each char: 5 value bits, 0x20 = "more chars follow"
+    if c.size == 0:
+        return 0
+    if c.min() < 0 or c.max() > 63 or c[-1] & 0x20:
+        return -1
+    ends = np.flatnonzero((c & 0x20) == 0)  # last char of each run
+    starts = np.r_[0, ends[:-1] + 1]
+    k = np.arange(c.size) - np.repeat(starts, ends - starts + 1)  # char position within its run
+    if k.max() > 10:  # no real run needs 55 bits; also keeps the shifts below inside int64
+        return -1
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    x -= np.where(c[ends] & 0x10, 1 << (5 * (k[ends] + 1)), 0)  # sign bit of the run's last char
+    # run m > 2 is stored as the difference to run m - 2
+    x[1::2], x[2::2] = np.cumsum(x[1::2]), np.cumsum(x[2::2])
+    return -1 if (x < 0).any() else int(x.sum())

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from magicseg_models.dataset.schema import schema_problems
 from magicseg_models.dataset.storage import Storage
-from magicseg_models.dataset.store import MANIFEST, SHARDS_DIR
+from magicseg_models.dataset.store import SHARDS_DIR, load_manifest
 from magicseg_models.errors import StorageError
 
 
@@ -65,12 +65,8 @@ def inspect_dataset(uri: str, storage_options: dict[str, Any] | None = None, wor
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """The report as a JSON-able dict; ``report["problems"]`` is empty when every shard is healthy."""
     storage = Storage(uri, storage_options)
-    if not storage.exists(MANIFEST):
-        raise StorageError(f"no dataset at {storage.uri}: {MANIFEST} not found")
-    manifest = storage.read_json(MANIFEST)
-    entries = manifest.get("shards")
-    if not isinstance(entries, list) or any(not isinstance(e, dict) or "path" not in e for e in entries):
-        raise StorageError(f"{storage.url(MANIFEST)} has no valid 'shards' list")
+    manifest = load_manifest(storage)
+    entries = manifest["shards"]
 
     shards: list[dict] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:

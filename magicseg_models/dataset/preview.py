@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from magicseg_models.dataset.reader import DatasetReader
-from magicseg_models.dataset.storage import describe_error, is_storage_error
-from magicseg_models.errors import MagicSegError, StorageError
+from magicseg_models.dataset.storage import Storage
+from magicseg_models.errors import MagicSegError
 
 COLUMNS = ("sample_id", "prompt", "counterfactual_prompt", "image", "counterfactual_image", "height", "width",
            "annotations")
@@ -148,13 +148,6 @@ def render_preview(uri: str, out: str, n: int = 16, tile: int = 256,
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     same_storage = fsspec.core.split_protocol(out)[0] == fsspec.core.split_protocol(uri)[0]
-    try:
-        with fsspec.open(out, "wb", **((storage_options or {}) if same_storage else {})) as f:
-            f.write(buf.getvalue())
-    except (ImportError, ValueError) as err:
-        raise StorageError(f"cannot write preview to {out}: {describe_error(err)}") from None
-    except Exception as err:  # noqa: BLE001 - storage failures become one line, anything else is a bug
-        if is_storage_error(err):
-            raise StorageError(f"writing preview to {out} failed: {describe_error(err)}") from None
-        raise
+    # the PNG is its own Storage root (rel ""): one-line errors, and an atomic write on local disks
+    Storage(out, storage_options if same_storage else None).write_bytes_atomic("", buf.getvalue())
     return {"rows": len(rows), "path": out, "size": list(image.size)}

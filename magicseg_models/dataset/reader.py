@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from magicseg_models.dataset.codecs import decode_image, decode_mask
 from magicseg_models.dataset.schema import IMAGE_COLUMNS
 from magicseg_models.dataset.storage import Storage
-from magicseg_models.dataset.store import MANIFEST
+from magicseg_models.dataset.store import load_manifest
 from magicseg_models.errors import ShardError, StorageError
 
 
@@ -20,13 +20,8 @@ class DatasetReader:
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
         self.storage = Storage(uri, storage_options)
         self.uri = self.storage.uri
-        if not self.storage.exists(MANIFEST):
-            raise StorageError(f"no dataset at {self.uri}: {MANIFEST} not found")
-        self.manifest = self.storage.read_json(MANIFEST)
-        shards = self.manifest.get("shards")
-        if not isinstance(shards, list) or any(not isinstance(s, dict) or "path" not in s for s in shards):
-            raise StorageError(f"{self.storage.url(MANIFEST)} has no valid 'shards' list")
-        self.shards: list[dict] = shards
+        self.manifest = load_manifest(self.storage)
+        self.shards: list[dict] = self.manifest["shards"]
 
     def __len__(self) -> int:
         return sum(int(s.get("rows", 0)) for s in self.shards)
@@ -38,8 +33,10 @@ class DatasetReader:
     def parquet_file(self, rel_path: str) -> pq.ParquetFile:
         try:
             return pq.ParquetFile(self.storage.open(rel_path))
-        except FileNotFoundError:
-            raise ShardError(f"shard {rel_path} is missing at {self.uri}") from None
+        except StorageError as err:  # Storage wraps every filesystem error, FileNotFoundError included
+            if isinstance(err.__cause__, FileNotFoundError):
+                raise ShardError(f"shard {rel_path} is missing at {self.uri}") from None
+            raise
         except (pa.ArrowInvalid, OSError) as err:
             raise ShardError(f"shard {rel_path} is not readable Parquet: {err}") from None
 
@@ -54,10 +51,9 @@ class DatasetReader:
                 raise ShardError(f"shard {shard['path']} is corrupt: {err}") from None
 
     def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
-        batches = list(self.iter_batches(columns))
-        if batches:
-            return pa.Table.from_batches(batches)
-        return pa.table({})
+        tables = [pa.Table.from_batches([b]) for b in self.iter_batches(columns)]
+        # "default" promotion unifies nullability: shards from older writers have nullable fields
+        return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
     def iter_rows(self, columns: Sequence[str] | None = None, decode: bool = False,
                   limit: int | None = None) -> Iterator[dict]:
@@ -75,11 +71,18 @@ class DatasetReader:
 
 def decode_row(row: dict) -> dict:
     row = dict(row)
+    sample_id = row.get("sample_id", "?")
     for key in IMAGE_COLUMNS:
         if row.get(key) is not None:
-            row[key] = decode_image(row[key])
+            try:
+                row[key] = decode_image(row[key])
+            except (OSError, SyntaxError, ValueError):  # PIL's ways of saying "not an image I can read"
+                raise ShardError(f"sample {sample_id}: {key} is not a decodable image") from None
     if row.get("annotations") is not None and "height" in row and "width" in row:
-        row["annotations"] = [
-            {**ann, "mask": decode_mask(ann["mask_rle"], row["height"], row["width"])} for ann in row["annotations"]
-        ]
+        try:
+            row["annotations"] = [{**ann, "mask": decode_mask(ann["mask_rle"], row["height"], row["width"])}
+                                  for ann in row["annotations"]]
+        except (ValueError, TypeError, AttributeError):
+            raise ShardError(f"sample {sample_id}: annotations.mask_rle is not a valid COCO RLE of "
+                             f"{row['height']}x{row['width']} pixels") from None
     return row

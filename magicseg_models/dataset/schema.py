@@ -15,7 +15,9 @@ ANNOTATION = pa.struct([
     ("area", pa.int64()),
 ])
 
-SCHEMA = pa.schema([
+# Every field is required (not null): a row missing one is a writer bug, better refused than published.
+# Readers accept nullable fields from other tools (schema_problems compares kinds of types only).
+SCHEMA = pa.schema([pa.field(name, type_, nullable=False) for name, type_ in [
     ("sample_id", pa.string()),
     ("class_names", pa.list_(pa.string())),
     ("class_ids", pa.list_(pa.int32())),
@@ -28,7 +30,7 @@ SCHEMA = pa.schema([
     ("width", pa.int32()),
     ("annotations", pa.list_(ANNOTATION)),
     ("counterfactual_scores", pa.list_(pa.float32())),
-])
+]])
 
 IMAGE_COLUMNS = ("image", "counterfactual_image")
 

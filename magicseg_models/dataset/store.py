@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
@@ -30,13 +31,14 @@ from magicseg_models.config import redact
 from magicseg_models.dataset.schema import (
     META_SCHEMA_VERSION, META_SETTINGS, SCHEMA, SCHEMA_VERSION, column_compression,
 )
-from magicseg_models.dataset.storage import Storage
+from magicseg_models.dataset.storage import Storage, describe_error
 from magicseg_models.errors import ShardError, StorageError
 
 SHARDS_DIR = "shards"
 COMMITS_DIR = "_magicseg/commits"
 RUN_FILE = "_magicseg/run.json"
 MANIFEST = "manifest.json"
+STALE_STAGED_S = 3600  # a staged shard untouched this long belongs to a killed writer (live ones append often)
 ROW_GROUP_ROWS = 256  # ~25-50 MB groups of 512px JPEG pairs: column reads stay cheap, memory stays bounded
 
 
@@ -149,7 +151,24 @@ class DatasetStore:
             **redact(extra),
         }
         self.storage.write_json_atomic(RUN_FILE, header)
+        self._remove_stale_staged()
+        # a dataset exists (with 0 shards) from the start of a run, so readers and inspect work on an empty build
+        self.refresh_manifest()
         return header
+
+    def _remove_stale_staged(self) -> None:
+        """Delete shards staged by killed writers (local roots stage under _magicseg/tmp; nothing else does)."""
+        folder = self.storage.local_tmp_dir()
+        if folder is None:
+            return
+        cutoff = time.time() - STALE_STAGED_S
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    if entry.name.endswith(".parquet.tmp") and entry.stat().st_mtime < cutoff:
+                        os.remove(entry.path)
+                except OSError:  # best effort: a leftover costs disk space, not correctness
+                    pass
 
     def read_run_header(self) -> dict | None:
         return self.storage.read_json(RUN_FILE, missing_ok=True)
@@ -222,9 +241,22 @@ class DatasetStore:
         return manifest
 
     def read_manifest(self) -> dict:
-        if not self.storage.exists(MANIFEST):
-            raise StorageError(f"no dataset at {self.uri}: {MANIFEST} not found")
-        return self.storage.read_json(MANIFEST)
+        return load_manifest(self.storage)
+
+
+def load_manifest(storage: Storage) -> dict:
+    """``manifest.json`` at ``storage``, checked enough to list its shards (readers, inspect and writers use this)."""
+    manifest = storage.read_json(MANIFEST, missing_ok=True)
+    if manifest is None:
+        raise StorageError(f"no dataset at {storage.uri}: {MANIFEST} not found")
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list) or any(not isinstance(s, dict) or not isinstance(s.get("path"), str)
+                                           for s in shards):
+        raise StorageError(f"{storage.url(MANIFEST)} has no valid 'shards' list")
+    return manifest
+
+
+_FIELDS = frozenset(SCHEMA.names)
 
 
 class ShardWriter:
@@ -237,9 +269,11 @@ class ShardWriter:
         self.store = store
         self.index = index
         self.rel_path = shard_rel_path(index)
-        fd, self._tmp = tempfile.mkstemp(prefix=f"part-{index:05d}.", suffix=".parquet.tmp",
-                                         dir=store.storage.local_tmp_dir())
-        os.close(fd)
+        folder = store.storage.local_tmp_dir() or tempfile.gettempdir()
+        self._tmp = os.path.join(folder, f"part-{index:05d}.{uuid.uuid4().hex}.parquet.tmp")
+        # created as open() creates files (0o666 less the umask), not mkstemp's 0600: a published shard must be as
+        # readable by other users of a shared folder as the JSON files beside it
+        os.close(os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         metadata = {
             META_SCHEMA_VERSION: json.dumps(SCHEMA_VERSION).encode(),
             META_SETTINGS: json.dumps(redact(dict(settings or {})), sort_keys=True).encode(),
@@ -252,30 +286,39 @@ class ShardWriter:
         self._buffer: list[dict] = []
 
     def write(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> None:
-        """Append rows (dicts with the schema's fields, or a table); flushed in row groups."""
+        """Append rows (dicts with exactly the schema's fields, or a table); flushed in row groups."""
         if isinstance(rows, pa.Table):
+            self._check_fields(rows.column_names)
             self._flush()
             try:
                 table = rows.select(SCHEMA.names).cast(SCHEMA)
-            except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
-                raise ShardError(f"rows for {self.rel_path} do not match the schema: {err}") from None
+            except (ValueError, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:  # ArrowInvalid is a ValueError
+                raise ShardError(f"rows for {self.rel_path} do not match the schema: {describe_error(err)}") from None
             self._writer.write_table(table.replace_schema_metadata(self._schema.metadata),
                                      row_group_size=ROW_GROUP_ROWS)
             self.rows += table.num_rows
             return
         for row in rows:
+            self._check_fields(row)  # Arrow would write a missing field as null and drop an unknown one silently
             self._buffer.append(row)
             if len(self._buffer) >= ROW_GROUP_ROWS:
                 self._flush()
+
+    def _check_fields(self, names: Iterable[str]) -> None:
+        names = set(names)
+        if names != _FIELDS:
+            problems = [f"{what} {', '.join(sorted(keys))}" for what, keys in
+                        (("missing", _FIELDS - names), ("unknown", names - _FIELDS)) if keys]
+            raise ShardError(f"rows for {self.rel_path} must have exactly the contract fields: {'; '.join(problems)}")
 
     def _flush(self) -> None:
         if not self._buffer:
             return
         try:
             table = pa.Table.from_pylist(self._buffer, schema=self._schema)
-        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise ShardError(f"rows for {self.rel_path} do not match the schema: {err}") from None
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)  # raises on nulls in required fields
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise ShardError(f"rows for {self.rel_path} do not match the schema: {describe_error(err)}") from None
         self.rows += table.num_rows
         self._buffer.clear()
 
