@@ -16,12 +16,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The main job on the embedded default (tiny preset, local output folder).
-# Until the build flow lands (issue #6), `build` runs what exists: the dry run (effective config and plan)
-# and a synthetic dataset written through the real plan, shard store and manifest.
+# The main job on the embedded default: the tiny preset into a local folder, on a local Ray with Prefect's local
+# mode (a rerun resumes: it only does what is missing), then a health check and a preview grid of the result.
 demo: install
-	$(BIN)/magicseg build --preset tiny --out $(DEMO_OUT) --dry-run
-	$(BIN)/magicseg build --preset tiny --out $(DEMO_OUT) --synthetic
+	$(BIN)/magicseg build --preset tiny --out $(DEMO_OUT)
 	$(BIN)/magicseg inspect $(DEMO_OUT)
 	$(BIN)/magicseg preview $(DEMO_OUT) --out $(DEMO_OUT)/preview.png
 

@@ -90,8 +90,27 @@ def cmd_build(args) -> int:
         print(f"wrote a synthetic dataset of {spec.num_samples} planned samples to {config.out} "
               "(shapes drawn by code, no models: checks storage, plan, inspect and preview)")
         return 0
-    _not_landed("build", 6, "; --dry-run shows the config and plan, --synthetic writes a synthetic dataset")
-    return EXIT_USAGE
+    from flows.build_dataset import build_dataset
+
+    summary = build_dataset(config=config, overwrite=args.overwrite)
+    _print_build_summary(summary)
+    return 0
+
+
+def _print_build_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table("stage", "actors", "rows", "busy s", "rows / busy s", title=f"built {summary['uri']}")
+    for name, stage in summary["stages"].items():
+        table.add_row(name, str(stage["actors"]), str(stage["rows"]), str(stage["busy_s"]),
+                      str(stage["rows_per_busy_s"]))
+    console.print(table)
+    console.print(f"kept {summary['kept']} of {summary['planned']} planned in {summary['shards']} shards, "
+                  f"{summary['seconds']} s; dropped: {summary['dropped'] or 'none'}")
+    console.print(f"next: magicseg inspect {summary['uri']}   |   "
+                  f"magicseg preview {summary['uri']} --out preview.png")
 
 
 def default_cache_dir() -> str:

@@ -9,6 +9,7 @@ caller bounds how many batches are in flight (memory).
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -43,6 +44,9 @@ class StageActor:
         self.busy_s += time.perf_counter() - began
         self.rows += len(rows)
         return out
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def stats(self) -> dict:
         stage_stats = self.stage.stats() if hasattr(self.stage, "stats") else {}

@@ -234,7 +234,6 @@ def test_debug_shows_the_traceback(capsys):
 @pytest.mark.parametrize("args,issue", [
     (["train", "--data", "in", "--out", "out"], 7),
     (["eval", "--benchmark", "voc", "--data-root", "x"], 8),
-    (["build", "--out", "OUT"], 6),
 ])
 def test_commands_not_landed_say_so(capsys, tmp_path, args, issue):
     args = [str(tmp_path / "ds") if a == "OUT" else a for a in args]

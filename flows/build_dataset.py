@@ -1,0 +1,230 @@
+"""Prefect flow ``build-dataset``: plan -> prompts -> image pairs -> annotations -> shards + manifest.
+
+Prefect is the control plane: one task run per chunk of shards (the unit of retry and of visibility), a live
+progress artifact, a summary table and a preview at the end. Ray is the compute plane: one actor pool per stage
+holds its model for the whole run, and batches stream through the pools. Resumable: shards with a commit record
+are skipped, so a rerun after any kill does only what is missing; a larger ``num_samples`` only adds jobs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
+    update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from magicseg_models.config import BuildConfig, config_differences, load_config, public_config
+from magicseg_models.dataset.store import DatasetStore
+from magicseg_models.errors import ConfigError
+from magicseg_models.planning import PlanSpec, num_shards, shard_jobs, spec_from_config
+from magicseg_models.vocabulary import Vocabulary
+
+
+@dataclass
+class _Run:
+    """What the chunk tasks of one flow run share (kept out of task parameters: it holds actors, not data)."""
+
+    config: BuildConfig
+    spec: PlanSpec
+    store: DatasetStore
+    pools: list
+    settings: dict
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    kept: int = 0
+    dropped: int = 0
+    shards_done: int = 0
+
+    def count(self, kept: int, dropped: int) -> None:
+        with self.lock:
+            self.kept += kept
+            self.dropped += dropped
+
+
+_RUNS: dict[str, _Run] = {}
+
+
+@task(name="build-shards", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE,
+      task_run_name="shards {shards}")
+def build_shards(run_id: str, shards: list[int]) -> list[dict]:
+    """Build and commit a chunk of shards; a retry redoes only those of its shards that did not commit."""
+    from tasks.shard_work import build_shard
+
+    run = _RUNS[run_id]
+    done = run.store.committed()
+    infos = []
+    for shard in shards:
+        if _shard_complete(done.get(shard), run.spec, shard):
+            continue
+        batch = run.config.generator.resources.batch_size
+        info = build_shard(run.store, run.spec, shard, run.pools, batch_size=batch,
+                           max_in_flight=2 * max(len(p.actors) for p in run.pools) + 1,
+                           settings=run.settings, on_rows=run.count)
+        with run.lock:
+            run.shards_done += 1
+        infos.append(info.manifest_entry())
+    return infos
+
+
+def _shard_complete(record, spec: PlanSpec, shard: int) -> bool:
+    # a shard committed under a smaller num_samples may be short: it is redone with its full job list
+    return record is not None and record.planned == len(shard_jobs(spec, shard))
+
+
+def _check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> None:
+    header = store.read_run_header()
+    if header is None:
+        return
+    if overwrite:
+        for rel in store.storage.list("_magicseg/commits"):
+            store.storage.remove(f"_magicseg/commits/{rel}")
+        for rel in store.storage.list("shards"):
+            store.storage.remove(f"shards/{rel}")
+        return
+    differing = config_differences(header.get("config", {}), public_config(config))
+    if differing:
+        raise ConfigError(f"{store.uri} was built with a different config ({', '.join(differing[:6])}"
+                          f"{' ...' if len(differing) > 6 else ''}); use another --out, or --overwrite")
+    old_planned = int(header.get("planned", 0))
+    if config.num_samples < old_planned:
+        raise ConfigError(f"{store.uri} already plans {old_planned} samples; num_samples={config.num_samples} "
+                          "would shrink it (use --overwrite to start again)")
+
+
+def _storage_secrets_in(config: BuildConfig) -> bool:
+    from magicseg_models.config import redact
+
+    options = config.storage.storage_options
+    return redact(options) != options
+
+
+def resolve_config(config: BuildConfig | dict | None, preset: str | None, out: str | None,
+                   num_samples: int | None, seed: int | None) -> BuildConfig:
+    if config is None:
+        return load_config("build", preset, out=out, num_samples=num_samples, seed=seed)
+    data = config.model_dump() if isinstance(config, BuildConfig) else dict(config)
+    data.update({k: v for k, v in {"out": out, "num_samples": num_samples, "seed": seed}.items() if v is not None})
+    if preset:
+        data["preset"] = preset
+    return BuildConfig.model_validate(data)
+
+
+@flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True,
+      validate_parameters=True)
+def build_dataset(config: BuildConfig | None = None, preset: str | None = None, out: str | None = None,
+                  num_samples: int | None = None, seed: int | None = None, overwrite: bool = False) -> dict:
+    """Build (or resume, or grow) the dataset at ``out``. Returns the run summary."""
+    import ray
+
+    from tasks.lock import BuildLock
+    from tasks.ray_runtime import cluster_gpus, ensure_ray
+    from tasks.secrets import llm_api_key
+    from tasks.stage_factories import annotation_stage, pair_stage, prompt_stage
+    from tasks.stage_pool import StagePool
+
+    logger = get_run_logger()
+    config = resolve_config(config, preset, out, num_samples, seed)
+    if not config.out:
+        raise ConfigError("build-dataset needs out (a folder or s3://bucket/prefix)")
+    if _storage_secrets_in(config):
+        raise ConfigError("storage credentials in the config would become flow parameters; use the AWS_* "
+                          "environment (or the cluster's credentials) instead")
+    vocabulary = Vocabulary.load(config.vocabulary.file, config.vocabulary.classes)
+    spec = spec_from_config(config, vocabulary)
+    store = DatasetStore(config.out, config.storage.storage_options)
+    began = time.perf_counter()
+    with BuildLock(store.storage, run_name=str(uuid.uuid4())[:8]):
+        _check_rerun(store, config, overwrite)
+        models = {"generator": config.generator.model if config.generator.weights == "pretrained"
+                  else f"{config.generator.weights}:{config.generator.model}",
+                  "detector": f"{config.annotate.detector.weights}:{config.annotate.detector.model}",
+                  "segmenter": f"{config.annotate.segmenter.weights}:{config.annotate.segmenter.model_type}",
+                  "prompts": f"{config.prompts.backend}:{config.prompts.model}"}
+        store.write_run_header(config=public_config(config), planned=spec.num_samples,
+                               classes=vocabulary.full_names(), selected_classes=vocabulary.names, models=models)
+        done = store.committed()
+        todo = [s for s in range(num_shards(spec)) if not _shard_complete(done.get(s), spec, s)]
+        logger.info("%d of %d shards to build at %s", len(todo), num_shards(spec), store.uri)
+        started_ray = ensure_ray(config.ray)
+        gpus = cluster_gpus()
+        api_key = llm_api_key(config.prompts) if config.prompts.backend == "openai" else None
+        pools = [StagePool.for_stage("prompts", prompt_stage, (config, api_key), config.prompts.resources, gpus),
+                 StagePool.for_stage("pairs", pair_stage, (config,), config.generator.resources, gpus),
+                 StagePool.for_stage("annotate", annotation_stage, (config,), config.annotate.resources, gpus)]
+        run_id = uuid.uuid4().hex
+        run = _Run(config, spec, store, pools, settings={k: public_config(config)[k]
+                                                         for k in ("prompts", "generator", "annotate")})
+        _RUNS[run_id] = run
+        try:
+            stats = _run_chunks(run_id, run, todo, began)
+        finally:
+            _RUNS.pop(run_id, None)
+            for pool in pools:
+                pool.shutdown()
+            if started_ray:
+                ray.shutdown()
+        manifest = store.refresh_manifest()
+    summary = _summary(store, manifest, stats, time.perf_counter() - began)
+    _final_artifacts(summary, store)
+    return summary
+
+
+def _run_chunks(run_id: str, run: _Run, todo: list[int], began: float) -> dict:
+    size = run.config.shards_per_task
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    planned_rows = sum(len(shard_jobs(run.spec, s)) for s in todo)
+    progress_id = create_progress_artifact(0.0, key="build-progress", description="planned / done / kept / dropped")
+    futures = [build_shards.submit(run_id, chunk) for chunk in chunks]
+    while not all(f.state.is_final() for f in futures):
+        time.sleep(1.0)
+        _report(progress_id, run, planned_rows, began)
+    for f in futures:
+        f.result()  # raises if a chunk failed after its retries: the flow run fails, committed shards stay
+    _report(progress_id, run, planned_rows, began)
+    return {pool.name: pool.stats() for pool in run.pools}
+
+
+def _report(progress_id, run: _Run, planned_rows: int, began: float) -> None:
+    done = run.kept + run.dropped
+    rate = done / max(time.perf_counter() - began, 1e-9)
+    update_progress_artifact(progress_id, 100.0 * done / max(planned_rows, 1),
+                             description=f"planned {planned_rows}, done {done}, kept {run.kept}, "
+                                         f"dropped {run.dropped}, {rate:.2f} samples/s")
+
+
+def _summary(store: DatasetStore, manifest: dict, stats: dict, seconds: float) -> dict:
+    counts = manifest["counts"]
+    stages = {}
+    for name, actors in stats.items():
+        busy = sum(a["busy_s"] for a in actors)
+        rows = max((a["rows"] for a in actors), default=0) and sum(a["rows"] for a in actors)
+        stages[name] = {"actors": len(actors), "rows": rows, "busy_s": round(busy, 3),
+                        "rows_per_busy_s": round(rows / busy, 3) if busy else None,
+                        "stage": [a["stage"] for a in actors]}
+    return {"uri": store.uri, "planned": counts["planned"], "kept": counts["kept"], "dropped": counts["dropped"],
+            "shards": len(manifest["shards"]), "seconds": round(seconds, 2), "stages": stages}
+
+
+def _final_artifacts(summary: dict, store: DatasetStore) -> None:
+    rows = [{"stage": name, "actors": s["actors"], "rows": s["rows"], "busy_s": s["busy_s"],
+             "rows_per_busy_s": s["rows_per_busy_s"]} for name, s in summary["stages"].items()]
+    prompt_stats = [st for st in summary["stages"].get("prompts", {}).get("stage", []) if st]
+    for st in prompt_stats:
+        llm = st.get("llm", {})
+        rows.append({"stage": "prompts/llm", "actors": "", "rows": llm.get("calls", 0),
+                     "busy_s": f"tokens {llm.get('prompt_tokens', 0)}/{llm.get('completion_tokens', 0)}",
+                     "rows_per_busy_s": f"cache hits {st.get('cache_hits', 0)}, misses {st.get('cache_misses', 0)}"})
+    for reason, n in summary["dropped"].items():
+        rows.append({"stage": f"dropped: {reason}", "actors": "", "rows": n, "busy_s": "", "rows_per_busy_s": ""})
+    create_table_artifact(rows, key="build-summary",
+                          description=f"{summary['kept']} of {summary['planned']} kept at {summary['uri']}")
+    create_markdown_artifact(
+        f"## Dataset at `{summary['uri']}`\n\nkept {summary['kept']} of {summary['planned']} planned, "
+        f"{summary['shards']} shards, {summary['seconds']} s.\n\nNext: `magicseg inspect {summary['uri']}` and "
+        f"`magicseg preview {summary['uri']} --out preview.png`.", key="build-dataset")

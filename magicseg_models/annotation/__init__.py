@@ -1,0 +1,63 @@
+"""Annotation: Grounding DINO boxes per named class, SAM masks with class ids (COCO RLE), counterfactual check.
+
+``Annotator(config.annotate, vocabulary)`` is the stage (rows in, rows out). Under it: ``make_detector`` -
+``GroundingDinoDetector`` (transformers, default) or ``OfficialGroundingDino`` (groundingdino-py) - and
+``make_segmenter`` - ``SamSegmenter`` (segment-anything, default) or ``HFSamSegmenter`` (transformers SamModel).
+``post_process``/``select_boxes`` tie each box to one class through the token span of its phrase in the caption.
+"""
+
+from magicseg_models.annotation.detector import (
+    BaseDetector,
+    Caption,
+    Detections,
+    DetectorWeightsError,
+    GroundingDinoDetector,
+    TextFeatureCache,
+    build_caption,
+    build_detector_tokenizer,
+    clean_phrase,
+    make_detector,
+    plan_captions,
+    post_process,
+    select_boxes,
+)
+from magicseg_models.annotation.segmenter import (
+    HFSamSegmenter,
+    SamSegmenter,
+    SegmenterWeightsError,
+    build_tiny_sam,
+    make_segmenter,
+)
+from magicseg_models.annotation.stage import (
+    DROP_COUNTERFACTUAL,
+    DROP_NOT_DETECTED,
+    AnnotationInputError,
+    Annotator,
+    not_detected_reason,
+)
+
+__all__ = [
+    "DROP_COUNTERFACTUAL",
+    "DROP_NOT_DETECTED",
+    "AnnotationInputError",
+    "Annotator",
+    "BaseDetector",
+    "Caption",
+    "Detections",
+    "DetectorWeightsError",
+    "GroundingDinoDetector",
+    "HFSamSegmenter",
+    "SamSegmenter",
+    "SegmenterWeightsError",
+    "TextFeatureCache",
+    "build_caption",
+    "build_detector_tokenizer",
+    "build_tiny_sam",
+    "clean_phrase",
+    "make_detector",
+    "make_segmenter",
+    "not_detected_reason",
+    "plan_captions",
+    "post_process",
+    "select_boxes",
+]

@@ -1,0 +1,205 @@
+"""The official Grounding DINO (``groundingdino-py``, the package the paper's authors used) as a detector backend.
+
+``detector.backend=official`` with ``detector.config_file`` (default: the package's
+``GroundingDINO_SwinT_OGC.py``) and ``detector.checkpoint`` (``groundingdino_swint_ogc.pth``). The package is an
+optional extra: it compiles against the installed torch, so it is installed after it with
+``pip install --no-build-isolation groundingdino-py`` (``make official``); without it, construction fails with
+that line.
+
+Same contract as the transformers backend (:class:`~magicseg_models.annotation.detector.BaseDetector`):
+captions, token spans, chunking, thresholds and merging are shared; images go through the authors' transform
+(``RandomResize([800], max_size=1333)``, or ``detector.image_size``) and are batched, padded, with one caption
+each. The official model tokenizes and encodes its captions inside ``forward``, so the per-caption text cache of
+the transformers backend does not apply here.
+
+Compatibility: groundingdino-py 0.4 wraps BERT with helpers that transformers 5 removed
+(``get_extended_attention_mask``, ``get_head_mask``). While building, its ``BertModelWarper`` is swapped for
+:class:`_BertCompat`, which keeps the same submodules (so checkpoints load with the same keys) and runs
+transformers' own ``BertModel.forward`` with the phrase-block attention mask, as transformers' port does.
+``weights=random`` builds the full-size model (SwinT + BERT-base shapes) with random weights and the local
+WordPiece tokenizer (no download); ``weights=pretrained`` takes BERT from the config's ``text_encoder_type``
+(hub id, or a local folder when offline) and the weights from ``detector.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import types
+import warnings
+from typing import Any
+
+import torch
+from PIL import Image
+
+from magicseg_models.annotation.detector import (
+    TINY_INIT_SEED, BaseDetector, DetectorWeightsError, autocast_context, build_detector_tokenizer, resolve_device,
+)
+from magicseg_models.config import DetectorConfig
+from magicseg_models.errors import ConfigError, MagicSegError
+
+INSTALL_LINE = "pip install --no-build-isolation groundingdino-py"
+# deprecation noise from inside groundingdino-py and its timm import, not actionable by users
+_THIRD_PARTY_NOISE = (r".*torch\.meshgrid.*", r".*torch\.cuda\.amp\.autocast.*", r".*timm\.models\.layers.*")
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        for pattern in _THIRD_PARTY_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+class MissingDependencyError(MagicSegError):
+    """An optional package is not installed; the message holds the pip line that installs it."""
+
+
+def require_groundingdino():
+    try:
+        with _quiet():
+            import groundingdino  # noqa: F401
+            from groundingdino.models.GroundingDINO import groundingdino as gmod
+    except ImportError:
+        raise MissingDependencyError(
+            f"detector.backend=official needs the groundingdino-py package: {INSTALL_LINE} "
+            "(after torch; or `make official`)") from None
+    return gmod
+
+
+class _BertCompat(torch.nn.Module):
+    """groundingdino-py's ``BertModelWarper`` for transformers 5: same submodule names, transformers' forward."""
+
+    def __init__(self, bert_model):
+        super().__init__()
+        self.config = bert_model.config
+        self.embeddings = bert_model.embeddings
+        self.encoder = bert_model.encoder
+        self.pooler = bert_model.pooler
+        self.__dict__["_bert"] = bert_model  # not registered twice: it owns the same modules
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, **_):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        mask = attention_mask.bool()
+        if mask.dim() == 3:  # (B, L, L) phrase blocks -> (B, 1, L, L)
+            mask = mask[:, None]
+        out = self._bert(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids,
+                         position_ids=position_ids, return_dict=True)
+        return BaseModelOutput(last_hidden_state=out.last_hidden_state)
+
+
+@contextlib.contextmanager
+def _patched_builder(gmod, tokenizer=None, bert=None):
+    """Inside: groundingdino builds with :class:`_BertCompat` (and a given tokenizer/BERT instead of loading)."""
+    saved = gmod.BertModelWarper, gmod.get_tokenlizer
+    gmod.BertModelWarper = _BertCompat
+    if tokenizer is not None:
+        gmod.get_tokenlizer = types.SimpleNamespace(get_tokenlizer=lambda _name: tokenizer,
+                                                    get_pretrained_language_model=lambda _name: bert)
+    try:
+        yield
+    finally:
+        gmod.BertModelWarper, gmod.get_tokenlizer = saved
+
+
+def default_config_file() -> str:
+    import groundingdino
+
+    return os.path.join(os.path.dirname(groundingdino.__file__), "config", "GroundingDINO_SwinT_OGC.py")
+
+
+class OfficialGroundingDino(BaseDetector):
+    """groundingdino-py's model behind the shared detector contract."""
+
+    def __init__(self, config: DetectorConfig, device: str | torch.device | None = None):
+        super().__init__()
+        gmod = require_groundingdino()
+        from groundingdino.models import build_model
+        from groundingdino.util.slconfig import SLConfig
+
+        if config.weights == "tiny":
+            raise ConfigError("detector.weights=tiny needs detector.backend=transformers; the official backend "
+                              "takes pretrained or random")
+        if config.weights == "pretrained" and not config.checkpoint:
+            raise ConfigError("detector.checkpoint is required with detector.backend=official and "
+                              "weights=pretrained (groundingdino_swint_ogc.pth)")
+        self.config = config
+        self.device = resolve_device(device)
+        config_file = config.config_file or default_config_file()
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"detector.config_file '{config_file}' not found")
+        args = SLConfig.fromfile(config_file)
+        args.device = self.device.type
+        # activation checkpointing only saves memory for training; at inference it is overhead (and warnings)
+        args.use_checkpoint = False
+        args.use_transformer_ckpt = False
+        if config.weights == "random":
+            from transformers import BertConfig, BertModel
+
+            tokenizer = build_detector_tokenizer()
+            torch.manual_seed(TINY_INIT_SEED)
+            bert = BertModel(BertConfig(vocab_size=max(len(tokenizer), 30522)))  # BERT-base shapes
+            with _patched_builder(gmod, tokenizer, bert), _quiet():
+                model = build_model(args)
+            self.source = {"detector": f"groundingdino-py {os.path.basename(config_file)} (random weights)",
+                           "detector_weights": "random"}
+        else:
+            if not os.path.isfile(config.checkpoint):
+                raise DetectorWeightsError(f"detector.checkpoint '{config.checkpoint}' not found")
+            try:
+                with _patched_builder(gmod), _quiet():
+                    model = build_model(args)
+            except OSError as err:
+                raise DetectorWeightsError(f"the official detector's text encoder '{args.text_encoder_type}' "
+                                           f"could not be loaded: {str(err).splitlines()[0]}") from None
+            result = model.load_state_dict(_read_checkpoint(config.checkpoint), strict=False)
+            expected = len(model.state_dict())
+            if len(result.missing_keys) > 0.1 * expected:  # strict=False as the authors load it, but not blind
+                raise DetectorWeightsError(
+                    f"detector.checkpoint '{config.checkpoint}' fits {os.path.basename(config_file)} badly: "
+                    f"{len(result.missing_keys)} of {expected} weights missing (e.g. {result.missing_keys[0]})")
+            self.source = {"detector": f"groundingdino-py {os.path.basename(config_file)} "
+                                       f"{os.path.basename(config.checkpoint)}", "detector_weights": "pretrained"}
+        self.model = model.to(self.device).eval()
+        self.tokenizer = self.model.tokenizer
+        self.max_text_tokens = min(config.max_text_tokens, int(self.model.max_text_len))
+        import groundingdino.datasets.transforms as T
+
+        short, long = self.resize_limits(config)
+        self.transform = T.Compose([T.RandomResize([short], max_size=long), T.ToTensor(),
+                                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {**self.source, "detector_backend": "official", "box_threshold": c.box_threshold,
+                "text_threshold": c.text_threshold, "max_text_tokens": self.max_text_tokens,
+                "image_size": list(self.resize_limits(c)), "nms_iou": c.nms_iou, "max_boxes": c.max_boxes,
+                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32"}
+
+    def _forward(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from groundingdino.util.misc import nested_tensor_from_tensor_list
+
+        tensors = [self.transform(image.convert("RGB"), None)[0] for image in images]
+        samples = nested_tensor_from_tensor_list(tensors).to(self.device)
+        with torch.inference_mode(), autocast_context(self.device, self.config.dtype), _quiet():
+            out = self.model(samples, captions=list(texts))
+        return out["pred_logits"].float(), out["pred_boxes"].float()
+
+
+def _read_checkpoint(path: str) -> dict:
+    from groundingdino.util.misc import clean_state_dict
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # the release pickles more than tensors; it is the user's own file, as the authors load it
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise DetectorWeightsError(f"detector.checkpoint '{path}' cannot be read: "
+                                       f"{str(err).splitlines()[0]}") from None
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise DetectorWeightsError(f"detector.checkpoint '{path}' holds no state dict")
+    return clean_state_dict(state)

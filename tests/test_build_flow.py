@@ -1,0 +1,159 @@
+"""The build flow end to end on the tiny preset: Prefect + local Ray + shards on an S3 server; resume after a
+SIGKILL of the whole process tree; growing a dataset; refusing a different config on the same URI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from magicseg_models.config import load_config
+from magicseg_models.dataset.inspect import inspect_dataset
+from magicseg_models.dataset.storage import Storage
+from magicseg_models.errors import ConfigError
+from magicseg_models.planning import iter_jobs, spec_from_config
+from magicseg_models.vocabulary import Vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _planned_ids(config) -> set[str]:
+    vocab = Vocabulary.load(config.vocabulary.file, config.vocabulary.classes)
+    return {job.sample_id for job in iter_jobs(spec_from_config(config, vocab))}
+
+
+def _dataset_ids(uri: str) -> tuple[list[str], list[str]]:
+    import pyarrow.parquet as pq
+
+    storage = Storage(uri)
+    manifest = storage.read_json("manifest.json")
+    kept = [sid for shard in manifest["shards"]
+            for sid in pq.read_table(storage.open(shard["path"]), columns=["sample_id"]).column(0).to_pylist()]
+    return kept, manifest["dropped_ids"]
+
+
+def _assert_exact(uri: str, config) -> dict:
+    kept, dropped = _dataset_ids(uri)
+    assert len(kept) == len(set(kept)), "duplicate samples"
+    assert set(kept) | set(dropped) == _planned_ids(config) and not set(kept) & set(dropped)
+    report = inspect_dataset(uri)
+    assert report["ok"], report["problems"]
+    return report
+
+
+def test_tiny_build_on_s3_with_prefect_and_ray(s3_bucket, prefect_api, local_ray, tmp_path):
+    from flows.build_dataset import build_dataset
+    from magicseg_models.dataset.preview import render_preview
+
+    uri = f"{s3_bucket}/tiny"
+    config = load_config("build", "tiny", out=uri)
+    summary = build_dataset(config=config)
+    report = _assert_exact(uri, config)
+    assert summary["planned"] == 16 and report["samples"] == summary["kept"] > 0
+    assert set(summary["stages"]) == {"prompts", "pairs", "annotate"}
+    manifest = Storage(uri).read_json("manifest.json")
+    assert manifest["counts"]["kept"] + sum(manifest["counts"]["dropped"].values()) == 16
+    assert render_preview(uri, str(tmp_path / "grid.png"), n=4)["rows"] == 4
+    [prompt_stats] = summary["stages"]["prompts"]["stage"]
+    assert prompt_stats["llm"]["calls"] > 0  # the tiny local LM was asked (its junk then fell back to templates)
+    assert sum(prompt_stats["outcomes"].values()) == 16
+
+    # a rerun does nothing: every shard is committed
+    again = build_dataset(config=config)
+    assert again["stages"]["pairs"]["rows"] == 0 and again["kept"] == summary["kept"]
+
+    # growing: only the new jobs run, earlier shards stay byte-identical
+    before = {s["path"]: s["sha256"] for s in manifest["shards"]}
+    bigger = load_config("build", "tiny", out=uri, num_samples=24)
+    grown = build_dataset(config=bigger)
+    assert grown["planned"] == 24 and grown["stages"]["pairs"]["rows"] == 8
+    after = {s["path"]: s["sha256"] for s in Storage(uri).read_json("manifest.json")["shards"]}
+    assert all(after[path] == sha for path, sha in before.items())
+    _assert_exact(uri, bigger)
+
+    # another content-changing config on the same URI is refused, naming the keys
+    with pytest.raises(ConfigError, match="generator.steps"):
+        build_dataset(config=load_config("build", "tiny", out=uri, overrides=["generator.steps=3"]))
+
+
+def test_killed_build_resumes_to_the_exact_plan(tmp_path):
+    uri = str(tmp_path / "killed")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out", uri, "--num-samples", "32",
+           "--set", "shard_size=4"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    commits = tmp_path / "killed" / "_magicseg" / "commits"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
+        time.sleep(0.2)
+    assert commits.exists() and any(commits.iterdir()), "the build committed nothing before the deadline"
+    os.killpg(proc.pid, signal.SIGKILL)  # the flow, its Ray and everything they started
+    proc.wait(timeout=60)
+    done_before = len(list(commits.iterdir()))
+    assert done_before < 8, "killed too late to test a resume"
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    config = load_config("build", "tiny", out=uri, num_samples=32, overrides=["shard_size=4"])
+    _assert_exact(uri, config)
+    records = [json.loads(p.read_text()) for p in commits.iterdir()]
+    assert len(records) == 8
+
+
+def test_llm_server_failing_for_a_while_still_completes(tmp_path, prefect_api, local_ray):
+    from flows.build_dataset import build_dataset
+    from tests.fake_openai import FakeOpenAI
+    from tests.test_prompt_stage import varied_responder
+
+    with FakeOpenAI(responder=varied_responder()) as srv:
+        srv.faults.extend([("429", 1), ("500",), ("503", None), ("500",), ("timeout", 3.0), ("malformed",)])
+        uri = str(tmp_path / "llm")
+        config = load_config("build", "tiny", out=uri, overrides=[
+            "prompts.backend=openai", f"prompts.base_url={srv.base_url}", "prompts.model=fake-llm",
+            "prompts.timeout_s=1", "prompts.max_retries=8"])
+        os.environ["OPENAI_API_KEY"] = "sk-test-flow-key-123"
+        try:
+            summary = build_dataset(config=config)
+        finally:
+            os.environ.pop("OPENAI_API_KEY")
+    _assert_exact(uri, config)
+    [prompt_stats] = summary["stages"]["prompts"]["stage"]
+    assert prompt_stats["llm"]["retries"] >= 6 and prompt_stats["outcomes"].get("llm", 0) > 0
+    assert "sk-test-flow-key-123" not in Path(uri, "manifest.json").read_text()
+
+
+def test_a_killed_ray_actor_is_replaced_and_the_run_completes(tmp_path, prefect_api, local_ray):
+    import threading
+
+    from flows.build_dataset import build_dataset
+
+    uri = str(tmp_path / "actor-kill")
+    config = load_config("build", "tiny", out=uri, num_samples=32, overrides=["shard_size=4"])
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(summary=build_dataset(config=config)))
+    runner.start()
+    commits = tmp_path / "actor-kill" / "_magicseg" / "commits"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
+        time.sleep(0.1)
+    import ray
+
+    from flows.build_dataset import _RUNS
+
+    [run] = _RUNS.values()
+    pairs = next(pool for pool in run.pools if pool.name == "pairs")
+    os.kill(ray.get(pairs.actors[0].pid.remote()), signal.SIGKILL)  # a worker crash in the middle of the run
+    runner.join(timeout=600)
+    assert "summary" in result, "the flow did not finish"
+    assert len(list(commits.iterdir())) == 8
+    _assert_exact(uri, config)
