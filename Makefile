@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q -e '.[dev]'
+	# the official Grounding DINO (extra `official`) compiles against the torch above, so no build isolation;
+	# installed here too so that its backend is tested
+	$(BIN)/pip install -q --no-build-isolation 'groundingdino-py>=0.4'
 	touch $@
 
 # The main job on the embedded default: the tiny preset into a local folder, on a local Ray with Prefect's local
