@@ -387,3 +387,22 @@ def test_bench_annotate_prints_its_result_line():
                          env=env, check=True).stdout.strip().splitlines()
     assert "batched == loop: True" in "\n".join(out)
     assert re.fullmatch(r"RESULT annotate speedup=[\d.]+ images_per_s=[\d.]+ device=\S+", out[-1]), out[-3:]
+
+
+def test_official_checkpoint_loads_its_args_but_never_runs_pickled_code(tmp_path):
+    pytest.importorskip("groundingdino")
+    import argparse
+
+    from magicseg_models.annotation.official import _read_checkpoint
+
+    path = tmp_path / "release.pth"
+    torch.save({"model": {"module.w": torch.ones(2)}, "args": argparse.Namespace(lr=1e-4)}, path)
+    assert list(_read_checkpoint(str(path))) == ["w"]
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('pickled code ran')",))
+
+    torch.save({"model": {"w": torch.ones(1)}, "x": Payload()}, path)
+    with pytest.raises(MagicSegError, match="cannot be read safely"):
+        _read_checkpoint(str(path))

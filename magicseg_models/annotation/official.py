@@ -191,14 +191,16 @@ class OfficialGroundingDino(BaseDetector):
 def _read_checkpoint(path: str) -> dict:
     from groundingdino.util.misc import clean_state_dict
 
+    import argparse
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # the release pickles more than tensors; it is the user's own file, as the authors load it
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise DetectorWeightsError(f"detector.checkpoint '{path}' cannot be read: "
-                                       f"{str(err).splitlines()[0]}") from None
+        # the released .pth also pickles its training args (an argparse.Namespace): allow that one class, never
+        # arbitrary code (weights_only=False would run whatever a downloaded file contains)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DetectorWeightsError(f"detector.checkpoint '{path}' cannot be read safely: "
+                                   f"{str(err).splitlines()[0][:200]}") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise DetectorWeightsError(f"detector.checkpoint '{path}' holds no state dict")
