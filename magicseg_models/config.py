@@ -480,13 +480,16 @@ def config_reference(kind: str) -> str:
     """Markdown table of every key of a config kind (docs/configuration.md is generated from this)."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[BaseModel], prefix: str, instance: BaseModel | None = None) -> None:
+        # defaults come from the enclosing default instance: a section may override its class's own
+        # defaults (e.g. `annotate.resources` shares a GPU by default, StageResources alone does not)
         for name, field in model.model_fields.items():
             ann = field.annotation
+            default = getattr(instance, name) if instance is not None else field.get_default(
+                call_default_factory=True)
             if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
+                walk(ann, f"{prefix}{name}.", default)
                 continue
-            default = field.get_default(call_default_factory=True)
             if isinstance(default, dict) and default and isinstance(next(iter(default.values())), BaseModel):
                 default = {k: v.model_dump() for k, v in default.items()}
             type_text = getattr(ann, "__name__", None) if isinstance(ann, type) else str(ann)
