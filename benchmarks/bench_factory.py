@@ -40,21 +40,24 @@ Preset: ``tiny`` with ``generator.height=256 generator.width=256 generator.steps
 sample on the 2-core VM with one torch thread: the tiny preset as shipped (64x64, 2 steps) 0.10 s; 128x128, 8
 steps 0.25 s; 192x192, 12 steps 0.57 s; 256x256, 10 steps 0.88 s (prompts 0.08, pairs 0.79, annotate 0.015). The
 issue asks for at least 0.2 s/sample of model compute; the default goes well past it so that the generator
-dominates, as it does in a real build, and so that N samples of compute stand clear of the noise in the ~30 s of
+dominates, as it does in a real build, and so that N samples of compute stand clear of the noise in the 5-20 s of
 per-build start-up that the steady figure subtracts. The script prints ``a_s / N`` and warns under 0.2 s/sample.
 
 Threads: Ray sets ``OMP_NUM_THREADS`` to an actor's ``num_cpus`` (1 in the tiny preset), so each stage actor
 computes on one thread while the three stages overlap; the script prints what an actor sees. (a) runs with
-``--threads`` torch threads (default 1). On the shared 2-core VM two threads were 6-40x *slower* than one (OpenMP
-threads wait on each other while other jobs hold the cores: 128x128, 8 steps took 4.0 s/sample with 2 threads vs
-0.25 s with 1), so one thread is the fair, strongest baseline there; on an idle machine try ``--threads 1,2``: the
-first round then runs (a) at each count and later rounds use the faster one.
+``--threads`` torch threads, by default 1 and 2: the first round runs (a) at each count and later rounds use the
+faster, so (a) is the strongest plain loop on the machine at the time. Which one wins depends on the load: on the
+idle 2-core VM two threads are 1.5x faster (256x256, 10 steps: 18.3 s vs 28.4 s for 32 samples), while other jobs
+hold the cores two threads were 6-40x *slower* than one (OpenMP threads wait on each other: the shipped tiny preset
+took 4.0 s/sample with 2 threads vs 0.10 s with 1). With the tiny preset's ``generator.resources.num_cpus: 1`` the
+flow's pair actor (the dominant stage) computes on one thread, so on an idle machine (b) loses to a 2-thread plain
+loop; ``--set generator.resources.num_cpus=2`` gives that actor both cores (see RESULTS.md).
 
 Last line::
 
     RESULT factory overhead=<b_s/a_s> samples=<N> a_s=<...> b_s=<...> b_cold_s=<...> overhead_cold=<...> device=cpu
 
-Usage: ``.venv/bin/python benchmarks/bench_factory.py [--samples 32] [--repeats 2] [--threads 1] [--preset tiny]
+Usage: ``.venv/bin/python benchmarks/bench_factory.py [--samples 32] [--repeats 2] [--threads 1,2] [--preset tiny]
 [--set key=value ...] [--no-default-sets] [--keep]``
 """
 
@@ -231,7 +234,7 @@ def plain_round(preset: str, sets: list[str], samples: int, out: str, threads: i
 
     per_stage = dict.fromkeys(STAGES, 0.0)
     kept, dropped = 0, {}
-    cpu0 = time.process_time()
+    meter = CpuMeter().start()
     began = time.perf_counter()
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]
@@ -245,10 +248,10 @@ def plain_round(preset: str, sets: list[str], samples: int, out: str, threads: i
             else:
                 kept += 1
     loop_s = time.perf_counter() - began
-    cpu_s = time.process_time() - cpu0
+    cpu = meter.stop()
     del stages
     return {"load_s": load_s, "loop_s": loop_s, "per_stage": per_stage, "kept": kept, "dropped": dropped,
-            "threads": threads, "cpu_s": cpu_s}
+            "threads": threads, "cpu": cpu}
 
 
 # ------------------------------------------------------------------------------------------- (b) the flow
@@ -302,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=32, help="jobs N (default 32)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of (a), b_warm(N), b_warm(2N); best of each")
-    parser.add_argument("--threads", default="1",
-                        help="torch threads for (a), comma list (default 1); with several, round 1 runs each and "
+    parser.add_argument("--threads", default="1,2",
+                        help="torch threads for (a), comma list (default 1,2); with several, round 1 runs each and "
                              "later rounds use the fastest")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", action="append", default=[], metavar="key=value",
@@ -398,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, seconds, count in lines:
         print(f"  {label:<52} {seconds:>9.2f} {seconds / count:>9.3f}")
     fixed = bn["wall_s"] - b_s
-    print(f"  one-off costs: per warm build {fixed:.2f}s (of which pools start + model loads ~"
-          f"{probe['actor_start_s']:.2f}s, Prefect flow run outside the flow's own clock "
+    print(f"  one-off costs: per warm build {fixed:.2f}s (pools start + model loads measured alone: "
+          f"{probe['actor_start_s']:.2f}s; Prefect flow run outside the flow's own clock "
           f"{bn['wall_s'] - bn['flow_s']:.2f}s); cold extra over warm {cold['wall_s'] - bn['wall_s']:.2f}s "
           f"(Ray init alone {ray_init_s:.2f}s)")
 
@@ -410,15 +413,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  sum       (a) {sum(a_best['per_stage'].values()):>8.2f}   (b) {sum(bn['busy'].values()):>8.2f}"
           f"   <- (b) overlaps its stages on {os.cpu_count()} CPUs")
 
-    print(f"\nCPU seconds by process group during the warm builds (best rounds; this process's and every descendant's "
-          f"user+system time; (a) = this process during its best loop, {a_best['threads']} thread(s)):")
-    print(f"  {'group':<26} {'warm N':>8} {'warm 2N':>8} {'steady':>8}")
+    print("\nCPU seconds by process group (user+system time of this process and every descendant; best rounds; "
+          "during (a) Prefect's server and Ray are up but idle):")
+    print(f"  {'group':<26} {'(a) loop':>9} {'warm N':>8} {'warm 2N':>8} {'steady':>8}")
     for name in GROUPS:
         x, y = bn["cpu"].get(name, 0.0), b2n["cpu"].get(name, 0.0)
-        print(f"  {name:<26} {x:>8.2f} {y:>8.2f} {y - x:>8.2f}")
-    tn, t2n = sum(bn["cpu"].values()), sum(b2n["cpu"].values())
-    print(f"  {'total (b)':<26} {tn:>8.2f} {t2n:>8.2f} {t2n - tn:>8.2f}")
-    print(f"  {'(a) plain loop':<26} {a_best['cpu_s']:>8.2f}")
+        print(f"  {name:<26} {a_best['cpu'].get(name, 0.0):>9.2f} {x:>8.2f} {y:>8.2f} {y - x:>8.2f}")
+    ta, tn, t2n = (sum(r["cpu"].values()) for r in (a_best, bn, b2n))
+    print(f"  {'total':<26} {ta:>9.2f} {tn:>8.2f} {t2n:>8.2f} {t2n - tn:>8.2f}   <- steady/(a) = "
+          f"{(t2n - tn) / ta:.3f}")
+    med = {k: statistics.median(v) for k, v in
+           {"a": [r["loop_s"] for r in plain if r["threads"] == a_best["threads"]],
+            "bN": [r["wall_s"] for r in warm_n], "b2N": [r["wall_s"] for r in warm_2n]}.items()}
+    print(f"same ratio from medians instead of best rounds: ({med['b2N']:.2f} - {med['bN']:.2f}) / {med['a']:.2f} = "
+          f"{(med['b2N'] - med['bN']) / med['a']:.3f}")
 
     same = a_best["kept"] == bn["kept"] and a_best["dropped"] == bn["dropped"]
     print(f"\noutcomes: (a) kept {a_best['kept']} dropped {a_best['dropped'] or 0}; (b) kept {bn['kept']} dropped "

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.progress import TerminalProgress
 from magicseg_models.config import BuildConfig, config_differences, load_config, public_config
 from magicseg_models.dataset.store import DatasetStore
 from magicseg_models.errors import ConfigError
@@ -181,21 +182,23 @@ def _run_chunks(run_id: str, run: _Run, todo: list[int], began: float) -> dict:
     planned_rows = sum(len(shard_jobs(run.spec, s)) for s in todo)
     progress_id = create_progress_artifact(0.0, key="build-progress", description="planned / done / kept / dropped")
     futures = [build_shards.submit(run_id, chunk) for chunk in chunks]
-    while not all(f.state.is_final() for f in futures):
-        time.sleep(1.0)
-        _report(progress_id, run, planned_rows, began)
-    for f in futures:
-        f.result()  # raises if a chunk failed after its retries: the flow run fails, committed shards stay
-    _report(progress_id, run, planned_rows, began)
+    with TerminalProgress("building samples", total=planned_rows) as bar:
+        while not all(f.state.is_final() for f in futures):
+            time.sleep(1.0)
+            _report(progress_id, bar, run, planned_rows, began)
+        for f in futures:
+            f.result()  # raises if a chunk failed after its retries: the flow run fails, committed shards stay
+        _report(progress_id, bar, run, planned_rows, began)
     return {pool.name: pool.stats() for pool in run.pools}
 
 
-def _report(progress_id, run: _Run, planned_rows: int, began: float) -> None:
+def _report(progress_id, bar: TerminalProgress, run: _Run, planned_rows: int, began: float) -> None:
     done = run.kept + run.dropped
     rate = done / max(time.perf_counter() - began, 1e-9)
     update_progress_artifact(progress_id, 100.0 * done / max(planned_rows, 1),
                              description=f"planned {planned_rows}, done {done}, kept {run.kept}, "
                                          f"dropped {run.dropped}, {rate:.2f} samples/s")
+    bar.update(done, info=f"kept {run.kept} dropped {run.dropped} {rate:.2f}/s")
 
 
 def _summary(store: DatasetStore, manifest: dict, stats: dict, seconds: float) -> dict:
@@ -203,9 +206,13 @@ def _summary(store: DatasetStore, manifest: dict, stats: dict, seconds: float) -
     stages = {}
     for name, actors in stats.items():
         busy = sum(a["busy_s"] for a in actors)
+        nodes: dict[str, int] = {}  # rows per Ray node: where a multi-node cluster put the work
+        for actor in actors:
+            nodes[actor["node_id"]] = nodes.get(actor["node_id"], 0) + actor["rows"]
         rows = max((a["rows"] for a in actors), default=0) and sum(a["rows"] for a in actors)
         stages[name] = {"actors": len(actors), "rows": rows, "busy_s": round(busy, 3),
                         "rows_per_busy_s": round(rows / busy, 3) if busy else None,
+                        "nodes": nodes,
                         "stage": [a["stage"] for a in actors]}
     return {"uri": store.uri, "planned": counts["planned"], "kept": counts["kept"], "dropped": counts["dropped"],
             "shards": len(manifest["shards"]), "seconds": round(seconds, 2), "stages": stages}

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from flows.progress import progress_callback
+
 EXIT_USAGE = 2  # bad input: config, class names, storage, arguments
 EXIT_UNHEALTHY = 1  # `inspect` found missing/corrupt/unlisted shards
 
@@ -178,7 +180,7 @@ def cmd_eval(args) -> int:
 def cmd_inspect(args) -> int:
     from magicseg_models.dataset.inspect import inspect_dataset
 
-    report = inspect_dataset(args.uri, progress=_progress_printer("verifying shards") if not args.json else None)
+    report = inspect_dataset(args.uri, progress=progress_callback("verifying shards") if not args.json else None)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -194,25 +196,6 @@ def cmd_preview(args) -> int:
     result = render_preview(args.uri, args.out, n=args.n)
     print(f"wrote {result['path']}: {result['rows']} samples")
     return 0
-
-
-def _progress_printer(label: str):
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import Progress
-
-    state: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = Progress(transient=True)
-            state["bar"].start()
-            state["task"] = state["bar"].add_task(label, total=total)
-        state["bar"].update(state["task"], completed=done)
-        if done >= total:
-            state.pop("bar").stop()
-
-    return update
 
 
 def _print_report(report: dict) -> None:

@@ -50,7 +50,8 @@ class StageActor:
 
     def stats(self) -> dict:
         stage_stats = self.stage.stats() if hasattr(self.stage, "stats") else {}
-        return {"busy_s": self.busy_s, "rows": self.rows, "stage": stage_stats}
+        return {"busy_s": self.busy_s, "rows": self.rows, "stage": stage_stats,
+                "node_id": ray.get_runtime_context().get_node_id()}
 
 
 class StagePool:

@@ -102,8 +102,11 @@ def test_killed_build_resumes_to_the_exact_plan(tmp_path):
     done_before = len(list(commits.iterdir()))
     assert done_before < 8, "killed too late to test a resume"
 
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # the rerun draws its terminal progress bar (forced: stderr is a pipe here) and ends with the summary
+    rerun = subprocess.run(cmd, env={**env, "MAGICSEG_PROGRESS": "1"}, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "building samples" in rerun.stderr and f"/{32 - 4 * done_before}" in rerun.stderr.replace(" ", "")
+    assert "magicseg inspect" in rerun.stderr
     config = load_config("build", "tiny", out=uri, num_samples=32, overrides=["shard_size=4"])
     _assert_exact(uri, config)
     records = [json.loads(p.read_text()) for p in commits.iterdir()]
@@ -157,3 +160,45 @@ def test_a_killed_ray_actor_is_replaced_and_the_run_completes(tmp_path, prefect_
     assert "summary" in result, "the flow did not finish"
     assert len(list(commits.iterdir())) == 8
     _assert_exact(uri, config)
+
+
+TWO_NODE_SCRIPT = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+from flows.build_dataset import build_dataset
+from magicseg_models.config import load_config
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+cluster.add_node(num_cpus=2)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+try:
+    # 4 logical CPUs per stage set (prompts 1 + pairs 2 + annotate 1) on two nodes of 2: Ray must use both
+    summary = build_dataset(config=load_config("build", "tiny", out=sys.argv[1], num_samples=8))
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    print("RESULT " + json.dumps({"summary": summary, "nodes": nodes}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_two_ray_nodes_both_do_work(tmp_path):
+    uri = str(tmp_path / "two-nodes")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", TWO_NODE_SCRIPT, uri], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert len(result["nodes"]) == 2
+    rows_per_node: dict[str, int] = {}
+    for stage in result["summary"]["stages"].values():
+        for node, rows in stage["nodes"].items():
+            rows_per_node[node] = rows_per_node.get(node, 0) + rows
+    assert set(rows_per_node) == set(result["nodes"]), rows_per_node
+    assert all(rows > 0 for rows in rows_per_node.values()), rows_per_node
+    _assert_exact(uri, load_config("build", "tiny", out=uri, num_samples=8))
