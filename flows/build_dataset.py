@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.params import resolve_config
 from flows.progress import TerminalProgress
 from magicseg_models.config import BuildConfig, config_differences, load_config, public_config
 from magicseg_models.dataset.store import DatasetStore
@@ -105,17 +106,6 @@ def _storage_secrets_in(config: BuildConfig) -> bool:
     return redact(options) != options
 
 
-def resolve_config(config: BuildConfig | dict | None, preset: str | None, out: str | None,
-                   num_samples: int | None, seed: int | None) -> BuildConfig:
-    if config is None:
-        return load_config("build", preset, out=out, num_samples=num_samples, seed=seed)
-    data = config.model_dump() if isinstance(config, BuildConfig) else dict(config)
-    data.update({k: v for k, v in {"out": out, "num_samples": num_samples, "seed": seed}.items() if v is not None})
-    if preset:
-        data["preset"] = preset
-    return BuildConfig.model_validate(data)
-
-
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True,
       validate_parameters=True)
 def build_dataset(config: BuildConfig | None = None, preset: str | None = None, out: str | None = None,
@@ -130,7 +120,7 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
     from tasks.stage_pool import StagePool
 
     logger = get_run_logger()
-    config = resolve_config(config, preset, out, num_samples, seed)
+    config = resolve_config("build", config, preset, out=out, num_samples=num_samples, seed=seed)
     if not config.out:
         raise ConfigError("build-dataset needs out (a folder or s3://bucket/prefix)")
     if _storage_secrets_in(config):

@@ -168,8 +168,18 @@ def _classes_to_try(vocabulary, names: str) -> list:
 
 
 def cmd_train(args) -> int:
-    _not_landed("train", 7)
-    return EXIT_USAGE
+    from magicseg_models.config import load_config
+
+    config = load_config("train", args.preset, getattr(args, "config", None), args.set or (), data=args.data,
+                         out=args.out, steps=args.steps, workers=args.workers, resume=args.resume or None)
+    from flows.train import train_flow
+
+    outcome = train_flow(config=config)
+    last = outcome.get("last") or {}
+    print(f"trained to step {outcome['step']} (loss {last.get('loss')}); checkpoint {outcome['checkpoint']}",
+          file=sys.stderr)
+    print(f"next: magicseg eval --checkpoint {outcome['out']} --benchmark voc --data-root PATH", file=sys.stderr)
+    return 0
 
 
 def cmd_eval(args) -> int:

@@ -36,7 +36,7 @@ class TerminalProgress:
             console = Console(stderr=True, force_terminal=True)
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                 console=console, transient=False)
+                                 console=console, transient=False, refresh_per_second=2)
             self._bar.start()
             self._task = self._bar.add_task(label, total=total, info="")
 

@@ -177,6 +177,15 @@ class ZegCLIPConfig(Section):
     decoder_heads: int = 8
     decoder_ffn: int = 2048
     text_templates: Literal["single", "imagenet15"] = "imagenet15"
+    decoder_dropout: float = Field(0.1, ge=0, lt=1, description="decoder dropout (FFN, residuals, attention)")
+    pos_interpolation: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="position-embedding resize (ZegCLIP: bilinear; transformers' CLIP: bicubic)")
+    original_unused_self_attn: bool = Field(
+        False, description="also build the decoder self-attention the official code builds but never calls "
+        "(+3.15 M parameters that never train; only to reproduce the published 13.8 M count)")
+    double_class_embedding: bool = Field(
+        False, description="add CLIP's class embedding to the CLS token twice, as the official ZegCLIP code does")
+    text_cache_dir: str | None = Field(None, description="folder for cached class-name text embeddings; None = memory only")
 
 
 class SamplingConfig(Section):
@@ -190,6 +199,9 @@ class LossConfig(Section):
     dice_weight: float = 1.0
     counterfactual: bool = True
     counterfactual_weight: float = 1.0
+    focal_reduction: Literal["zegclip", "mean"] = Field(
+        "zegclip", description="zegclip: per-mask pixel mean, summed over all sampled classes, divided by the "
+        "number of present (image, class) masks; mean: mean over all pixels and classes")
 
 
 class OptimConfig(Section):
@@ -203,14 +215,26 @@ class OptimConfig(Section):
     min_lr: float = 1e-6
     warmup_iters: int = 1500
     batch_size: int = Field(64, ge=1, description="global batch size over all workers")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="images per worker per forward pass; batch_size / (workers x micro_batch_size) "
+        "steps of gradient accumulation. None = batch_size / workers (no accumulation)")
 
 
 class AugmentConfig(Section):
-    crop_size: int = 512
+    """mmseg's training pipeline as ZegCLIP uses it (details: ``magicseg_models/training/augment.py``)."""
+
+    crop_size: int = Field(512, ge=1)
+    scale: tuple[int, int] = Field(
+        (2048, 512), description="mmseg img_scale (long, short): the image is fitted into it keeping its aspect "
+        "ratio, then scaled by a ratio drawn from ratio_range; eval resizes to it")
     ratio_range: tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75
-    flip_prob: float = 0.5
-    photometric: bool = True
+    cat_max_ratio: float = Field(0.75, gt=0, le=1, description="retry a crop (10 draws) while one category "
+                                 "covers this share of its labelled pixels or more; 1 = off")
+    cat_count_background: bool = Field(
+        True, description="count pixels of no class as a category in the cat_max_ratio rule")
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    photometric: bool = Field(True, description="mmseg PhotoMetricDistortion, same draw for image and "
+                              "counterfactual")
 
 
 class TrainConfig(Section):
@@ -224,6 +248,10 @@ class TrainConfig(Section):
     seed: int = 0
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(2000, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept under OUT/checkpoints")
+    data_workers: int = Field(2, ge=0, description="DataLoader worker processes per training worker")
+    max_failures: int = Field(2, ge=0, description="Ray Train restarts of the worker group (from the latest "
+                              "checkpoint) before the run fails")
     model: ZegCLIPConfig = ZegCLIPConfig()
     sampling: SamplingConfig = SamplingConfig()
     loss: LossConfig = LossConfig()

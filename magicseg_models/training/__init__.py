@@ -1,0 +1,1 @@
+"""Training: data loading, augmentation, losses and category sampling for ZegCLIP on MagicSeg datasets."""

@@ -1,0 +1,336 @@
+"""Training data: shards at any fsspec URI -> augmented (image, counterfactual, class masks) batches.
+
+Why an ``IterableDataset`` (not map-style + sampler): Parquet shards are read efficiently as a stream of row
+groups; random access to single rows would refetch a row group (tens of MB on object stores) per sample. A
+stream with a shuffle buffer reads every byte once per epoch, keeps memory bounded and needs no index.
+
+How the data is split (per epoch ``e``, deterministic from ``seed``):
+
+1. The manifest's shards are put in a random order (seeded by ``(seed, e)``); their rows, concatenated in that
+   order, form one sequence of ``T`` rows.
+2. There are ``N = world_size x num_workers`` consumers (a consumer is one DataLoader worker of one rank;
+   consumer ``c = rank x num_workers + worker``). Consumer ``c`` takes the contiguous slice
+   ``[c T / N, (c + 1) T / N)`` of that sequence. The slices are disjoint and together cover every row once,
+   and their sizes differ by at most one row - so round-robin DataLoader workers and DDP ranks advance through
+   epochs in step and no sample is drawn more often than another over time.
+   With many shards a slice is whole shards (the split is by shard) plus at most a partial shard at either end;
+   with few shards (1 shard, 2 ranks x 2 workers) the slices are row ranges of the same shard, of which a consumer
+   reads only the Parquet row groups overlapping its range. Compared with a row stride (``rows[c::N]``), every
+   consumer reads ~1/N of the bytes instead of all of them.
+3. Within its slice a consumer streams rows through a shuffle buffer (``shuffle_buffer`` undecoded rows, seeded
+   by ``(seed, e, c, N)``), drained at the end of the epoch so each epoch is complete before the next starts.
+
+Epochs repeat forever (``epochs=None``) or ``epochs`` times, starting at ``epoch_start`` (resume restarts the
+epoch it was in). Each yielded sample carries its ``epoch``. Augmentation randomness is seeded per sample from
+``(seed, epoch, sample_id)``, so results do not depend on the number of workers or ranks.
+
+Storage is opened lazily in the process that iterates (each DataLoader worker opens its own
+:class:`DatasetReader`; nothing open is pickled). Only the columns needed are read: ``sample_id``, ``image``,
+``counterfactual_image``, ``height``, ``width`` and the ``class_id`` and ``mask_rle`` fields of ``annotations``.
+
+Samples without annotations are KEPT as all-negative samples (``class_ids`` empty, ``masks`` 0xSxS): every
+sampled class is then a negative for every pixel, and the counterfactual loss still applies. Builds drop
+images where a named class is not found, so such rows come from other tools or hand-edited data.
+
+Errors: an unreadable shard or undecodable row raises :class:`ShardError` with one line naming the shard (and
+the sample). Inside DataLoader workers such an error (any MagicSegError: a missing manifest is a StorageError) is
+carried to the main process as a batch and re-raised there, same type and message, by :class:`TrainLoader`:
+torch's own re-raise would turn the message into a multi-line traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.transforms.v2 import functional as F
+
+from magicseg_models.config import AugmentConfig
+from magicseg_models.dataset.reader import DatasetReader, decode_row
+from magicseg_models.dataset.storage import describe_error
+from magicseg_models.errors import MagicSegError, ShardError, StorageError
+from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment
+
+ROW_COLUMNS = ("sample_id", "image", "counterfactual_image", "height", "width")
+ANNOTATION_FIELDS = ("class_id", "mask_rle")
+ERROR_KEY = "__shard_error__"  # a sample/batch that carries a ShardError message out of a DataLoader worker
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``[start, stop)`` of one shard."""
+
+    path: str
+    start: int
+    stop: int
+    rows: int  # the shard's row count as the manifest lists it
+
+
+def epoch_pieces(shards: Sequence[dict], epoch: int, seed: int, consumer: int, num_consumers: int,
+                 shuffle: bool = True) -> list[Piece]:
+    """The row ranges consumer ``consumer`` of ``num_consumers`` reads in ``epoch`` (module docstring, steps 1-2)."""
+    order = (np.random.default_rng([int(seed), int(epoch)]).permutation(len(shards)) if shuffle
+             else np.arange(len(shards)))
+    rows = [int(shards[i].get("rows", 0)) for i in order]
+    total = sum(rows)
+    lo, hi = consumer * total // num_consumers, (consumer + 1) * total // num_consumers
+    pieces, offset = [], 0
+    for i, n in zip(order, rows):
+        start, stop = max(lo, offset), min(hi, offset + n)
+        if start < stop:
+            pieces.append(Piece(shards[i]["path"], start - offset, stop - offset, n))
+        offset += n
+    return pieces
+
+
+def _one_line(err: BaseException) -> str:
+    return describe_error(err)
+
+
+def _select_columns(pf: pq.ParquetFile, path: str) -> list[str]:
+    """Parquet leaf paths to read, found in the file's own schema (list element names differ between writers)."""
+    leaves = [pf.schema.column(i).path for i in range(len(pf.schema))]
+    top = [p for p in leaves if p in ROW_COLUMNS]
+    # annotations.<list>.<element>.<field>; exactly 3 dots, so no field of a list nested inside an annotation
+    fields = {p.rsplit(".", 1)[-1]: p for p in leaves if p.startswith("annotations.") and p.count(".") == 3}
+    nested = [fields[f] for f in ANNOTATION_FIELDS if f in fields]
+    missing = ([c for c in ROW_COLUMNS if c not in top]
+               + [f"annotations.{f}" for f in ANNOTATION_FIELDS if f not in fields])
+    if missing:
+        raise ShardError(f"shard {path} lacks column(s) {', '.join(missing)}")
+    return top + nested
+
+
+def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64) -> Iterator[dict]:
+    """Undecoded rows of ``piece``; reads only the row groups that overlap it and only the needed columns."""
+    try:
+        pf = reader.parquet_file(piece.path)
+    except ShardError as err:
+        raise ShardError(_one_line(err)) from None
+    meta = pf.metadata
+    if meta.num_rows != piece.rows:
+        raise ShardError(f"shard {piece.path} has {meta.num_rows} rows but the manifest lists {piece.rows}")
+    columns = _select_columns(pf, piece.path)
+    groups, first_row, offset = [], None, 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if offset < piece.stop and offset + n > piece.start:
+            groups.append(g)
+            first_row = offset if first_row is None else first_row
+        offset += n
+    if not groups:
+        return
+    position = first_row
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns):
+            lo, hi = max(piece.start - position, 0), min(piece.stop - position, batch.num_rows)
+            position += batch.num_rows
+            if lo < hi:
+                yield from batch.slice(lo, hi - lo).to_pylist()
+            if position >= piece.stop:
+                return
+    except (pa.ArrowException, OSError, StorageError) as err:
+        raise ShardError(f"shard {piece.path} could not be read: {_one_line(err)}") from None
+
+
+def decode_sample(row: dict, shard: str = "?") -> dict:
+    """A row (needed columns) -> dict(image, counterfactual_image: uint8 3xHxW, class_ids: int64 K,
+    masks: bool KxHxW (instance masks united per class, classes sorted by id), sample_id)."""
+    sample_id = str(row.get("sample_id", "?"))
+    try:
+        row = decode_row(row)
+    except ShardError as err:  # decode_row names the sample; add where it lives
+        raise ShardError(f"shard {shard}: {_one_line(err)}") from None
+    image, cf = F.pil_to_tensor(row["image"]), F.pil_to_tensor(row["counterfactual_image"])
+    height, width = int(row["height"]), int(row["width"])
+    if tuple(image.shape[1:]) != (height, width) or cf.shape != image.shape:
+        raise ShardError(f"shard {shard}: sample {sample_id}: image is {image.shape[1]}x{image.shape[2]}, "
+                         f"counterfactual {cf.shape[1]}x{cf.shape[2]}, row says {height}x{width}")
+    annotations = row.get("annotations") or []
+    if any(a.get("class_id") is None for a in annotations):
+        raise ShardError(f"shard {shard}: sample {sample_id}: an annotation has no class_id")
+    class_ids = sorted({int(a["class_id"]) for a in annotations})
+    masks = np.zeros((len(class_ids), height, width), dtype=bool)
+    index = {c: k for k, c in enumerate(class_ids)}
+    for a in annotations:
+        masks[index[int(a["class_id"])]] |= a["mask"]
+    return {"image": image, "counterfactual_image": cf, "class_ids": torch.tensor(class_ids, dtype=torch.int64),
+            "masks": torch.from_numpy(masks), "sample_id": sample_id}
+
+
+def sample_seed(seed: int, epoch: int, sample_id: str) -> int:
+    """The augmentation seed of one sample in one epoch: independent of how the data is split among workers."""
+    digest = hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
+    entropy = [int(seed) & (2**64 - 1), int(epoch), int.from_bytes(digest, "little")]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+class TrainDataset(IterableDataset):
+    """Endless (or ``epochs``-long) stream of augmented samples for one rank; see the module docstring.
+
+    Each sample: ``image``, ``counterfactual_image`` (3xSxS float32, normalised), ``class_ids`` (int64 K),
+    ``masks`` (bool KxSxS), ``ignore`` (bool SxS, padding), ``sample_id`` (str), ``epoch`` (int).
+    ``augment`` is any callable like :class:`JointAugment` (called with ``seed=``); None yields decoded samples
+    unaugmented (uint8 images at their own size, no ``ignore``).
+    """
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None,
+                 augment: Callable[..., dict] | None = None, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 epoch_start: int = 0, epochs: int | None = None, shuffle: bool = True, shuffle_buffer: int = 256,
+                 batch_rows: int = 64):
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.uri, self.storage_options = uri, dict(storage_options or {})
+        self.augment = augment
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.seed, self.epoch_start, self.epochs = int(seed), int(epoch_start), epochs
+        self.shuffle, self.shuffle_buffer, self.batch_rows = shuffle, max(1, int(shuffle_buffer)), batch_rows
+        self._reader: DatasetReader | None = None
+        self._reader_pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"] = state["_reader_pid"] = None  # open storage never travels to workers
+        return state
+
+    def reader(self) -> DatasetReader:
+        """This process's reader, opened on first use (a forked worker opens its own)."""
+        if self._reader is None or self._reader_pid != os.getpid():
+            self._reader, self._reader_pid = DatasetReader(self.uri, self.storage_options), os.getpid()
+        return self._reader
+
+    def _consumer(self) -> tuple[int, int, bool]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers, info is not None
+
+    def __iter__(self) -> Iterator[dict]:
+        consumer, num_consumers, in_worker = self._consumer()
+        try:
+            yield from self._iter(consumer, num_consumers)
+        except MagicSegError as err:
+            if not in_worker:
+                raise
+            yield {ERROR_KEY: (type(err), _one_line(err))}  # TrainLoader re-raises it, one line, in the main process
+
+    def _iter(self, consumer: int, num_consumers: int) -> Iterator[dict]:
+        reader = self.reader()
+        total = len(reader)
+        if self.epochs is None and total < num_consumers:
+            # an endless consumer with no rows would spin forever without yielding and hang the DataLoader
+            raise StorageError(f"{self.uri} has {total} samples, fewer than world_size x num_workers = "
+                               f"{num_consumers} readers; use fewer workers")
+        epoch = self.epoch_start
+        while self.epochs is None or epoch < self.epoch_start + self.epochs:
+            pieces = epoch_pieces(reader.shards, epoch, self.seed, consumer, num_consumers, self.shuffle)
+            rng = np.random.default_rng([self.seed, epoch, consumer, num_consumers])
+            for row, shard in self._shuffled(self._rows(reader, pieces), rng):
+                yield self._make_sample(row, shard, epoch)
+            epoch += 1
+
+    def _rows(self, reader: DatasetReader, pieces: list[Piece]) -> Iterator[tuple[dict, str]]:
+        for piece in pieces:
+            for row in iter_piece_rows(reader, piece, self.batch_rows):
+                yield row, piece.path
+
+    def _shuffled(self, items: Iterator, rng: np.random.Generator) -> Iterator:
+        if not self.shuffle:
+            yield from items
+            return
+        buffer: list = []
+        for item in items:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(item)
+                continue
+            j = int(rng.integers(len(buffer)))
+            buffer[j], item = item, buffer[j]
+            yield item
+        rng.shuffle(buffer)  # drain within the epoch: epoch boundaries stay exact
+        yield from buffer
+
+    def _make_sample(self, row: dict, shard: str, epoch: int) -> dict:
+        sample = decode_sample(row, shard)
+        if self.augment is not None:
+            try:
+                out = self.augment(sample["image"], sample["counterfactual_image"], sample["masks"],
+                                   seed=sample_seed(self.seed, epoch, sample["sample_id"]))
+            except ValueError as err:
+                raise ShardError(f"shard {shard}: sample {sample['sample_id']}: {_one_line(err)}") from None
+            sample.update(out)
+        sample["epoch"] = epoch
+        return sample
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Stack what has a fixed shape; K varies per image, so ``class_ids`` and ``masks`` stay lists.
+
+    Returns ``image``, ``counterfactual_image`` (Bx3xSxS), ``ignore`` (BxSxS), ``class_ids`` (list of int64 K_i),
+    ``masks`` (list of bool K_ixSxS), ``sample_id`` (list of str), ``epoch`` (int64 B).
+    """
+    for s in samples:
+        if ERROR_KEY in s:
+            return {ERROR_KEY: s[ERROR_KEY]}
+    batch = {key: torch.stack([s[key] for s in samples]) for key in ("image", "counterfactual_image", "ignore")}
+    batch["class_ids"] = [s["class_ids"] for s in samples]
+    batch["masks"] = [s["masks"] for s in samples]
+    batch["sample_id"] = [s["sample_id"] for s in samples]
+    batch["epoch"] = torch.tensor([s["epoch"] for s in samples], dtype=torch.int64)
+    return batch
+
+
+class TrainLoader(DataLoader):
+    """A DataLoader that re-raises a worker's MagicSegError (ShardError, StorageError) in the main process with its
+    one-line message."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, dict) and ERROR_KEY in batch:
+                error_type, message = batch[ERROR_KEY]
+                raise error_type(message)
+            yield batch
+
+
+def make_train_loader(uri: str, storage_options: dict[str, Any] | None = None,
+                      augment_cfg: AugmentConfig | None = None, batch_size: int = 8, rank: int = 0,
+                      world_size: int = 1, num_workers: int = 2, seed: int = 0,
+                      mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, epoch_start: int = 0, *,
+                      epochs: int | None = None, shuffle_buffer: int = 256, pin_memory: bool | None = None,
+                      prefetch_factor: int | None = None, multiprocessing_context: Any = None) -> TrainLoader:
+    """Batches (see :func:`collate`) of rank ``rank``'s share of the data, endless unless ``epochs`` is given.
+
+    Iterate it once for the whole run: a new iterator restarts at ``epoch_start``.
+    """
+    dataset = TrainDataset(uri, storage_options, JointAugment(augment_cfg, mean, std, train=True), rank=rank,
+                           world_size=world_size, seed=seed, epoch_start=epoch_start, epochs=epochs,
+                           shuffle_buffer=shuffle_buffer)
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = prefetch_factor or 2
+        kwargs["multiprocessing_context"] = multiprocessing_context
+    return TrainLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
+
+
+def iter_decoded(uri: str, storage_options: dict[str, Any] | None = None, limit: int | None = None,
+                 batch_rows: int = 64) -> Iterator[dict]:
+    """Decode-only baseline: samples in manifest order, one process, no shuffle or augmentation.
+
+    Yields ``image``, ``counterfactual_image`` (uint8 3xHxW), ``class_ids`` (int64 K), ``masks`` (bool KxHxW),
+    ``sample_id`` - the same decoding and column selection as the training loader.
+    """
+    reader = DatasetReader(uri, storage_options)
+    count = 0
+    for piece in epoch_pieces(reader.shards, 0, 0, 0, 1, shuffle=False):
+        for row in iter_piece_rows(reader, piece, batch_rows):
+            if limit is not None and count >= limit:
+                return
+            yield decode_sample(row, piece.path)
+            count += 1

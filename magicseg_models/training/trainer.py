@@ -1,0 +1,242 @@
+"""MagicSeg training of ZegCLIP: the loop one worker runs, with no Ray or Prefect in it.
+
+``train_worker(config, context)`` is the whole training of one rank: the Ray Train glue (``tasks/train_ray.py``)
+calls it inside each Ray Train worker, and a test or notebook can call it directly with a single-process context.
+
+One optimizer step (``config.optim.batch_size`` images over all ranks):
+
+1. Each rank takes ``accumulation`` micro-batches of ``micro_batch_size`` images from its disjoint share of the
+   shards (:mod:`magicseg_models.training.data`).
+2. Per image, category random sampling picks m classes (own classes first) and remaps the masks to them
+   (:mod:`magicseg_models.training.sampling`); their frozen text embeddings come from a bank computed once.
+3. The image and its counterfactual go through the prompted encoder as one batch; the decoder runs on the image
+   half only. Loss: focal x100 + dice x1 over the sampled classes, ``max(0, cos)`` x1 between the two global
+   embeddings (:mod:`magicseg_models.training.losses`).
+4. Gradients are averaged over micro-batches and ranks (DDP; no all-reduce until the last micro-batch), then
+   AdamW and the poly schedule step.
+
+Randomness is re-seeded from ``(seed, step, rank)`` at every step (class sampling, dropout), so a resumed run
+draws what an uninterrupted run would have drawn at the same step. The data stream restarts at the epoch that
+was in progress at the checkpoint (a new pass over it, in the same seeded order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from magicseg_models.config import TrainConfig, public_config
+from magicseg_models.dataset.reader import DatasetReader
+from magicseg_models.dataset.storage import Storage
+from magicseg_models.errors import ConfigError, StorageError
+from magicseg_models.training import checkpoints as ckpt
+from magicseg_models.training.data import make_train_loader
+from magicseg_models.training.losses import MagicSegLoss
+from magicseg_models.training.metrics_log import MetricsLog
+from magicseg_models.training.sampling import sample_batch
+from magicseg_models.training.schedule import build_optimizer, build_scheduler
+
+
+@dataclass
+class WorkerContext:
+    """Where this worker sits: rank, world size, device, and how it reports (Ray Train's report, or print)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    report: Callable[[dict], None] | None = None
+    log: Callable[[str], None] = print
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def accumulation_plan(config: TrainConfig) -> tuple[int, int]:
+    """(micro_batch_size, accumulation steps) that make ``optim.batch_size`` over ``workers`` ranks."""
+    batch, workers = config.optim.batch_size, config.workers
+    micro = config.optim.micro_batch_size or batch // workers
+    if micro < 1 or batch % (workers * micro):
+        raise ConfigError(f"optim.batch_size={batch} is not workers ({workers}) x micro_batch_size ({micro}) x an "
+                          "integer number of accumulation steps; change one of them")
+    return micro, batch // (workers * micro)
+
+
+class TrainForward(nn.Module):
+    """What DDP wraps: image and counterfactual through the same encoder in one batch, the decoder on the image."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, class_embeddings: torch.Tensor,
+                counterfactuals: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        n = images.shape[0]
+        both = images if counterfactuals is None else torch.cat([images, counterfactuals])
+        patch, cls = self.model.encode_image(both)
+        logits = self.model.decode(patch[:n], cls[:n], class_embeddings, tuple(images.shape[-2:]))
+        return {"mask_logits": logits, "cls": cls[:n], "cls_counterfactual": cls[n:] if n < cls.shape[0] else None}
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] % (2**63))
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _mean_over_ranks(values: dict[str, float], world_size: int, device: torch.device) -> dict[str, float]:
+    if world_size == 1 or not dist.is_initialized():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / world_size for k, v in zip(keys, t.tolist())}
+
+
+def dataset_classes(reader: DatasetReader) -> list[str]:
+    classes = reader.classes
+    if not classes:
+        raise StorageError(f"{reader.uri}/manifest.json lists no 'classes': cannot map class ids to names")
+    return classes
+
+
+def check_output(config: TrainConfig) -> int | None:
+    """Before a run: the step a ``--resume`` continues from; refuses to train over checkpoints without it."""
+    if not config.data or not config.out:
+        raise ConfigError("training needs data (a dataset URI) and out (where checkpoints and metrics go)")
+    accumulation_plan(config)
+    latest = ckpt.latest_checkpoint(Storage(config.out, config.storage.storage_options))
+    if latest is not None and not config.resume:
+        raise ConfigError(f"{config.out} already holds checkpoints (latest step {latest}): pass --resume to "
+                          "continue, or another --out")
+    return latest
+
+
+def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> dict[str, Any]:
+    """Train (or resume) on ``config.data`` into ``config.out``; returns the final figures (same on every rank)."""
+    from magicseg_models.zegclip.build import build_zegclip
+
+    ctx = context or WorkerContext()
+    if not config.data or not config.out:
+        raise ConfigError("training needs data (a dataset URI) and out (where checkpoints and metrics go)")
+    micro, accumulation = accumulation_plan(config)
+    out = Storage(config.out, config.storage.storage_options)
+    reader = DatasetReader(config.data, config.storage.storage_options)
+    if len(reader) == 0:
+        raise StorageError(f"{reader.uri} holds no samples to train on")
+    classes = dataset_classes(reader)
+
+    # 1. model, frozen text bank, optimizer (the same init on every rank: the build is seeded)
+    bundle = build_zegclip(config.model, device=ctx.device, seed=config.seed)
+    model = bundle.model
+    if ctx.is_main:
+        ctx.log(bundle.summary())
+    bank = bundle.class_embeddings(classes).to(ctx.device)  # V x D, computed once per vocabulary (cached)
+    del bundle.text_encoder  # the text tower is never needed again in this run
+    forward: nn.Module = TrainForward(model)
+    if ctx.world_size > 1 and dist.is_initialized():
+        unreached = bool(model.parameters_without_gradient())
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=unreached)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.steps)
+    loss_fn = MagicSegLoss(config.loss)
+
+    # 2. resume from the latest checkpoint under OUT (on every rank: each loads the same files)
+    step, epoch = 0, 0
+    latest = ckpt.latest_checkpoint(out) if config.resume else None
+    if config.resume and latest is None and ctx.is_main:
+        ctx.log(f"--resume: no checkpoint under {out.uri}, starting at step 0")
+    if latest is not None:
+        loaded = ckpt.load_checkpoint(Storage(out.url(ckpt.step_dir(latest)), config.storage.storage_options))
+        model.load_trainable_state_dict(loaded["weights"])
+        optimizer.load_state_dict(loaded["state"]["optimizer"])
+        scheduler.load_state_dict(loaded["state"]["scheduler"])
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)  # a resume with another --steps follows the new schedule
+        ckpt.set_rng_state(loaded["state"]["rng"])
+        step, epoch = int(loaded["state"]["step"]), int(loaded["state"].get("epoch", 0))
+        if ctx.is_main:
+            ctx.log(f"resumed from {out.url(ckpt.step_dir(latest))} at step {step}")
+    metrics = MetricsLog(out, resume_step=step) if ctx.is_main else None
+
+    loader = make_train_loader(config.data, config.storage.storage_options, config.augment, batch_size=micro,
+                               rank=ctx.rank, world_size=ctx.world_size, num_workers=config.data_workers,
+                               seed=config.seed, mean=bundle.image_mean, std=bundle.image_std, epoch_start=epoch)
+    batches = iter(loader)
+    meta = {"model": public_config(config.model), "train": public_config(config), "classes": len(classes),
+            "dataset": reader.uri}
+
+    # 3. the loop
+    forward.train()
+    last: dict[str, float] = {}
+    window_began, window_samples = time.perf_counter(), 0
+    while step < config.steps:
+        torch.manual_seed(_step_seed(config.seed, step, ctx.rank))  # dropout draws depend on the step only
+        generator = torch.Generator().manual_seed(_step_seed(config.seed, step, ctx.rank) + 1)
+        optimizer.zero_grad(set_to_none=True)
+        sums = {"loss": 0.0, "loss_focal": 0.0, "loss_dice": 0.0, "loss_cf": 0.0}
+        for micro_step in range(accumulation):
+            batch = next(batches)
+            epoch = int(batch["epoch"].min())
+            images = batch["image"].to(ctx.device, non_blocking=True)
+            ignore = batch["ignore"].to(ctx.device, non_blocking=True)
+            subset, targets, present = sample_batch(
+                [(ids, masks.to(ctx.device)) for ids, masks in zip(batch["class_ids"], batch["masks"])],
+                vocab_size=len(classes), m=config.sampling.num_classes, generator=generator)
+            text = bank[subset.to(ctx.device)]  # B x m x D: every image its own classes
+            cf = batch["counterfactual_image"].to(ctx.device, non_blocking=True) if config.loss.counterfactual \
+                else None
+            sync = contextlib.nullcontext() if micro_step == accumulation - 1 or not hasattr(forward, "no_sync") \
+                else forward.no_sync()
+            with sync:
+                with _autocast(ctx.device):
+                    outputs = forward(images, text, cf)
+                losses = loss_fn(outputs["mask_logits"].float(), targets, present, cls=outputs["cls"].float(),
+                                 cls_counterfactual=None if cf is None else outputs["cls_counterfactual"].float(),
+                                 ignore=ignore)
+                (losses["loss"] / accumulation).backward()
+            for key in sums:
+                sums[key] += float(losses[key].detach()) / accumulation
+            window_samples += images.shape[0] * ctx.world_size
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if not all(math.isfinite(v) for v in sums.values()):
+            raise FloatingPointError(f"loss became {sums} at step {step}: lower optim.lr or check the data")
+
+        if step % config.log_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - window_began
+            last = _mean_over_ranks(sums, ctx.world_size, ctx.device)
+            record = {"step": step, **{k: round(v, 6) for k, v in last.items()}, "lr": lr,
+                      "samples_per_s": round(window_samples / max(elapsed, 1e-9), 3), "epoch": epoch}
+            window_began, window_samples = time.perf_counter(), 0
+            if metrics is not None:
+                metrics.log(record)
+            if ctx.report is not None:
+                ctx.report(record)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            if ctx.is_main:
+                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "rng": ckpt.rng_state(), "epoch": epoch}
+                path = ckpt.save_checkpoint(out, step, model, state, meta, keep=config.keep_checkpoints)
+                ctx.log(f"step {step}: checkpoint {path}")
+            if ctx.world_size > 1 and dist.is_initialized():
+                dist.barrier()  # nobody races ahead of a checkpoint a restart would resume from
+    curve = metrics.write_curve() if metrics is not None else None
+    return {"step": step, "out": out.uri, "checkpoint": out.url(ckpt.step_dir(step)), "loss_curve": curve,
+            "metrics": out.url("metrics.jsonl"), "last": last, "classes": len(classes)}

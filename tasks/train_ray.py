@@ -1,0 +1,82 @@
+"""Ray Train glue: run :func:`magicseg_models.training.trainer.train_worker` on ``workers`` Ray Train workers.
+
+Ray Train (V2 API) starts the worker group, sets up ``torch.distributed`` (gloo on CPU, NCCL on GPUs) and restarts
+the group after a worker dies (``max_failures`` times). Checkpoints are ours, not Ray's: rank 0 writes them under
+``OUT/checkpoints`` on any fsspec URI, so evaluation, resume and users find them at a documented path; a restarted
+worker group resumes from the latest one by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import Any
+
+from magicseg_models.config import TrainConfig
+from magicseg_models.training.trainer import check_output
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from magicseg_models.training.trainer import WorkerContext, train_worker
+
+    config = TrainConfig.model_validate(loop_config)
+    context = ray.train.get_context()
+    ctx = WorkerContext(rank=context.get_world_rank(), world_size=context.get_world_size(),
+                        device=ray.train.torch.get_device(),
+                        report=lambda record: ray.train.report(dict(record)))
+    train_worker(config, ctx)  # its outcome is on storage (checkpoints, metrics.jsonl), where the driver reads it
+
+
+def _worker_env() -> dict:
+    # where the object store is (not who may use it): a Ray started before AWS_ENDPOINT_URL was set would not
+    # pass it on. Credentials stay with the workers' own environment (image, pod spec, instance role).
+    names = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+    env = {name: os.environ[name] for name in names if os.environ.get(name)}
+    return {"env_vars": env} if env else {}
+
+
+def run_training(config: TrainConfig) -> dict[str, Any]:
+    """Train on a Ray cluster (``RAY_ADDRESS`` / ``ray.address``) or a local Ray started for the run."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tasks.ray_runtime import cluster_gpus, ensure_ray
+
+    latest = check_output(config)
+    # past the check, every (re)started worker group resumes from whatever checkpoint exists
+    loop_config = config.model_copy(update={"resume": True}).model_dump(mode="json")
+    started = ensure_ray(config.ray)
+    try:
+        use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
+        storage = os.environ.get("MAGICSEG_RAY_STORAGE") or os.path.join(tempfile.gettempdir(), "magicseg-ray-train")
+        trainer = TorchTrainer(
+            _train_loop, train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
+            run_config=RunConfig(worker_runtime_env=_worker_env(), name="train-" + hashlib.sha1(config.out.encode()).hexdigest()[:12], storage_path=storage,
+                                 failure_config=FailureConfig(max_failures=config.max_failures)))
+        result = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    if result.error is not None:
+        raise result.error
+    return {**training_outcome(config), "resumed_from": latest, "workers": config.workers, "use_gpu": use_gpu}
+
+
+def training_outcome(config: TrainConfig) -> dict[str, Any]:
+    """What a finished run left under OUT: latest checkpoint, the last metrics line, the curve."""
+    from magicseg_models.dataset.storage import Storage
+    from magicseg_models.training import checkpoints as ckpt
+    from magicseg_models.training.metrics_log import CURVE, METRICS, MetricsLog
+
+    out = Storage(config.out, config.storage.storage_options)
+    step = ckpt.latest_checkpoint(out)
+    records = MetricsLog(out, resume_step=step).records if step is not None else []
+    return {"out": out.uri, "step": step, "checkpoint": out.url(ckpt.step_dir(step)) if step is not None else None,
+            "metrics": out.url(METRICS), "loss_curve": out.url(CURVE) if out.exists(CURVE) else None,
+            "last": records[-1] if records else {}, "records": len(records)}

@@ -1,0 +1,170 @@
+"""Joint augmentation: image, counterfactual and masks stay aligned; photometric and padding behave as mmseg's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from magicseg_models.config import AugmentConfig
+from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment
+
+MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+STD = torch.tensor(CLIP_STD).view(3, 1, 1)
+
+
+def _unnormalize(x: torch.Tensor) -> torch.Tensor:
+    return x * STD + MEAN
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return (a & b).sum().item() / union if union else 1.0
+
+
+def _marked_pair(height=96, width=128, top=20, left=30, size=24, seed=0):
+    """Dark noisy image and counterfactual (different noise) with the same bright square, plus its mask."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 60, (3, height, width), generator=g, dtype=torch.uint8)
+    cf = torch.randint(0, 60, (3, height, width), generator=g, dtype=torch.uint8)
+    image[:, top:top + size, left:left + size] = 255
+    cf[:, top:top + size, left:left + size] = 255
+    masks = torch.zeros(1, height, width, dtype=torch.bool)
+    masks[0, top:top + size, left:left + size] = True
+    return image, cf, masks
+
+
+def test_resize_crop_flip_move_image_counterfactual_and_masks_together():
+    cfg = AugmentConfig(crop_size=64, scale=(128, 96), ratio_range=(0.5, 2.0), flip_prob=0.5, photometric=False)
+    augment = JointAugment(cfg)
+    image, cf, masks = _marked_pair()
+    centres = set()
+    seen = 0
+    for seed in range(24):
+        out = augment(image, cf, masks, seed=seed)
+        assert out["image"].shape == out["counterfactual_image"].shape == (3, 64, 64)
+        assert out["masks"].shape == (1, 64, 64) and out["masks"].dtype == torch.bool
+        bright_image = (_unnormalize(out["image"]) > 0.6).all(0)
+        bright_cf = (_unnormalize(out["counterfactual_image"]) > 0.6).all(0)
+        mask = out["masks"][0]
+        if mask.sum() < 16:  # square mostly cropped away: nothing to locate
+            continue
+        seen += 1
+        # bilinear (antialiased) edges vs nearest-neighbour masks differ by a pixel at the border, no more
+        assert _iou(bright_image, mask) > 0.8, seed
+        assert _iou(bright_cf, mask) > 0.8, seed
+        assert _iou(bright_image, bright_cf) > 0.95, seed
+        cols = mask.nonzero()[:, 1].float()
+        centres.add(round(cols.mean().item()))
+    assert seen >= 12  # cat_max_ratio keeps the square in most crops
+    assert len(centres) >= 6  # the geometry really varied (scales, offsets and flips)
+
+
+def test_flip_alone_is_applied_to_all_inputs():
+    cfg = AugmentConfig(crop_size=128, scale=(128, 96), ratio_range=(1.0, 1.0), flip_prob=1.0, photometric=False,
+                        cat_max_ratio=1.0)
+    image, cf, masks = _marked_pair()
+    out = JointAugment(cfg)(image, cf, masks, seed=0)
+    expected = masks[0].flip(-1)
+    assert torch.equal(out["masks"][0, :96], expected)
+    assert torch.equal((_unnormalize(out["image"][:, :96]) > 0.9).all(0), expected)
+    assert torch.equal((_unnormalize(out["counterfactual_image"][:, :96]) > 0.9).all(0), expected)
+
+
+def test_photometric_changes_images_only_and_the_pair_alike():
+    base = dict(crop_size=64, scale=(128, 96), ratio_range=(0.5, 2.0))
+    on = JointAugment(AugmentConfig(**base, photometric=True))
+    off = JointAugment(AugmentConfig(**base, photometric=False))
+    image, _, masks = _marked_pair()
+    changed = 0
+    for seed in range(10):
+        a = on(image, image.clone(), masks, seed=seed)
+        b = off(image, image.clone(), masks, seed=seed)
+        # photometric draws come after the geometric ones: same seed, same geometry; masks untouched and binary
+        assert torch.equal(a["masks"], b["masks"]) and a["masks"].dtype == torch.bool
+        assert torch.equal(a["ignore"], b["ignore"])
+        # the counterfactual gets the same photometric draw as the image
+        assert torch.equal(a["image"], a["counterfactual_image"])
+        changed += not torch.allclose(a["image"], b["image"])
+    assert changed >= 5
+
+
+def test_padding_is_marked_ignore_and_zero():
+    cfg = AugmentConfig(crop_size=64, scale=(60, 40), ratio_range=(1.0, 1.0), photometric=False, flip_prob=0.0)
+    image = torch.full((3, 40, 60), 200, dtype=torch.uint8)
+    masks = torch.ones(2, 40, 60, dtype=torch.bool)
+    out = JointAugment(cfg)(image, image, masks, seed=0)
+    expected = torch.ones(64, 64, dtype=torch.bool)
+    expected[:40, :60] = False
+    assert torch.equal(out["ignore"], expected)
+    assert not out["masks"][:, expected].any() and out["masks"][:, ~expected].all()
+    assert out["image"][:, expected].abs().max() == 0  # mmseg pads after Normalize with 0 (the mean colour)
+    assert out["image"][:, ~expected].abs().min() > 0
+
+
+def _largest_share(mask: torch.Tensor) -> float:
+    frac = mask.float().mean().item()
+    return max(frac, 1 - frac)
+
+
+def test_cat_max_ratio_is_honoured_when_possible():
+    # class = left half: a 32px crop of the 64px image passes only when it straddles the border (~45 % of draws)
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, :, :32] = True
+    base = dict(crop_size=32, scale=(64, 64), ratio_range=(1.0, 1.0), flip_prob=0.0, photometric=False)
+    ruled, free = JointAugment(AugmentConfig(**base)), JointAugment(AugmentConfig(**base, cat_max_ratio=1.0))
+    shares = [_largest_share(ruled(image, image, masks, seed=s)["masks"][0]) for s in range(40)]
+    free_shares = [_largest_share(free(image, image, masks, seed=s)["masks"][0]) for s in range(40)]
+    assert max(shares) < 0.75
+    assert sum(s >= 0.75 for s in free_shares) >= 10
+
+
+def test_cat_max_ratio_without_background_uses_class_pixels_only():
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, :, :32] = True
+    masks[1, :, 32:] = True
+    cfg = AugmentConfig(crop_size=32, scale=(64, 64), ratio_range=(1.0, 1.0), flip_prob=0.0, photometric=False,
+                        cat_count_background=False)
+    for seed in range(20):
+        out = JointAugment(cfg)(image, image, masks, seed=seed)["masks"]
+        assert _largest_share(out[0]) < 0.75
+
+
+def test_deterministic_per_seed_and_generator_and_leaves_global_rng_alone():
+    augment = JointAugment(AugmentConfig(crop_size=48, scale=(128, 96)))
+    image, cf, masks = _marked_pair()
+    state = torch.get_rng_state()
+    a = augment(image, cf, masks, seed=7)
+    b = augment(image, cf, masks, seed=7)
+    c = augment(image, cf, masks, generator=torch.Generator().manual_seed(3))
+    d = augment(image, cf, masks, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), state)
+    for key in a:
+        assert torch.equal(a[key], b[key]) and torch.equal(c[key], d[key])
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_eval_mode_resizes_only():
+    cfg = AugmentConfig(scale=(64, 32))
+    image, cf, masks = _marked_pair(height=100, width=200, top=10, left=20, size=40)
+    augment = JointAugment(cfg, train=False)
+    out = augment(image, cf, masks)
+    again = augment(image, cf, masks)
+    assert out["image"].shape == (3, 32, 64) and out["masks"].shape == (1, 32, 64)  # min(64/200, 32/100) = 0.32
+    assert not out["ignore"].any()
+    assert all(torch.equal(out[k], again[k]) for k in out)
+    assert out["masks"][0, 4:16, 7:19].all() and out["masks"].sum() < 14 * 14
+    assert _iou((_unnormalize(out["image"]) > 0.6).all(0), out["masks"][0]) > 0.8
+
+
+def test_no_masks_and_bad_inputs():
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    out = JointAugment(AugmentConfig(crop_size=32, scale=(40, 40)))(image, image, torch.zeros(0, 40, 40), seed=1)
+    assert out["masks"].shape == (0, 32, 32)
+    with pytest.raises(ValueError, match="0, 1"):
+        JointAugment(mean=(122.7, 116.7, 104.1), std=(68.5, 66.6, 70.3))
+    with pytest.raises(ValueError, match="differ"):
+        JointAugment()(image, torch.zeros(3, 20, 40, dtype=torch.uint8), torch.zeros(0, 40, 40))
+    with pytest.raises(ValueError, match="masks"):
+        JointAugment()(image, image, torch.zeros(1, 20, 40))
