@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._machine import machine  # noqa: E402
 
 from magicseg_models.annotation import Annotator, SamSegmenter, not_detected_reason  # noqa: E402
 from magicseg_models.annotation.stage import decide_drop  # noqa: E402
@@ -137,17 +138,6 @@ def _same_labels(a: list[dict], b: list[dict]) -> tuple[bool, str]:
                                and abs(i["area"] - j["area"]) <= max(2, 0.01 * j["area"]) for j in q)
     return True, f"same drops and per-class counts; {matched}/{total} instances identical (box, score, mask)"
 
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device).replace(" ", "_")
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu:{os.cpu_count()}x{cpu}".replace(" ", "_")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,6 +76,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks._machine import cpu_model  # noqa: E402
+
 DEFAULT_SETS = ["generator.height=256", "generator.width=256", "generator.steps=10"]
 STAGES = ("prompts", "pairs", "annotate")
 
@@ -92,16 +94,6 @@ def prepare_environment(workdir: str) -> None:
     # Ray workers import the project as installed; make sure they find it even if it is not
     os.environ["PYTHONPATH"] = ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> str:

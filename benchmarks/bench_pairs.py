@@ -35,6 +35,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._machine import cpu_model, device_label  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -57,21 +59,6 @@ def make_rows(n: int) -> list[dict]:
     return rows
 
 
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "cuda:" + torch.cuda.get_device_name(device).replace(" ", "-")
-    return f"cpu-{torch.get_num_threads()}threads"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class CallCounter:

@@ -46,6 +46,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._machine import cpu_model  # noqa: E402
+
 from magicseg_models.dataset.reader import DatasetReader  # noqa: E402
 from magicseg_models.dataset.schema import SCHEMA  # noqa: E402
 from magicseg_models.dataset.store import DatasetStore  # noqa: E402
@@ -258,16 +260,6 @@ def bench_backend(backend, table: pa.Table, shard_rows: int, repeats: int,
 
 
 # ------------------------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def print_table(name: str, best: dict[str, tuple[float, int]]) -> None:
     print(f"\n{name}:")
