@@ -18,11 +18,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
     update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.params import resolve_config
 from flows.progress import TerminalProgress
-from magicseg_models.config import BuildConfig, config_differences, load_config, public_config
+from magicseg_models.config import BuildConfig, config_differences, public_config
 from magicseg_models.dataset.store import DatasetStore
 from magicseg_models.errors import ConfigError
 from magicseg_models.planning import PlanSpec, num_shards, shard_jobs, spec_from_config
@@ -50,6 +52,7 @@ class _Run:
 
 
 _RUNS: dict[str, _Run] = {}
+COMPLETED_EVENT = "magicseg.dataset.completed"  # prefect.yaml's train/adhoc trigger listens for it
 
 
 @task(name="build-shards", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE,
@@ -109,8 +112,14 @@ def _storage_secrets_in(config: BuildConfig) -> bool:
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True,
       validate_parameters=True)
 def build_dataset(config: BuildConfig | None = None, preset: str | None = None, out: str | None = None,
-                  num_samples: int | None = None, seed: int | None = None, overwrite: bool = False) -> dict:
-    """Build (or resume, or grow) the dataset at ``out``. Returns the run summary."""
+                  num_samples: int | None = None, seed: int | None = None, overwrite: bool = False,
+                  out_root: str | None = None) -> dict:
+    """Build (or resume, or grow) the dataset at ``out``. Returns the run summary.
+
+    ``out_root`` (scheduled runs): without ``out``, the dataset goes to ``out_root/YYYY-MM-DD`` of the run's
+    scheduled date, and an unset ``seed`` becomes that date (``YYYYMMDD``), so each night builds new samples and a
+    retry or late start of the same night resumes the same URI.
+    """
     import ray
 
     from tasks.lock import BuildLock
@@ -120,9 +129,11 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
     from tasks.stage_pool import StagePool
 
     logger = get_run_logger()
+    if not out and out_root and (config is None or not _get(config, "out")):
+        out, seed = _dated(out_root, seed)
     config = resolve_config("build", config, preset, out=out, num_samples=num_samples, seed=seed)
     if not config.out:
-        raise ConfigError("build-dataset needs out (a folder or s3://bucket/prefix)")
+        raise ConfigError("build-dataset needs out (a folder or s3://bucket/prefix) or out_root")
     if _storage_secrets_in(config):
         raise ConfigError("storage credentials in the config would become flow parameters; use the AWS_* "
                           "environment (or the cluster's credentials) instead")
@@ -163,7 +174,24 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
         manifest = store.refresh_manifest()
     summary = _summary(store, manifest, stats, time.perf_counter() - began)
     _final_artifacts(summary, store)
+    emit_event(event=COMPLETED_EVENT,
+               resource={"prefect.resource.id": f"magicseg.dataset.{summary['uri']}",
+                         "prefect.resource.name": summary["uri"]},
+               payload={"uri": summary["uri"], "kept": summary["kept"], "flow_run_id": str(flow_run.id or "")})
     return summary
+
+
+def _get(config: BuildConfig | dict, key: str) -> Any:
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
+def _dated(out_root: str, seed: int | None) -> tuple[str, int]:
+    """``out_root/YYYY-MM-DD`` of the scheduled start (UTC), and the date as the seed unless one is given."""
+    from datetime import datetime, timezone
+
+    scheduled = flow_run.scheduled_start_time
+    day = (scheduled.astimezone(timezone.utc) if scheduled else datetime.now(timezone.utc)).date()
+    return f"{out_root.rstrip('/')}/{day.isoformat()}", seed if seed is not None else int(day.strftime("%Y%m%d"))
 
 
 def _run_chunks(run_id: str, run: _Run, todo: list[int], began: float) -> dict:

@@ -27,11 +27,6 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message}")
 
 
-def _not_landed(command: str, issue: int, hint: str = "") -> None:
-    from magicseg_models.errors import MagicSegError
-
-    raise MagicSegError(f"'{command}' is not available yet (lands with issue #{issue}){hint}")
-
 
 # ------------------------------------------------------------------------------------------- helpers
 def _classes_fields(value: str | None) -> dict:
@@ -172,6 +167,9 @@ def cmd_train(args) -> int:
 
     config = load_config("train", args.preset, getattr(args, "config", None), args.set or (), data=args.data,
                          out=args.out, steps=args.steps, workers=args.workers, resume=args.resume or None)
+    from magicseg_models.training.trainer import check_output
+
+    check_output(config)  # bad data or an occupied --out: one line now, before Prefect and Ray start
     from flows.train import train_flow
 
     outcome = train_flow(config=config)
@@ -183,8 +181,31 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    _not_landed("eval", 8)
-    return EXIT_USAGE
+    from magicseg_models.config import load_config
+
+    config = load_config("eval", args.preset, getattr(args, "config", None), args.set or (),
+                         checkpoint=args.checkpoint, predictions=args.predictions, benchmark=args.benchmark,
+                         data_root=args.data_root, limit=args.limit, out=args.out, baseline=args.baseline)
+    from magicseg_models.evaluation.readers import open_benchmark
+
+    if not (config.checkpoint or config.predictions or config.baseline):
+        from magicseg_models.errors import ConfigError
+
+        raise ConfigError("eval needs --checkpoint URI, --predictions DIR or --baseline grounded-sam")
+    # a missing benchmark folder or file: one line now, before Prefect starts
+    open_benchmark(config.benchmark, config.data_root, limit=config.limit,
+                   prompt_names=config.benchmarks[config.benchmark].prompt_names)
+    if config.checkpoint:
+        from magicseg_models.training.checkpoints import resolve_checkpoint
+
+        resolve_checkpoint(config.checkpoint, config.storage.storage_options)
+    from flows.evaluate import evaluate_flow
+
+    metrics = evaluate_flow(config=config)
+    print(json.dumps({k: metrics[k] for k in ("benchmark", "metric", "miou", "num_images")}))
+    if config.out:
+        print(f"wrote {config.out.rstrip('/')}/metrics.json", file=sys.stderr)
+    return 0
 
 
 def cmd_inspect(args) -> int:
@@ -294,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint (or saved predictions) on a benchmark")
     p.add_argument("--checkpoint", metavar="URI")
     p.add_argument("--predictions", metavar="DIR", help="score saved label PNGs instead of running a model")
+    p.add_argument("--baseline", choices=["grounded-sam"], help="evaluate Grounding DINO + SAM instead of a model")
     p.add_argument("--benchmark", required=True, choices=["voc", "context", "coco-object", "lvis", "oiv7-points"])
     p.add_argument("--data-root", required=True, metavar="PATH")
     p.add_argument("--limit", type=int, metavar="N")

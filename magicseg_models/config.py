@@ -289,9 +289,16 @@ class EvalConfig(Section):
     limit: int | None = Field(None, ge=1)
     out: str | None = None
     p_miou_aggregation: Literal["per_class", "per_image_class"] = "per_class"
+    baseline: Literal["grounded-sam"] | None = Field(
+        None, description="evaluate a baseline instead of a checkpoint: grounded-sam = Grounding DINO + SAM on the "
+        "benchmark's class names (settings under annotate)")
+    save_predictions: bool = Field(False, description="also write every label map as OUT/predictions/<id>.png")
+    visualize: int = Field(4, ge=0, description="images in OUT/predictions.png (image | ground truth | prediction)")
+    device: str | None = Field(None, description="None = the first GPU, else the CPU")
     model: ZegCLIPConfig = ZegCLIPConfig()
     inference: InferenceConfig = InferenceConfig()
     benchmarks: dict[str, BenchmarkSettings] = Field(default_factory=_default_benchmarks)
+    annotate: AnnotateConfig = AnnotateConfig()
 
     @field_validator("benchmarks", mode="before")
     @classmethod

@@ -31,6 +31,19 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     train_worker(config, ctx)  # its outcome is on storage (checkpoints, metrics.jsonl), where the driver reads it
 
 
+def _user_error(err: Exception) -> Exception | None:
+    """A worker's MagicSegError (bad data, unreachable storage) as itself: one line, not a Ray traceback."""
+    from magicseg_models.errors import MagicSegError
+
+    failures = getattr(err, "worker_failures", {}) or {}
+    for rank in sorted(failures):
+        failure = failures[rank]
+        cause = failure if isinstance(failure, MagicSegError) else getattr(failure, "cause", None)
+        if isinstance(cause, MagicSegError):
+            return type(cause)(f"training worker {rank}: {cause}")
+    return None
+
+
 def _worker_env() -> dict:
     # where the object store is (not who may use it): a Ray started before AWS_ENDPOINT_URL was set would not
     # pass it on. Credentials stay with the workers' own environment (image, pod spec, instance role).
@@ -42,6 +55,7 @@ def _worker_env() -> dict:
 def run_training(config: TrainConfig) -> dict[str, Any]:
     """Train on a Ray cluster (``RAY_ADDRESS`` / ``ray.address``) or a local Ray started for the run."""
     import ray
+    import ray.train
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -59,7 +73,10 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
             run_config=RunConfig(worker_runtime_env=_worker_env(), name="train-" + hashlib.sha1(config.out.encode()).hexdigest()[:12], storage_path=storage,
                                  failure_config=FailureConfig(max_failures=config.max_failures)))
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.WorkerGroupError as err:
+            raise _user_error(err) or err
     finally:
         if started:
             ray.shutdown()

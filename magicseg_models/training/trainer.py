@@ -117,6 +117,10 @@ def check_output(config: TrainConfig) -> int | None:
     if not config.data or not config.out:
         raise ConfigError("training needs data (a dataset URI) and out (where checkpoints and metrics go)")
     accumulation_plan(config)
+    reader = DatasetReader(config.data, config.storage.storage_options)  # fails here, in one line, not in a worker
+    if len(reader) == 0:
+        raise StorageError(f"{reader.uri} holds no samples to train on")
+    dataset_classes(reader)
     latest = ckpt.latest_checkpoint(Storage(config.out, config.storage.storage_options))
     if latest is not None and not config.resume:
         raise ConfigError(f"{config.out} already holds checkpoints (latest step {latest}): pass --resume to "
