@@ -302,6 +302,12 @@ def test_the_build_run_has_its_artifacts_and_emitted_its_event(chain):
     keys = {a.key for a in artifacts if a.key}
     assert {"build-summary", "build-dataset"} <= keys, keys
     assert any(a.type == "progress" for a in artifacts)
+    for name, expected in (("train/adhoc", {"train-summary", "train-checkpoint", "train-loss-curve"}),
+                           ("evaluate/adhoc", {"eval-metrics"})):
+        run = chain["runs"][name]
+        with stack.client() as client:
+            found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        assert expected <= {a.key for a in found if a.key}, (name, [a.key for a in found])
 
     import httpx
 
@@ -329,6 +335,15 @@ def test_the_flow_run_page_renders_in_headless_chromium(chain, tmp_path):
     assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot (or a blank one)"
     dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert build.name in dom, f"run name {build.name!r} not rendered at {page}: {dom[:2000]}"
+    # the build's summary table artifact has its own page
+    artifact_page = f"{stack.url}/artifacts/key/build-summary"
+    artifacts_shot = tmp_path / "flow-run-artifacts.png"
+    subprocess.run([*common, "--window-size=1440,1000", f"--screenshot={artifacts_shot}", artifact_page],
+                   capture_output=True, timeout=120, check=False)
+    assert artifacts_shot.exists() and artifacts_shot.stat().st_size > 10_000
+    dom = subprocess.run([*common, "--dump-dom", artifact_page], capture_output=True, text=True, timeout=120).stdout
+    assert "build-summary" in dom and " kept at " in dom, f"the summary artifact did not render at {artifact_page}"
     keep = os.environ.get("MAGICSEG_E2E_SCREENSHOT")
-    if keep:  # e.g. CI keeps it as a build artifact
+    if keep:  # e.g. CI keeps them as build artifacts
         shutil.copy(shot, keep)
+        shutil.copy(artifacts_shot, keep.replace(".png", "-artifacts.png"))
