@@ -112,15 +112,7 @@ class SamSegmenter:
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """``images``: HxWx3 uint8 RGB; ``boxes``: per image (N, 4) xyxy pixels -> per image (N, H, W) bool."""
-        if len(images) != len(boxes):
-            raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
-        out: list[np.ndarray | None] = [None] * len(images)
-        todo = []
-        for i, (image, b) in enumerate(zip(images, boxes)):
-            if len(b) == 0:
-                out[i] = np.zeros((0, *image.shape[:2]), dtype=bool)
-            else:
-                todo.append(i)
+        out, todo = _split_empty(images, boxes)
         step = self.config.batch_size
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
@@ -217,15 +209,7 @@ class HFSamSegmenter:
 
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        if len(images) != len(boxes):
-            raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
-        out: list[np.ndarray | None] = [None] * len(images)
-        todo = []
-        for i, (image, b) in enumerate(zip(images, boxes)):
-            if len(b) == 0:
-                out[i] = np.zeros((0, *image.shape[:2]), dtype=bool)
-            else:
-                todo.append(i)
+        out, todo = _split_empty(images, boxes)
         for start in range(0, len(todo), self.config.batch_size):
             chunk = todo[start:start + self.config.batch_size]
             inputs = self.processor(images=[images[i] for i in chunk], return_tensors="pt")
@@ -249,6 +233,21 @@ class HFSamSegmenter:
                     masks.append(full[:, 0].numpy().astype(bool))
                 out[i] = np.concatenate(masks)
         return out  # type: ignore[return-value]
+
+
+def _split_empty(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> tuple[list, list[int]]:
+    """(outputs with empty (0, H, W) masks filled in for images without boxes, indices of images to embed):
+    an image without boxes is never sent through the image encoder."""
+    if len(images) != len(boxes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
+    out: list[np.ndarray | None] = [None] * len(images)
+    todo = []
+    for i, (image, b) in enumerate(zip(images, boxes)):
+        if len(b) == 0:
+            out[i] = np.zeros((0, *image.shape[:2]), dtype=bool)
+        else:
+            todo.append(i)
+    return out, todo
 
 
 def make_segmenter(config: SegmenterConfig, device: str | torch.device | None = None):
