@@ -102,12 +102,6 @@ def _check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> N
                           "would shrink it (use --overwrite to start again)")
 
 
-def _storage_secrets_in(config: BuildConfig) -> bool:
-    from magicseg_models.config import redact
-
-    options = config.storage.storage_options
-    return redact(options) != options
-
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True,
       validate_parameters=True)
@@ -134,9 +128,6 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
     config = resolve_config("build", config, preset, out=out, num_samples=num_samples, seed=seed)
     if not config.out:
         raise ConfigError("build-dataset needs out (a folder or s3://bucket/prefix) or out_root")
-    if _storage_secrets_in(config):
-        raise ConfigError("storage credentials in the config would become flow parameters; use the AWS_* "
-                          "environment (or the cluster's credentials) instead")
     vocabulary = Vocabulary.load(config.vocabulary.file, config.vocabulary.classes)
     spec = spec_from_config(config, vocabulary)
     store = DatasetStore(config.out, config.storage.storage_options)

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from flows.params import refuse_storage_secrets
 from flows.progress import progress_callback
 
 EXIT_USAGE = 2  # bad input: config, class names, storage, arguments
@@ -87,6 +88,7 @@ def cmd_build(args) -> int:
         print(f"wrote a synthetic dataset of {spec.num_samples} planned samples to {config.out} "
               "(shapes drawn by code, no models: checks storage, plan, inspect and preview)")
         return 0
+    refuse_storage_secrets(config)  # before the flow: its parameters are stored as given
     from flows.build_dataset import build_dataset
 
     summary = build_dataset(config=config, overwrite=args.overwrite)
@@ -169,6 +171,7 @@ def cmd_train(args) -> int:
                          out=args.out, steps=args.steps, workers=args.workers, resume=args.resume or None)
     from magicseg_models.training.trainer import check_output
 
+    refuse_storage_secrets(config)
     check_output(config)  # bad data or an occupied --out: one line now, before Prefect and Ray start
     from flows.train import train_flow
 
@@ -188,6 +191,7 @@ def cmd_eval(args) -> int:
                          data_root=args.data_root, limit=args.limit, out=args.out, baseline=args.baseline)
     from magicseg_models.evaluation.readers import open_benchmark
 
+    refuse_storage_secrets(config)
     if not (config.checkpoint or config.predictions or config.baseline):
         from magicseg_models.errors import ConfigError
 

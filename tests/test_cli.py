@@ -342,3 +342,18 @@ def test_no_secret_leak_s3(s3_bucket):
     for value in (key, secret):
         assert value.encode() not in blob
         assert value not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["build", "--preset", "tiny", "--out", "OUT"],
+    ["train", "--data", "OUT", "--out", "OUT"],
+    ["eval", "--benchmark", "voc", "--data-root", "OUT", "--checkpoint", "OUT"],
+])
+def test_storage_credentials_never_become_flow_parameters(capsys, tmp_path, command):
+    """A flow stores its parameters (visible in the UI) before its body runs: secrets are refused up front."""
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    code, out, err = call(capsys, *args, "--set", "storage.storage_options.secret=NOTINPARAMS99")
+    assert code != 0
+    line = one_line_error(err)
+    assert "flow parameters" in line and "NOTINPARAMS99" not in out + err
+    assert not (tmp_path / "out").exists()

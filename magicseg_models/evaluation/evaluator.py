@@ -63,7 +63,9 @@ class ZegCLIPPredictor:
         folder = resolve_checkpoint(checkpoint, config.storage.storage_options)
         loaded = load_checkpoint(folder, with_state=False)
         model_config = ZegCLIPConfig.model_validate(loaded["meta"].get("model") or public_config(config.model))
-        self.bundle = build_zegclip(model_config, device=device)
+        # the frozen CLIP of tiny/random weights is rebuilt from the seed the training run built it with
+        seed = loaded["meta"].get("init_seed", (loaded["meta"].get("train") or {}).get("seed", 0))
+        self.bundle = build_zegclip(model_config, device=device, seed=int(seed))
         self.bundle.model.load_trainable_state_dict(loaded["weights"])
         self.bundle.model.eval()
         self.device = device
@@ -136,6 +138,9 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
               "settings": {"bg_threshold": settings.bg_threshold, "prompt_names": classes.prompt_column,
                            "limit": config.limit, "inference": public_config(config.inference)}}
     if config.predictions:
+        if config.benchmark == "oiv7-points":
+            raise ConfigError("--predictions scores label maps; oiv7-points has point labels (score a model with "
+                              "--checkpoint instead)")
         matrix = score_predictions(_tracked(reader, progress), config.predictions, classes.num_classes,
                                    classes.ignore_index)
         common["settings"]["predictions"] = config.predictions
@@ -161,7 +166,7 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
             scores = predictor.scores(_to_tensor(sample.image), [alternatives[c] for c in present], config)
             where = {c: k for k, c in enumerate(present)}
             xs, ys = sample.points[:, 0], sample.points[:, 1]
-            values = scores[[where[int(c)] for c in sample.points[:, 2]], ys, xs].numpy()
+            values = scores[[where[int(c)] for c in sample.points[:, 2]], ys, xs].cpu().numpy()
             points.update([int(c) for c in sample.points[:, 2]], sample.points[:, 3].astype(int), values)
             if progress:
                 progress(i + 1, len(reader))
@@ -176,7 +181,7 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
     matrix = ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index)
     for i, sample in enumerate(reader):
         scores = predictor.scores(_to_tensor(sample.image), alternatives, config)
-        labels = scores_to_labels(scores, threshold, classes.has_background).numpy()
+        labels = scores_to_labels(scores, threshold, classes.has_background).cpu().numpy()
         matrix.update(labels, np.asarray(sample.label).astype(np.int64))
         if config.save_predictions and out is not None:
             _save(out, sample.image_id, labels, classes.num_classes)

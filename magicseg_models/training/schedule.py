@@ -1,8 +1,7 @@
 """Optimizer and learning-rate schedule as the ZegCLIP authors configured them in mmseg/mmcv.
 
 - AdamW over the trainable parameters only (deep prompts, the post-encoder LayerNorm, relationship descriptor and
-  decoder); mmseg's ``paramwise_cfg`` gives the backbone prompts and the head ``lr_mult=10`` (so 2e-5 becomes 2e-4)
-  and norm layers ``decay_mult=0``.
+  decoder); mmseg's ``paramwise_cfg`` gives the backbone prompts and the head ``lr_mult=10`` (so 2e-5 becomes 2e-4).
 - mmcv's ``PolyLrUpdaterHook``: ``lr = (base - min_lr) * (1 - step / max_steps) ** power + min_lr``, with a linear
   warm-up that scales that value by ``1 - (1 - step / warmup) * (1 - warmup_ratio)`` (ratio 1e-6).
 
@@ -20,20 +19,16 @@ from magicseg_models.config import OptimConfig
 WARMUP_RATIO = 1e-6  # mmcv's default, as in the ZegCLIP configs
 
 
-_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
-
-
 def parameter_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict]:
-    """Trainable parameters at ``lr x head_lr_mult``; norm layers without weight decay (mmseg's decay_mult=0)."""
-    lr = optim.lr * optim.head_lr_mult
-    in_norm = {id(p) for module in model.modules() if isinstance(module, _NORMS) for p in module.parameters()}
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if id(param) in in_norm else decay).append(param)
-    groups = [{"params": decay, "lr": lr, "weight_decay": optim.weight_decay},
-              {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    """All trainable parameters at ``lr x head_lr_mult`` with ``weight_decay``.
+
+    The authors' ``paramwise_cfg`` also lists ``norm``/``ln`` with ``decay_mult=0``, but mmcv tries the longer keys
+    first and every trainable name starts with ``backbone`` or ``decode_head`` (``head``), so in their runs the
+    norms were decayed too; we do what their runs did.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": params, "lr": optim.lr * optim.head_lr_mult, "weight_decay": optim.weight_decay}] if params \
+        else []
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:

@@ -105,6 +105,26 @@ def _mean_over_ranks(values: dict[str, float], world_size: int, device: torch.de
     return {k: float(v) / world_size for k, v in zip(keys, t.tolist())}
 
 
+def _masks_over_ranks(present: torch.Tensor, ctx: WorkerContext) -> torch.Tensor:
+    """The focal/dice normaliser: present masks averaged over ranks (ZegCLIP's criterion), so every image weighs
+    the same whichever rank it landed on."""
+    count = present.sum().float()
+    if ctx.world_size > 1 and dist.is_initialized():
+        count = count.clone()
+        dist.all_reduce(count)
+        count = count / ctx.world_size
+    return count.clamp(min=1.0)
+
+
+def _finite_everywhere(values: dict[str, float], ctx: WorkerContext) -> bool:
+    finite = all(math.isfinite(v) for v in values.values())
+    if ctx.world_size > 1 and dist.is_initialized():
+        flag = torch.tensor([0.0 if finite else 1.0], device=ctx.device)
+        dist.all_reduce(flag)
+        return float(flag) == 0.0
+    return finite
+
+
 def dataset_classes(reader: DatasetReader) -> list[str]:
     classes = reader.classes
     if not classes:
@@ -182,7 +202,7 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
                                seed=config.seed, mean=bundle.image_mean, std=bundle.image_std, epoch_start=epoch)
     batches = iter(loader)
     meta = {"model": public_config(config.model), "train": public_config(config), "classes": len(classes),
-            "dataset": reader.uri}
+            "dataset": reader.uri, "init_seed": config.seed}
 
     # 3. the loop
     forward.train()
@@ -211,17 +231,18 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
                     outputs = forward(images, text, cf)
                 losses = loss_fn(outputs["mask_logits"].float(), targets, present, cls=outputs["cls"].float(),
                                  cls_counterfactual=None if cf is None else outputs["cls_counterfactual"].float(),
-                                 ignore=ignore)
+                                 ignore=ignore, num_masks=_masks_over_ranks(present, ctx))
                 (losses["loss"] / accumulation).backward()
             for key in sums:
                 sums[key] += float(losses[key].detach()) / accumulation
             window_samples += images.shape[0] * ctx.world_size
         lr = optimizer.param_groups[0]["lr"]
+        if not _finite_everywhere(sums, ctx):  # checked on every rank before the update: all stop together
+            raise FloatingPointError(f"loss became non-finite at step {step + 1} ({sums} on rank {ctx.rank}): "
+                                     "lower optim.lr or check the data")
         optimizer.step()
         scheduler.step()
         step += 1
-        if not all(math.isfinite(v) for v in sums.values()):
-            raise FloatingPointError(f"loss became {sums} at step {step}: lower optim.lr or check the data")
 
         if step % config.log_every == 0 or step == config.steps:
             elapsed = time.perf_counter() - window_began
