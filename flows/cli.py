@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Prefect's local mode starts a server that would phone home (and log an error on offline clusters); a user
+    # who wants telemetry sets the variable
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     debug = "--debug" in argv
     parser = build_parser()
     try:

@@ -44,6 +44,12 @@ def _user_error(err: Exception) -> Exception | None:
     return None
 
 
+def _absolute(uri: str | None) -> str | None:
+    if not uri or "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def _worker_env() -> dict:
     # where the object store is (not who may use it): a Ray started before AWS_ENDPOINT_URL was set would not
     # pass it on. Credentials stay with the workers' own environment (image, pod spec, instance role).
@@ -61,6 +67,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
 
     from tasks.ray_runtime import cluster_gpus, ensure_ray
 
+    # Ray Train workers run in their own working directories: a relative local path must not change meaning
+    config = config.model_copy(update={"data": _absolute(config.data), "out": _absolute(config.out)})
     latest = check_output(config)
     # past the check, every (re)started worker group resumes from whatever checkpoint exists
     loop_config = config.model_copy(update={"resume": True}).model_dump(mode="json")
