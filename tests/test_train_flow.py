@@ -52,3 +52,37 @@ def test_ray_train_two_workers_checkpoint_to_s3_and_resume(s3_bucket, local_ray,
     loaded = ckpt.load_checkpoint(ckpt.resolve_checkpoint(out))
     assert loaded["state"]["step"] == 4 and loaded["meta"]["train"]["workers"] == 2
     assert storage.read_bytes("loss_curve.png")[:4] == b"\x89PNG"
+
+
+def test_cli_train_then_eval_with_relative_paths(tmp_path, tiny_plan):
+    """What a user types: relative local paths (Ray Train workers run elsewhere), then eval on the result."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from magicseg_models.dataset.synthetic import write_synthetic_dataset
+    from tests.test_eval_readers import make_voc
+
+    spec, jobs = tiny_plan
+    write_synthetic_dataset(str(tmp_path / "ds"), jobs[:6], list(spec.class_names), height=64, width=64)
+    make_voc(tmp_path / "bench")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("RAY_ADDRESS", None)
+    magicseg = [sys.executable, "-m", "flows.cli"]
+    train = subprocess.run([*magicseg, "train", "--data", "ds", "--out", "runs/t", "--steps", "2",
+                            "--set", "data_workers=0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (tmp_path / "runs" / "t" / "checkpoints" / "latest.json").exists()
+    assert "trained to step 2" in train.stderr
+    evaluate = subprocess.run([*magicseg, "eval", "--checkpoint", "runs/t", "--benchmark", "voc", "--data-root",
+                               "bench", "--limit", "2", "--out", "runs/e"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    printed = json.loads(evaluate.stdout.strip().splitlines()[-1])
+    written = json.loads((tmp_path / "runs" / "e" / "metrics.json").read_text())
+    assert printed["miou"] == written["miou"] and written["num_images"] == 2

@@ -171,11 +171,3 @@ def test_tiny_model_overfits_eight_samples_through_the_training_pipeline(tmp_pat
     first, last = sum(mask_loss[:5]) / 5, sum(mask_loss[-5:]) / 5
     assert last < 0.5 * first, (first, last)
 
-
-def test_relative_local_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch):
-    from tasks.train_ray import _absolute
-
-    monkeypatch.chdir(tmp_path)
-    assert _absolute("runs/a") == str(tmp_path / "runs" / "a")
-    assert _absolute("s3://bucket/runs/a") == "s3://bucket/runs/a"
-    assert _absolute(None) is None
