@@ -139,14 +139,3 @@ def load_checkpoint(checkpoint: Storage, with_state: bool = True) -> dict[str, A
             raise StorageError(f"{checkpoint.url('state.pt')} is not a readable training state: "
                                f"{str(err).splitlines()[0]}") from None
     return {"weights": weights, "meta": meta, "state": state}
-
-
-def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Put checkpointed trainable weights into a freshly built model; any mismatch is an error, not a warning."""
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise StorageError(f"checkpoint does not match the model config: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]} (was it trained with another model preset?)")
-    model.load_state_dict(weights, strict=False)
-
