@@ -184,7 +184,8 @@ class ZegCLIPConfig(Section):
         False, description="also build the decoder self-attention the official code builds but never calls "
         "(+3.15 M parameters that never train; only to reproduce the published 13.8 M count)")
     double_class_embedding: bool = Field(
-        False, description="add CLIP's class embedding to the CLS token twice, as the official ZegCLIP code does")
+        True, description="CLS input = 2 x CLIP's class embedding + its position, as the official ZegCLIP code "
+        "computes it; false = once, as CLIP itself (docs/training.md)")
     text_cache_dir: str | None = Field(None, description="folder for cached class-name text embeddings; None = memory only")
 
 
@@ -202,6 +203,9 @@ class LossConfig(Section):
     focal_reduction: Literal["zegclip", "mean"] = Field(
         "zegclip", description="zegclip: per-mask pixel mean, summed over all sampled classes, divided by the "
         "number of present (image, class) masks; mean: mean over all pixels and classes")
+    padding: Literal["negative", "ignore"] = Field(
+        "negative", description="crop padding in focal and dice: negative = a negative pixel of every class, as "
+        "ZegCLIP's SegLossPlus; ignore = left out of both terms (docs/training.md)")
 
 
 class OptimConfig(Section):
@@ -231,7 +235,11 @@ class AugmentConfig(Section):
     cat_max_ratio: float = Field(0.75, gt=0, le=1, description="retry a crop (10 draws) while one category "
                                  "covers this share of its labelled pixels or more; 1 = off")
     cat_count_background: bool = Field(
-        True, description="count pixels of no class as a category in the cat_max_ratio rule")
+        False, description="count pixels of no class as a category in the cat_max_ratio rule (false = mmseg "
+        "with reduce_zero_label, as ZegCLIP; docs/training.md)")
+    crop_fallback: Literal["draw", "best"] = Field(
+        "draw", description="when all 10 crops fail the rule: draw = an 11th unchecked crop (mmseg); best = the "
+        "draw whose largest category share is smallest")
     flip_prob: float = Field(0.5, ge=0, le=1)
     photometric: bool = Field(True, description="mmseg PhotoMetricDistortion, same draw for image and "
                               "counterfactual")

@@ -34,7 +34,9 @@ def _marked_pair(height=96, width=128, top=20, left=30, size=24, seed=0):
 
 
 def test_resize_crop_flip_move_image_counterfactual_and_masks_together():
-    cfg = AugmentConfig(crop_size=64, scale=(128, 96), ratio_range=(0.5, 2.0), flip_prob=0.5, photometric=False)
+    # the project's crop rule (background counts): most crops keep a good part of the square to compare
+    cfg = AugmentConfig(crop_size=64, scale=(128, 96), ratio_range=(0.5, 2.0), flip_prob=0.5, photometric=False,
+                        cat_count_background=True, crop_fallback="best")
     augment = JointAugment(cfg)
     image, cf, masks = _marked_pair()
     centres = set()
@@ -111,7 +113,8 @@ def test_cat_max_ratio_is_honoured_when_possible():
     image = torch.zeros(3, 64, 64, dtype=torch.uint8)
     masks = torch.zeros(1, 64, 64, dtype=torch.bool)
     masks[0, :, :32] = True
-    base = dict(crop_size=32, scale=(64, 64), ratio_range=(1.0, 1.0), flip_prob=0.0, photometric=False)
+    base = dict(crop_size=32, scale=(64, 64), ratio_range=(1.0, 1.0), flip_prob=0.0, photometric=False,
+                cat_count_background=True)  # one class: only background as a second category can pass the rule
     ruled, free = JointAugment(AugmentConfig(**base)), JointAugment(AugmentConfig(**base, cat_max_ratio=1.0))
     shares = [_largest_share(ruled(image, image, masks, seed=s)["masks"][0]) for s in range(40)]
     free_shares = [_largest_share(free(image, image, masks, seed=s)["masks"][0]) for s in range(40)]

@@ -23,7 +23,7 @@ from magicseg_models.errors import ConfigError, MagicSegError
 
 EXPECTED_PRESETS = {
     "build": {"tiny", "sd15", "sd15-random"},
-    "train": {"tiny", "zegclip-vitb16"},
+    "train": {"tiny", "zegclip-vitb16", "zegclip-vitb16-plus"},
     "eval": {"tiny", "zegclip-vitb16"},
 }
 MODELS = {"build": BuildConfig, "train": TrainConfig, "eval": EvalConfig}
@@ -125,6 +125,18 @@ def test_zegclip_vitb16_train_is_the_authors_config():
     assert c.steps == 20000 and o.batch_size == 64
     a = c.augment
     assert a.crop_size == 512 and tuple(a.ratio_range) == (0.5, 2.0) and a.cat_max_ratio == 0.75
+    # what the official ZegCLIP code computes (tests/test_official_defaults.py checks each against its formula)
+    assert c.model.double_class_embedding and c.loss.padding == "negative"
+    assert not a.cat_count_background and a.crop_fallback == "draw"
+
+
+def test_zegclip_vitb16_plus_differs_only_by_the_projects_variants():
+    from magicseg_models.config import config_differences
+
+    official = public_config(load_config("train", "zegclip-vitb16"))
+    plus = public_config(load_config("train", "zegclip-vitb16-plus"))
+    assert config_differences(official, plus, free=("preset",)) == [
+        "augment.cat_count_background", "augment.crop_fallback", "loss.padding", "model.double_class_embedding"]
 
 
 def test_zegclip_vitb16_eval_is_the_papers_protocol():

@@ -125,8 +125,9 @@ def test_position_embedding_is_resized_for_any_grid(tiny):
 
 def test_without_prompts_the_cls_embedding_is_clips_own_image_embedding():
     # no prompts and the pretrained grid: the encoder must reduce to CLIP's get_image_features (the extra
-    # LayerNorm starts as the identity on CLIP's layer output up to its eps)
-    bundle = build_zegclip(tiny_config(prompt_tokens=0, image_size=32), "cpu")
+    # LayerNorm starts as the identity on CLIP's layer output up to its eps), with the class embedding added once
+    # as CLIP adds it (the official ZegCLIP default adds it twice)
+    bundle = build_zegclip(tiny_config(prompt_tokens=0, image_size=32, double_class_embedding=False), "cpu")
     encoder = bundle.model.encoder.eval()
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -24,13 +24,12 @@ Choices (and where they differ from mmseg):
 - Crop: mmseg's rule on the multi-label masks (no label map is built, so overlapping instances of different
   classes each count for their class): draw a crop of ``min(crop_size, side)`` uniformly; accept it when at
   least two categories are present and none covers ``cat_max_ratio`` or more of the crop's labelled pixels;
-  otherwise draw again, up to 10 draws. Pixels covered by no class are background: ZegCLIP's datasets label
-  every pixel (COCO-Stuff) or ignore background (VOC), ours have unlabelled background that is a real negative,
-  so by default (``cat_count_background``) background counts as a category - the rule then rejects crops that are
-  more than 75 % empty background as well as crops filled by one object. With it off only class pixels count
-  (mmseg's VOC behaviour, under which a single-class image can never pass). When all 10 draws fail mmseg keeps
-  an 11th unchecked draw; we keep the draw with the smallest largest-category share, which honours the rule as
-  far as the image allows.
+  otherwise draw again, up to 10 draws. Defaults are ZegCLIP's: its datasets load with ``reduce_zero_label``,
+  which turns background into the ignored label 255, so only class pixels count (``cat_count_background``
+  false: a single-class image never passes, and its crop is a plain random one), and when all 10 draws fail the
+  crop is an 11th, unchecked draw (``crop_fallback="draw"``). The project's variant counts pixels of no class as
+  one more category (``cat_count_background``: crops that are more than 75 % empty background are rejected too)
+  and keeps the draw with the smallest largest-category share (``crop_fallback="best"``).
 - Flip: horizontal with ``flip_prob``.
 - Photometric (``photometric``): torchvision's ``RandomPhotometricDistort`` - the v2 port of the same SSD/mmdet
   PhotoMetricDistortion mmseg copies: each of brightness, contrast (before or after the colour steps, at random),
@@ -105,11 +104,12 @@ class CatMaxRatioCrop(v2.Transform):
     """
 
     def __init__(self, size: int, cat_max_ratio: float = 0.75, count_background: bool = True,
-                 first_class_channel: int = 1, tries: int = CROP_TRIES):
+                 first_class_channel: int = 1, tries: int = CROP_TRIES, fallback: str = "best"):
         super().__init__()
         self.size = int(size)
         self.cat_max_ratio = float(cat_max_ratio)
         self.count_background = count_background
+        self.fallback = fallback  # all draws failed: "draw" = mmseg's unchecked next draw, "best" = the best one
         self.first_class_channel = first_class_channel
         self.tries = tries
 
@@ -145,7 +145,9 @@ class CatMaxRatioCrop(v2.Transform):
                     break
                 if best is None or share < best[0]:
                     best = (share, top, left)
-            _, top, left = best
+            share, top, left = best
+            if share >= self.cat_max_ratio and self.fallback == "draw":
+                top, left = draw()
         return {"top": top, "left": left, "height": h, "width": w}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -219,7 +221,8 @@ class JointAugment:
                     v2.Normalize(mean=mean, std=std)]
         if train:
             steps = [RandomResizeKeepRatio(cfg.scale, cfg.ratio_range),
-                     CatMaxRatioCrop(cfg.crop_size, cfg.cat_max_ratio, cfg.cat_count_background),
+                     CatMaxRatioCrop(cfg.crop_size, cfg.cat_max_ratio, cfg.cat_count_background,
+                                     fallback=cfg.crop_fallback),
                      v2.RandomHorizontalFlip(p=cfg.flip_prob)]
             if cfg.photometric:
                 steps.append(MMSegPhotometricDistort())

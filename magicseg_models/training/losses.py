@@ -16,8 +16,11 @@ Reductions follow ZegCLIP's criterion (``models/losses/criterion.py``, from Mask
   masks, divided by the same ``num_masks``. Absent classes do not enter the dice term.
 - counterfactual: ``mean_i max(0, cos(cls_i, cls_cf_i))`` over the images that have a counterfactual.
 
-``ignore`` (``B x H x W`` bool, e.g. padding from crops) removes pixels from both mask terms: focal means are over
-the kept pixels, dice sums skip them. (ZegCLIP itself counts ignored pixels as negatives of every class.)
+Crop padding (``ignore``, ``B x H x W`` bool, True on padded pixels): ZegCLIP pads its label maps with 255 and
+its ``SegLossPlus`` builds the targets from ``label == class``, so a padded pixel is a negative of every class in
+both terms, and the focal per-mask mean runs over all ``H x W`` pixels. That is ``loss.padding="negative"`` (the
+default): targets are set to 0 on padded pixels, which stay in both terms. ``"ignore"`` passes it on: focal
+means are then over the kept pixels and dice sums skip them (the functions below take ``ignore`` directly).
 The returned ``loss_focal``/``loss_dice``/``loss_cf`` are the *weighted* terms, so they add up to ``loss``, as
 mmseg logs them.
 """
@@ -135,12 +138,17 @@ class MagicSegLoss(nn.Module):
                 num_masks: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``mask_logits``/``targets`` B x m x H x W (logits are resized to the targets bilinearly if they differ),
         ``present`` B x m, ``cls``/``cls_counterfactual`` K x D for the K images that have a counterfactual
-        (required when the counterfactual term is on), ``ignore`` B x H x W, ``num_masks`` see the module doc."""
+        (required when the counterfactual term is on), ``ignore`` B x H x W (used with ``loss.padding=ignore``),
+        ``num_masks`` see the module doc."""
         c = self.config
         if mask_logits.shape[-2:] != targets.shape[-2:]:
             mask_logits = F.interpolate(mask_logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
         if num_masks is None:
             num_masks = present.sum().float().clamp(min=1.0)
+        if c.padding == "negative" and ignore is not None:
+            # SegLossPlus: a padded pixel (label 255) is no class's positive and stays in both terms
+            targets = targets.masked_fill(ignore.bool().unsqueeze(1), 0)
+            ignore = None
         focal = sigmoid_focal_loss(mask_logits, targets, c.focal_alpha, c.focal_gamma, ignore=ignore,
                                    reduction=c.focal_reduction, present=present, num_masks=num_masks)
         dice = dice_loss(mask_logits, targets, present, ignore=ignore, num_masks=num_masks)
