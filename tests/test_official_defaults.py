@@ -228,6 +228,14 @@ def test_background_ignored_crops_often_miss_a_small_object_and_the_variant_rare
 
 
 # ------------------------------------------------------------------------------------------- padded pixels
+def _focal(z: float, t: float, alpha: float = 0.25, gamma: float = 2.0) -> float:
+    """RetinaNet's focal term of one pixel: alpha_t (1 - p_t)^gamma CE."""
+    p = 1 / (1 + math.exp(-z))
+    ce = -(t * math.log(p) + (1 - t) * math.log(1 - p))
+    p_t = p * t + (1 - p) * (1 - t)
+    return (alpha * t + (1 - alpha) * (1 - t)) * (1 - p_t) ** gamma * ce
+
+
 def _seg_loss_plus(logits: torch.Tensor, label: np.ndarray, alpha=0.25, gamma=2.0) -> tuple[float, float]:
     """SegLossPlus on a B x H x W label map (255 = padding), with plain floats: focal = sum over (image, class)
     of the mean over ALL H*W pixels of alpha_t (1 - p_t)^gamma CE, target = (label == class); dice over the
@@ -238,14 +246,8 @@ def _seg_loss_plus(logits: torch.Tensor, label: np.ndarray, alpha=0.25, gamma=2.
     focal_sum = 0.0
     for i in range(b):
         for k in range(m):
-            total = 0.0
-            for y in range(h):
-                for x in range(w):
-                    z, t = float(logits[i, k, y, x]), float(label[i, y, x] == k)
-                    p = 1 / (1 + math.exp(-z))
-                    ce = -(t * math.log(p) + (1 - t) * math.log(1 - p))
-                    p_t = p * t + (1 - p) * (1 - t)
-                    total += (alpha * t + (1 - alpha) * (1 - t)) * (1 - p_t) ** gamma * ce
+            total = sum(_focal(float(logits[i, k, y, x]), float(label[i, y, x] == k), alpha, gamma)
+                        for y in range(h) for x in range(w))
             focal_sum += total / (h * w)
     dice_sum = 0.0
     for i, k in present:
@@ -288,16 +290,8 @@ def test_default_padding_is_a_negative_of_every_class_as_seglossplus():
     focal_kept = 0.0
     for i in range(b):
         for k in range(m):
-            terms = []
-            for y in range(h):
-                for x in range(w):
-                    if padded[i, y, x]:
-                        continue
-                    z, t = float(logits[i, k, y, x]), float(label[i, y, x] == k)
-                    p = 1 / (1 + math.exp(-z))
-                    p_t = p * t + (1 - p) * (1 - t)
-                    ce = -(t * math.log(p) + (1 - t) * math.log(1 - p))
-                    terms.append((0.25 * t + 0.75 * (1 - t)) * (1 - p_t) ** 2 * ce)
+            terms = [_focal(float(logits[i, k, y, x]), float(label[i, y, x] == k))
+                     for y in range(h) for x in range(w) if not padded[i, y, x]]
             assert len(terms) == kept[i]
             focal_kept += sum(terms) / len(terms)
     assert ignored["loss_focal"].item() == pytest.approx(100 * focal_kept / 3, rel=1e-5)  # 3 present masks
