@@ -6,9 +6,14 @@ different subsets therefore share one id space: ``cat`` is 224 whether it was bu
 other classes, so datasets can be merged and evaluated together without remapping. Manifests record
 :meth:`Vocabulary.full_names` so every id can be turned back into a name.
 
-Builtin data (``magicseg_models/data``, sources in the file headers): ``vocab_1205.txt`` (LVIS v1
-names + 2 VOC classes), ``lvis_v1_synonyms.tsv`` (synonyms, definitions) and
-``vocab_1205_voc_mapping.tsv`` (VOC names that resolve to LVIS classes, e.g. ``motorbike``).
+Builtin data (``magicseg_models/data``, sources and rules in the file headers): ``vocab_1205.txt`` (LVIS v1
+names + 2 VOC classes), ``lvis_v1_synonyms.tsv`` (synonyms, definitions),
+``vocab_1205_voc_mapping.tsv`` (VOC names that resolve to LVIS classes, e.g. ``motorbike``), and two reviewed
+tables: ``vocab_1205_detector_phrases.tsv`` (what Grounding DINO is asked for, per qualified class: "archery bow"
+for ``bow (weapon)``) and ``vocab_1205_mention_synonyms.tsv`` (which LVIS synonyms count as mentions of their class
+in prompt text: "couch" for sofa, but not "lounge").
+
+No two classes of a vocabulary share a detector phrase: the detector could not tell their boxes apart.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class VocabClass:
     hint: str | None  # disambiguation for the LLM; None when the name is unambiguous
     synonyms: tuple[str, ...] = ()  # LVIS synonyms other than the name, with spaces
     definition: str | None = None  # LVIS definition
+    # what counts as this class in prompt text (each also in plural): prompt name, name, reviewed synonyms;
+    # () = the prompt name only (see magicseg_models/prompts/text.py)
+    mentions: tuple[str, ...] = ()
 
 
 def _norm(text: str) -> str:
@@ -83,6 +91,24 @@ def _lvis() -> dict[str, tuple[tuple[str, ...], str | None]]:
         others = tuple(s.replace("_", " ") for s in synonyms.split(";") if s != name)
         info[name.replace("_", " ").lower()] = (others, definition or None)
     return info
+
+
+@functools.lru_cache(maxsize=1)
+def _reviewed_phrases() -> dict[str, str]:
+    """Canonical name (lower case) -> reviewed detector phrase (vocab_1205_detector_phrases.tsv)."""
+    rows = (line.split("\t") for line in _data_lines("vocab_1205_detector_phrases.tsv")[1:])
+    return {_key(name): _norm(phrase) for name, phrase, *_ in rows}
+
+
+@functools.lru_cache(maxsize=1)
+def _mention_synonyms() -> dict[str, tuple[str, ...]]:
+    """Canonical name (lower case) -> the text of its synonyms reviewed as mentions (vocab_1205_mention_synonyms.tsv)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for line in _data_lines("vocab_1205_mention_synonyms.tsv")[1:]:
+        name, _, matched, mention, *_ = line.split("\t")
+        if mention == "yes":
+            out[_key(name)] = (*out.get(_key(name), ()), _norm(matched))
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -133,12 +159,15 @@ def _parse_lines(
 
 
 def _build(rows: list[list[str]], source: str) -> Vocabulary:
-    lvis = _lvis()
+    lvis, reviewed, mention_synonyms = _lvis(), _reviewed_phrases(), _mention_synonyms()
     drafts = []
     for name, prompt, phrase, hint in rows:
         derived, qualifier = _prompt_and_qualifier(name)
-        synonyms, definition = lvis.get(_key(name.replace("_", " ")), ((), None))
+        spaced = _key(name.replace("_", " "))
+        synonyms, definition = lvis.get(spaced, ((), None))
+        phrase = (phrase or reviewed.get(spaced) or prompt or derived).lower()
         drafts.append((name, prompt or derived, phrase, hint, qualifier, synonyms, definition))
+    _check_phrases_unique([(d[0], d[2]) for d in drafts], source)
 
     shared = Counter(_key(d[1]) for d in drafts)
     classes = []
@@ -151,13 +180,28 @@ def _build(rows: list[list[str]], source: str) -> Vocabulary:
                 id=i,
                 name=name,
                 prompt_name=prompt,
-                detector_phrase=(phrase or prompt).lower(),
+                detector_phrase=phrase,
                 hint=hint or None,
                 synonyms=synonyms,
                 definition=definition,
+                mentions=tuple(dict.fromkeys(
+                    [prompt, _norm(name.replace("_", " ")),
+                     *mention_synonyms.get(_key(name.replace("_", " ")), ())])),
             )
         )
     return Vocabulary(classes, source)
+
+
+def _check_phrases_unique(pairs: Sequence[tuple[str, str]], source: str) -> None:
+    first: dict[str, str] = {}
+    for name, phrase in pairs:
+        key = _key(phrase)
+        if key in first:
+            raise VocabularyError(
+                f"{source}: classes {first[key]!r} and {name!r} share the detector phrase {phrase!r}, so their "
+                "boxes could not be told apart; give one its own phrase (third column of a vocabulary file)"
+            )
+        first[key] = name
 
 
 def _split_names(names: Sequence[str] | str) -> list[str]:

@@ -14,7 +14,9 @@ from magicseg_models.prompts.text import (
     Verdict,
     build_instruction,
     counterfactual,
+    covering_names,
     find_class,
+    mention_phrases,
     parse_completion,
     template_prompts,
     tokenizer_counter,
@@ -23,6 +25,8 @@ from magicseg_models.prompts.text import (
 from magicseg_models.vocabulary import VocabClass, Vocabulary
 
 VOCAB = Vocabulary.default()
+# what PromptWriter passes: mentions inside longer vocabulary names do not count
+COVERING = covering_names(tuple(p for c in VOCAB for p in mention_phrases(c)))
 
 
 def cls(name: str) -> VocabClass:
@@ -74,6 +78,57 @@ def test_counterfactual_builtin_names(name, prompt, expected):
 )
 def test_counterfactual_multiword_name(prompt, expected):
     assert counterfactual(prompt, [custom("hot dog")]) == expected
+
+
+# realistic prompts: (classes, prompt, counterfactual). Other senses of synonyms keep their words; the class's own
+# mentions (name, plurals, reviewed synonyms) go, and nothing else does.
+MENTION_TABLE = [
+    (["sofa"], "guests chat in a hotel lounge beside a grey velvet sofa",
+     "guests chat in a hotel lounge beside a grey velvet nothing"),
+    (["bun"], "a roll of paper towels next to a sesame bun on the counter",
+     "a roll of paper towels next to a sesame nothing on the counter"),
+    (["pole"], "a wooden pole leans on the wall of the post office at dusk",
+     "a wooden nothing leans on the wall of the post office at dusk"),
+    (["sofa"], "two sofas face each other in a sunlit loft", "two nothing face each other in a sunlit loft"),
+    (["sofa"], "a tabby cat curled up on the couch by the fire", "a tabby cat curled up on the nothing by the fire"),
+    (["person", "sofa"], "a man asleep on a leather couch while two children play",
+     "a nothing asleep on a leather nothing while two nothing play"),
+    (["person"], "a baby elephant splashes a woman at the river", "a baby elephant splashes a nothing at the river"),
+    (["dog"], "a dog sniffs a red dog collar on the porch", "a nothing sniffs a red dog collar on the porch"),
+    (["bear"], "a brown bear beside a teddy bear in a forest clearing",
+     "a brown nothing beside a teddy bear in a forest clearing"),
+    (["spectacles"], "an old man in spectacles raises his glass of wine",
+     "an old man in nothing raises his glass of wine"),
+    (["television set"], "a tv stand holds a flat television set and a tv remote",
+     "a tv stand holds a flat nothing and a tv remote"),
+    (["bus (vehicle)"], "a red double-decker bus and an autobus at a stop",
+     "a red double-decker nothing and an nothing at a stop"),
+    (["bicycle"], "a bike messenger locks his bicycle to a rack", "a bike messenger locks his nothing to a rack"),
+    (["airplane"], "an aeroplane and two airplanes over an airport", "an nothing and two nothing over an airport"),
+]
+
+
+@pytest.mark.parametrize(("names", "prompt", "expected"), MENTION_TABLE)
+def test_counterfactual_replaces_the_classes_own_mentions_and_nothing_else(names, prompt, expected):
+    classes = [cls(n) for n in names]
+    out = counterfactual(prompt, classes, covering=COVERING)
+    assert out == expected
+    # the validator agrees: each class is present in the prompt and gone from its counterfactual
+    for c in classes:
+        assert validate_prompt(prompt, [c], covering=COVERING).ok
+        assert validate_prompt(out, [c], covering=COVERING).reason == f"missing_class:{c.name}"
+
+
+def test_a_prompt_contains_a_class_exactly_when_its_counterfactual_lost_it():
+    prompts = [p for _, p, _ in MENTION_TABLE] + ["a quiet hotel lounge at night", "the post office at noon",
+                                                     "a roll of paper towels on a shelf", "a baby elephant at a pond"]
+    names = ["sofa", "bun", "pole", "person", "dog", "bear", "spectacles", "television set", "bus (vehicle)",
+             "bicycle", "airplane", "glass (drink container)", "dog collar", "teddy bear"]
+    for prompt in prompts:
+        for name in names:
+            c = cls(name)
+            contains = validate_prompt(prompt, [c], covering=COVERING).ok
+            assert contains == (counterfactual(prompt, [c], covering=COVERING) != prompt), (name, prompt)
 
 
 def test_counterfactual_regular_plurals():
@@ -248,8 +303,9 @@ def test_validate_classes():
     assert validate_prompt("two buses near three cats", [bus, cat]).ok
     assert validate_prompt("a red bus near a dog", [bus, cat]).reason == "missing_class:cat"
     assert validate_prompt("a bobcat reading a catalog", [cat]).reason == "missing_class:cat"
-    # the prompt name must be verbatim: a synonym is not enough for the detector
-    assert validate_prompt("a red autobus in the rain", [bus]).reason == "missing_class:bus (vehicle)"
+    # a synonym reviewed as a mention counts (the counterfactual removes it too); one in another sense does not
+    assert validate_prompt("a red autobus in the rain", [bus]).ok
+    assert validate_prompt("guests in a hotel lounge", [cls("sofa")]).reason == "missing_class:sofa"
 
 
 @pytest.mark.parametrize(
@@ -304,10 +360,14 @@ def test_instruction():
 
 def test_template_prompts():
     cat, apple, dog = cls("cat"), cls("apple"), cls("dog")
-    assert template_prompts([cat], 2) == ["a photo of a cat"] * 2
-    assert template_prompts([apple, dog], 1) == ["a photo of an apple and a dog"]
+    # the paper's Table VII: "A photo of bus." / "A photo of nothing." - prompt names, no article
+    bus = cls("bus (vehicle)")
+    assert template_prompts([bus], 2) == ["a photo of bus."] * 2
+    assert counterfactual(template_prompts([bus], 1)[0], [bus]) == "a photo of nothing."
+    assert template_prompts([apple, dog], 1) == ["a photo of apple and dog."]
+    assert counterfactual("a photo of apple and dog.", [apple, dog]) == "a photo of nothing and nothing."
     assert template_prompts([cat], 0) == []
-    assert template_prompts([cat], 1, template="{classes}, {high quality}") == ["a cat, {high quality}"]
+    assert template_prompts([cat], 1, template="{classes}, {high quality}") == ["cat, {high quality}"]
     with pytest.raises(ValueError):
         template_prompts([cat], 1, template="a photo")
 
@@ -315,6 +375,6 @@ def test_template_prompts():
 def test_template_prompts_scenes():
     prompts = template_prompts([cls("cat")], len(SCENES) + 2, scenes=True)
     assert len(prompts) == len(SCENES) + 2
-    assert prompts[0] == f"a photo of a cat {SCENES[0]}"
+    assert prompts[0] == f"a photo of cat {SCENES[0]}."
     assert len(set(prompts)) == len(SCENES)  # cycles
     assert prompts[len(SCENES)] == prompts[0]

@@ -61,6 +61,63 @@ def test_shared_prompt_name_gets_hint_even_without_qualifier(vocab):
     assert vocab.resolve("fish (food)").hint.startswith("fish (food): ")
 
 
+def _reviewed_rows(filename: str) -> list[list[str]]:
+    text = resources.files("magicseg_models").joinpath("data", filename).read_text("utf-8")
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [line.split("\t") for line in lines[1:]]
+
+
+# bare base words of qualified classes that name something else in a scene (the list and a few more)
+AMBIGUOUS_BASE_WORDS = {"arctic", "date", "file", "iron", "cab", "bow", "fish", "pan", "salmon", "octopus", "bat",
+                        "cap", "mouse", "orange", "glass", "scale", "speaker", "runner", "pitcher", "poker", "pop",
+                        "tank", "tape", "straw", "turkey", "toast", "ram", "drum", "pin", "batter", "crisp"}
+
+
+def test_detector_phrases_are_unique_over_the_builtin_classes(vocab):
+    phrases = [c.detector_phrase for c in vocab]
+    assert len(set(phrases)) == len(phrases) == 1205
+    assert all(p == p.lower() and p.strip() and "(" not in p for p in phrases)
+    assert [vocab.resolve(n).detector_phrase for n in ("bow (weapon)", "bow (decorative ribbons)", "cab (taxi)",
+                                                       "iron (for clothing)", "date (fruit)")] == [
+        "archery bow", "ribbon bow", "taxi", "clothes iron", "date fruit"]
+
+
+def test_every_qualified_class_has_a_reviewed_phrase_naming_its_object(vocab):
+    rows = _reviewed_rows("vocab_1205_detector_phrases.tsv")
+    qualified = {c.name for c in vocab if "(" in c.name}
+    assert len(qualified) == 108 and {r[0] for r in rows} == qualified and len(rows) == 108
+    for name, phrase, ambiguous, why in rows:
+        c = vocab.resolve(name)
+        assert c.detector_phrase == phrase and ambiguous in ("yes", "no") and why, name
+        base = c.prompt_name.lower()
+        if ambiguous == "yes" or base in AMBIGUOUS_BASE_WORDS:
+            assert phrase != base, name
+    assert {r[0].split(" (")[0] for r in rows if r[2] == "yes"} >= AMBIGUOUS_BASE_WORDS
+
+
+def test_custom_vocabulary_sets_its_own_phrase_and_may_not_share_one(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("bow (weapon)\tbow\tlongbow\nbat (animal)\nbat (sports)\tbat\tbaseball bat\n", encoding="utf-8")
+    vocab = Vocabulary.from_file(str(path))
+    assert [c.detector_phrase for c in vocab] == ["longbow", "bat animal", "baseball bat"]  # reviewed when unset
+    path.write_text("bat (animal)\tbat\tbat\nbat (sports)\n", encoding="utf-8")
+    with pytest.raises(VocabularyError) as excinfo:
+        Vocabulary.from_file(str(path))
+    message = error_message(excinfo)
+    assert "'bat (animal)' and 'bat (sports)' share the detector phrase 'bat'" in message and "third column" in message
+
+
+def test_mentions_are_name_prompt_name_and_reviewed_synonyms_only(vocab):
+    rows = _reviewed_rows("vocab_1205_mention_synonyms.tsv")
+    assert len(rows) == sum(len(c.synonyms) for c in vocab)  # every LVIS synonym reviewed, once
+    assert {(r[0], r[1]) for r in rows} == {(c.name, s) for c in vocab for s in c.synonyms}
+    assert all(r[3] in ("yes", "no") and (r[3] == "yes" or r[4]) for r in rows)  # a refusal says why
+    sofa, bun, pole, person = (vocab.resolve(n) for n in ("sofa", "bun", "pole", "person"))
+    assert sofa.mentions == ("sofa", "couch") and bun.mentions == ("bun",) and pole.mentions == ("pole",)
+    assert "baby" not in person.mentions and {"man", "woman", "child"} <= set(person.mentions)
+    assert vocab.resolve("bus (vehicle)").mentions[:2] == ("bus", "bus (vehicle)")
+
+
 def test_voc_only_classes_get_readable_prompt_names(vocab):
     assert vocab.resolve("pottedplant").prompt_name == "potted plant"
     assert vocab.resolve("tvmonitor").detector_phrase == "tv monitor"

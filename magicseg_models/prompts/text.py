@@ -1,8 +1,11 @@
 """Prompt text: the LLM instruction, parsing its answer, checking prompts, counterfactual text.
 
-Pure functions (no network, no model). Class names are matched as whole words/phrases,
-case-insensitively, with their regular plural, so that a prompt "contains" a class exactly when
-its counterfactual (every class name replaced by ``nothing``) has lost it.
+Pure functions (no network, no model). A class's *mentions* are its prompt name, its vocabulary name and the LVIS
+synonyms reviewed as unambiguous (``VocabClass.mentions``, from ``magicseg_models/data/vocab_1205_mention_synonyms
+.tsv``), each matched as a whole word/phrase, case-insensitively, also in plural. The validator and the
+counterfactual read the same mentions through one scan (:func:`class_mentions`), so a prompt "contains" a class
+exactly when its counterfactual (every mention replaced by ``nothing``) has lost it. A mention inside a longer
+vocabulary name that is not one of the job's classes ("dog" in "dog collar") is neither.
 """
 
 from __future__ import annotations
@@ -218,6 +221,33 @@ def find_class(prompt: str, phrase: str) -> re.Match | None:
     return _compiled((phrase,)).search(prompt)
 
 
+def mention_phrases(c: VocabClass) -> tuple[str, ...]:
+    """What counts as class ``c`` in prompt text (its prompt name when the class lists no mentions)."""
+    return tuple(p for p in (c.mentions or (c.prompt_name,)) if _words(p))
+
+
+def class_mentions(prompt: str, classes: Sequence[VocabClass],
+                   covering: Mapping[str, Sequence[str]] | None = None) -> list[tuple[int, int, frozenset[int]]]:
+    """Every mention of ``classes`` in ``prompt``, left to right: ``(start, end, {indices into classes})``.
+
+    One scan over the job's mentions and the longer vocabulary names that contain them (``covering``, see
+    :func:`covering_names`), longest first at each position: "school bus" is one mention of a class "school bus",
+    and "dog collar" is no mention of "dog" unless "dog collar" is a mention of one of ``classes`` too.
+    """
+    own = [mention_phrases(c) for c in classes]
+    phrases = {p for ps in own for p in ps}
+    if not phrases:
+        return []
+    longer = {q for p in phrases for q in (covering or {}).get(p, ())} - phrases
+    per_class = [_compiled(ps) for ps in own]
+    found = []
+    for match in _compiled(tuple(phrases | longer)).finditer(prompt):
+        who = frozenset(i for i, pattern in enumerate(per_class) if pattern.fullmatch(match.group()))
+        if who:
+            found.append((match.start(), match.end(), who))
+    return found
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -252,9 +282,10 @@ def validate_prompt(
     Reasons, in the order checked: ``too_short``, ``too_long``, ``bad_characters`` (control
     characters or >10% symbols/junk), ``missing_class:<name>``, ``class_after_token_limit:<name>``
     (the class's first occurrence does not end inside the text encoder's window), ``duplicate``.
-    ``<name>`` is the class's canonical vocabulary name. ``token_counter`` counts tokens without
-    BOS/EOS (see :func:`tokenizer_counter`); None skips the token check. ``covering`` maps a prompt
-    name to longer vocabulary names that contain it ("bear" -> "teddy bear", see
+    ``<name>`` is the class's canonical vocabulary name. A class is present when one of its mentions is
+    (:func:`class_mentions`; "two sofas", "the couch" for sofa). ``token_counter`` counts tokens without
+    BOS/EOS (see :func:`tokenizer_counter`); None skips the token check. ``covering`` maps a mention
+    to longer vocabulary names that contain it ("bear" -> "teddy bear", see
     :func:`covering_names`): an occurrence inside one of those does not count as the class.
     """
     if len(prompt.split()) < min_words:
@@ -263,13 +294,14 @@ def validate_prompt(
         return Verdict(False, "too_long")
     if any(unicodedata.category(ch)[0] == "C" for ch in prompt) or _junk_fraction(prompt) > 0.1:
         return Verdict(False, "bad_characters")
-    for c in classes:
-        match = _own_occurrence(prompt, c.prompt_name, (covering or {}).get(c.prompt_name, ()))
-        if match is None:
+    mentions = class_mentions(prompt, classes, covering)
+    for i, c in enumerate(classes):
+        end = next((e for _, e, who in mentions if i in who), None)
+        if end is None:
             return Verdict(False, f"missing_class:{c.name}")
         # BOS and EOS take 2 of the window; the whole name must be readable, so count up to its
         # end (for a one-token name this equals "its start lies inside the window").
-        if token_counter is not None and token_counter(prompt[: match.end()]) > max_tokens - 2:
+        if token_counter is not None and token_counter(prompt[:end]) > max_tokens - 2:
             return Verdict(False, f"class_after_token_limit:{c.name}")
     if seen is not None:
         key = dedup_key(prompt)
@@ -277,15 +309,6 @@ def validate_prompt(
             return Verdict(False, "duplicate")
         seen.add(key)
     return Verdict(True, None)
-
-
-def _own_occurrence(prompt: str, phrase: str, longer: Sequence[str]) -> re.Match | None:
-    """First occurrence of ``phrase`` that is not part of an occurrence of a longer name."""
-    taken = [m.span() for m in _compiled(tuple(longer)).finditer(prompt)] if longer else []
-    for match in _compiled((phrase,)).finditer(prompt):
-        if not any(a <= match.start() and match.end() <= b for a, b in taken):
-            return match
-    return None
 
 
 def _words(name: str) -> tuple[str, ...]:
@@ -311,17 +334,18 @@ def covering_names(names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 # --------------------------------------------------------------------------- counterfactual
 
 
-def counterfactual(prompt: str, classes: Sequence[VocabClass], word: str = "nothing") -> str:
-    """``prompt`` with every class name (and its regular plural) replaced by ``word``.
+def counterfactual(prompt: str, classes: Sequence[VocabClass], word: str = "nothing",
+                   covering: Mapping[str, Sequence[str]] | None = None) -> str:
+    """``prompt`` with every mention of ``classes`` (:func:`class_mentions`) replaced by ``word``, nothing else.
 
-    One pass over a single alternation, longest names first, so "school bus" is replaced as a
-    unit before "bus" could match inside it; grammar is left alone ("a yellow school nothing").
+    "a woman on the couch" for (person, sofa) -> "a nothing on the nothing"; "a hotel lounge" and "the post
+    office" keep their words (those synonyms are not mentions). Grammar is left alone ("a yellow school nothing").
     """
-    if not classes:
-        return prompt
-    # synonyms too: a "person" prompt that also says "a woman" must not keep her in the counterfactual
-    pattern = _compiled(tuple({p for c in classes for p in (c.prompt_name, *c.synonyms) if _words(p)}))
-    return pattern.sub(lambda _: word, prompt)  # a function: `word` is never read as a template
+    out, last = [], 0
+    for start, end, _ in class_mentions(prompt, classes, covering):
+        out += [prompt[last:start], word]
+        last = end
+    return "".join(out) + prompt[last:]
 
 
 # --------------------------------------------------------------------------- simple prompts
@@ -340,23 +364,22 @@ SCENES = (
 )
 
 
-def _with_article(name: str) -> str:
-    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
-
-
 def _class_phrase(classes: Sequence[VocabClass]) -> str:
-    parts = [_with_article(c.prompt_name) for c in classes]
+    # the prompt names as the paper's Table VII writes them ("a photo of bus."): no article, which also keeps
+    # the counterfactual grammatical ("a photo of nothing.")
+    parts = [c.prompt_name for c in classes]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def template_prompts(
     classes: Sequence[VocabClass],
     n: int,
-    template: str = "a photo of {classes}",
+    template: str = "a photo of {classes}.",
     scenes: bool = False,
 ) -> list[str]:
-    """``n`` prompts from ``template`` ("a photo of a cat and a dog"); with ``scenes`` the class
-    phrase cycles through :data:`SCENES` ("a photo of a cat in a busy street market", ...)."""
+    """``n`` prompts from ``template``: "a photo of bus." (the paper's simple prompt), "a photo of cat and dog."
+    for two classes; with ``scenes`` the class phrase cycles through :data:`SCENES` ("a photo of cat in a busy
+    street market.", ...)."""
     if "{classes}" not in template:
         raise ValueError(f"template {template!r} has no {{classes}} placeholder")
     if not classes:
