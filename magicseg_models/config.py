@@ -59,8 +59,16 @@ class PromptsConfig(Section):
     max_new_tokens: int = Field(1024, ge=16)
     max_attempts: int = Field(3, ge=1, description="asks again this many times while a call lacks k valid prompts")
     on_failure: Literal["template", "drop"] = Field(
-        "template", description="a class set with no valid LLM prompt: use the template, or drop its jobs")
-    template: str = Field("a photo of {classes}", description="the paper's simple prompt (ablation baseline)")
+        "drop", description="a class set with no valid LLM prompt: drop its jobs (counted), or use the template "
+        "(counted as template_fallback)")
+    max_consecutive_failures: int = Field(
+        5, ge=1, description="this many LLM calls in a row refused by the server (400-type, not retried) stop "
+        "the stage with the server's message")
+    token_parameter: Literal["auto", "max_tokens", "max_completion_tokens"] = Field(
+        "auto", description="how max_new_tokens is sent; auto = max_completion_tokens to api.openai.com, "
+        "max_tokens elsewhere, switching once when the server rejects the one sent")
+    template: str = Field("a photo of {classes}.", description="the paper's simple prompt (Table VII): class "
+                          "prompt names, no article; two classes are joined by 'and'")
     template_scenes: bool = Field(False, description="vary the template with a few scene phrases")
     cache: str | None = Field(
         None, description="where LLM outputs are cached; None = OUT/prompts for builds, ~/.cache/magicseg otherwise")
@@ -582,6 +590,7 @@ if __name__ == "__main__":
 # any other difference on an existing dataset would mix two datasets in one.
 RERUN_FREE_KEYS = ("preset", "out", "num_samples", "shards_per_task", "ray", "storage", "prompts.concurrency",
                    "prompts.timeout_s", "prompts.max_retries", "prompts.cache", "prompts.resources",
+                   "prompts.token_parameter", "prompts.max_consecutive_failures",
                    "generator.resources", "annotate.resources", "generator.compile", "generator.attention",
                    "generator.channels_last")
 

@@ -21,6 +21,11 @@ Faults:
     ``("401",)``               401 whose error message echoes the presented key, as careless servers do
     ``("403",)``, ``("404",)``, ``("400",)``   the other client errors (404 = model not found)
 
+Request checks, as picky servers make them (before any fault): ``rejects`` - parameters answered with a 400 that
+names them, as OpenAI answers ``max_tokens`` for its newer models (``name_param=False``: the name is only in the
+message, as vLLM words it); ``only_default_temperature`` - a temperature other than 1 is a 400 (OpenAI's
+reasoning models); ``refuse_all`` - every chat request is a 400 with this message.
+
 The default responder is a callable ``(messages) -> str``; the built-in one echoes 10 numbered prompts
 mentioning the words it finds in double quotes in the last user message. Every request is recorded in
 ``srv.requests`` (method, path, headers - case-insensitive ``srv.requests[i]["headers"]["Authorization"]`` -,
@@ -85,8 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers)
 
     def _error(self, status: int, message: str, type_: str, code: str | None = None,
-               headers: dict[str, str] | None = None) -> None:
-        self._send_json(status, {"error": {"message": message, "type": type_, "param": None, "code": code}},
+               param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        self._send_json(status, {"error": {"message": message, "type": type_, "param": param, "code": code}},
                         headers)
 
     def _record(self, body: Any, fault: tuple | None) -> None:
@@ -118,6 +123,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(body, None)
             self._error(404, f"no route {self.path}", "invalid_request_error")
             return
+        refusal = self._refusal(body if isinstance(body, dict) else {})
+        if refusal is not None:
+            self._record(body, ("refused", refusal[0]))
+            self._error(400, *refusal)
+            return
         with fake._lock:
             fault = fake.faults.popleft() if fake.faults else None
             fake.in_flight += 1
@@ -128,6 +138,22 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with fake._lock:
                 fake.in_flight -= 1
+
+    def _refusal(self, body: dict) -> tuple[str, str, str | None, str | None] | None:
+        """(message, type, code, param) of the 400 a picky server sends for this request, or None."""
+        fake = self.server.fake
+        if fake.refuse_all is not None:
+            return fake.refuse_all, "invalid_request_error", None, None
+        for name in fake.rejects:
+            if name in body:
+                other = "max_completion_tokens" if name == "max_tokens" else "max_tokens"
+                return (f"Unsupported parameter: '{name}' is not supported with this model. Use '{other}' instead.",
+                        "invalid_request_error", "unsupported_parameter", name if fake.name_param else None)
+        temperature = body.get("temperature")
+        if fake.only_default_temperature and temperature is not None and temperature != 1:
+            return (f"Unsupported value: 'temperature' does not support {temperature} with this model. Only the "
+                    "default (1) value is supported.", "invalid_request_error", "unsupported_value", "temperature")
+        return None
 
     def _chat(self, body: dict, fault: tuple | None) -> None:
         fake = self.server.fake
@@ -143,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "429":
             retry_after = fault[1] if len(fault) > 1 else None
             headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
-            self._error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded", headers)
+            self._error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded", headers=headers)
             return
         if kind == "500":
             self._error(500, "The server had an error while processing your request.", "server_error")
@@ -151,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "503":
             retry_after = fault[1] if len(fault) > 1 else None
             headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
-            self._error(503, "The engine is currently overloaded.", "server_error", None, headers)
+            self._error(503, "The engine is currently overloaded.", "server_error", None, headers=headers)
             return
         if kind in ("401", "403"):
             auth = self.headers.get("Authorization", "")
@@ -208,8 +234,13 @@ class FakeOpenAI:
     """The server; start it with ``with FakeOpenAI() as srv`` (or ``start()``/``close()``)."""
 
     def __init__(self, responder: Responder | None = None, *, models: tuple[str, ...] | None = None,
-                 delay_s: float = 0.0, seed: int = 0) -> None:
+                 delay_s: float = 0.0, seed: int = 0, rejects: tuple[str, ...] = (), name_param: bool = True,
+                 only_default_temperature: bool = False, refuse_all: str | None = None) -> None:
         self.responder: Responder = responder or echo_responder
+        self.rejects = tuple(rejects)
+        self.name_param = name_param
+        self.only_default_temperature = only_default_temperature
+        self.refuse_all = refuse_all
         self.models = models  # None = any model name is served
         self.delay_s = delay_s  # sleep before every answer (to test concurrency limits)
         self.faults: deque[tuple] = deque()

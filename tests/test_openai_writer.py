@@ -184,6 +184,82 @@ def test_bad_request_is_not_retried(srv):
     assert client.stats.retries == 0 and len(srv.requests) == 2
 
 
+# --- servers that refuse a parameter, or every call ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name_param", [True, False])  # OpenAI names it in `param`; others only in the message
+def test_a_server_refusing_max_tokens_gets_max_completion_tokens_after_one_refusal(name_param):
+    with FakeOpenAI(rejects=("max_tokens",), name_param=name_param) as server:
+        client = _client(server, concurrency=4)
+        assert client.token_parameter == "max_tokens"  # what vLLM / Ollama take: the first guess off OpenAI
+        out = client.complete_many_sync([_messages(f"thing{i}") for i in range(6)])
+        assert all(text and text.startswith("1. ") for text in out)
+        again = client.complete_many_sync([_messages("cat"), _messages("dog")])
+        assert all(again)
+        refused = [r for r in server.chat_requests if r["fault"] and r["fault"][0] == "refused"]
+        assert len(refused) == 1 and "max_tokens" in refused[0]["json"]  # one refused call for the whole client
+        later = [r["json"] for r in server.chat_requests if r not in refused]
+        assert len(later) == 8 and all("max_completion_tokens" in b and "max_tokens" not in b for b in later)
+        assert later[0]["max_completion_tokens"] == 1024
+    s = client.stats
+    assert s.adjustments == {"token_parameter": "max_completion_tokens"} and s.failures == 0
+    assert s.errors == {"unsupported_parameter": 1} and (s.calls, s.retries) == (8, 1)
+
+
+def test_token_parameter_first_guess_and_forced_value():
+    assert OpenAIChat(model=MODEL, api_key=KEY).token_parameter == "max_completion_tokens"  # api.openai.com
+    assert OpenAIChat(model=MODEL, base_url="http://localhost:8000/v1").token_parameter == "max_tokens"
+    forced = OpenAIChat(model=MODEL, base_url="https://api.openai.com/v1", api_key=KEY, token_parameter="max_tokens")
+    assert forced.token_parameter == "max_tokens"
+    with pytest.raises(LLMError, match="token_parameter"):
+        OpenAIChat(model=MODEL, api_key=KEY, token_parameter="max_new_tokens")
+
+
+def test_a_forced_token_parameter_is_not_switched():
+    with FakeOpenAI(rejects=("max_tokens",)) as server:
+        client = _client(server, token_parameter="max_tokens", max_consecutive_failures=2, concurrency=1)
+        assert _complete(client, _messages("cat")) is None
+        with pytest.raises(LLMError, match="Unsupported parameter: 'max_tokens'"):
+            _complete(client, _messages("cat"))
+        assert all("max_tokens" in r["json"] for r in server.chat_requests) and len(server.chat_requests) == 2
+    assert client.stats.adjustments == {}
+
+
+def test_a_model_that_takes_only_its_default_temperature_is_told_so_and_the_change_is_recorded(caplog):
+    with FakeOpenAI(only_default_temperature=True) as server:
+        client = _client(server, temperature=0.7, concurrency=4)
+        with caplog.at_level(logging.WARNING, logger="magicseg_models.prompts.openai_writer"):
+            out = client.complete_many_sync([_messages(f"thing{i}") for i in range(5)])
+        assert all(out)
+        bodies = [r["json"] for r in server.chat_requests]
+        assert bodies[0]["temperature"] == 0.7 and all("temperature" not in b for b in bodies[1:])
+        assert len(bodies) == 6
+    assert client.stats.adjustments == {"temperature": "the model's default (asked 0.7)"}
+    assert "refuses temperature 0.7" in caplog.text
+
+
+def test_a_server_refusing_every_call_stops_after_k_calls_with_its_message():
+    said = "This model's maximum context length is 4097 tokens, you requested 9000."
+    with FakeOpenAI(refuse_all=said) as server:
+        client = _client(server, concurrency=8, max_consecutive_failures=3)
+        with pytest.raises(LLMError) as info:
+            client.complete_many_sync([_messages(f"thing{i}") for i in range(10)])
+        assert len(server.chat_requests) == 3  # calls go one at a time until one is accepted
+    msg = str(info.value)
+    assert "\n" not in msg and said in msg and "refused 3 calls in a row (400)" in msg
+    assert client.stats.errors == {"bad_request": 3} and client.stats.failures == 3
+
+
+def test_refusals_between_successes_do_not_stop_the_client(srv):
+    client = _client(srv, concurrency=1, max_consecutive_failures=3)
+    srv.faults.extend([("400",), ("400",)])
+    out = client.complete_many_sync([_messages(f"thing{i}") for i in range(3)])
+    assert out[:2] == [None, None] and out[2]  # the success resets the count
+    srv.faults.extend([("400",), ("400",)])
+    assert client.complete_many_sync([_messages("a"), _messages("b"), _messages("c")])[2]
+    assert client.stats.failures == 4
+
+
 # --- fatal errors -------------------------------------------------------------------------------------
 
 
@@ -328,10 +404,12 @@ def test_complete_many_sync_inside_running_loop(srv):
 
 def test_stats_merge_and_dict():
     a = LLMStats(calls=2, retries=1, prompt_tokens=10, completion_tokens=20, errors={"timeout": 1})
-    b = LLMStats(calls=3, failures=1, prompt_tokens=5, errors={"timeout": 2, "empty": 1})
+    b = LLMStats(calls=3, failures=1, prompt_tokens=5, errors={"timeout": 2, "empty": 1},
+                 adjustments={"token_parameter": "max_completion_tokens"})
     a.merge(b)
     assert a.as_dict() == {"calls": 5, "retries": 1, "failures": 1, "prompt_tokens": 15, "completion_tokens": 20,
-                           "errors": {"empty": 1, "timeout": 3}}
+                           "errors": {"empty": 1, "timeout": 3},
+                           "adjustments": {"token_parameter": "max_completion_tokens"}}
     a.merge(b.as_dict())  # e.g. a worker's stats sent back as a dict
     assert a.calls == 8 and a.errors == {"timeout": 5, "empty": 2}
     assert LLMStats.from_dict(a.as_dict()) == a

@@ -105,7 +105,7 @@ def test_invalid_prompts_are_rejected_asked_again_then_fallback_or_drop(tmp_path
         counter = lambda text: len(text.split())  # noqa: E731 - one token per word, like CLIP on plain words
         writer = _writer(config, tmp_path, token_counter=counter)
         [row] = writer(_jobs((["cat"], 0)))
-        assert row["prompt"] == "a photo of a cat"  # fell back to the paper's simple prompt
+        assert row["prompt"] == "a photo of cat."  # fell back to the paper's simple prompt
         _assert_valid(row)
         stats = writer.stats()
         assert stats["rejects"]["missing_class"] == 4
@@ -124,7 +124,7 @@ def test_class_after_the_token_window_is_rejected(tmp_path):
         prompts = writer.prompts_for([Vocabulary.default().resolve("cat")], 2)
     assert writer.stats()["rejects"] == {"class_after_token_limit": 1}
     # one valid prompt for two jobs: the second job never gets a copy of it, it falls back
-    assert [p["prompt"] for p in prompts] == ["a cat sleeping on a warm windowsill at dawn", "a photo of a cat"]
+    assert [p["prompt"] for p in prompts] == ["a cat sleeping on a warm windowsill at dawn", "a photo of cat."]
     assert writer.stats()["outcomes"] == {"llm": 1, "template_fallback": 1}
 
 
@@ -170,8 +170,8 @@ def test_template_backend_is_the_papers_simple_prompt(tmp_path):
     config = _config(None, prompts__backend="template")
     writer = _writer(config, tmp_path)
     rows = writer(_jobs((["cat"], 0), (["apple", "dog"], 2)))
-    assert [r["prompt"] for r in rows] == ["a photo of a cat", "a photo of an apple and a dog"]
-    assert [r["counterfactual_prompt"] for r in rows] == ["a photo of a nothing", "a photo of an nothing and a nothing"]
+    assert [r["prompt"] for r in rows] == ["a photo of cat.", "a photo of apple and dog."]
+    assert [r["counterfactual_prompt"] for r in rows] == ["a photo of nothing.", "a photo of nothing and nothing."]
     scenes = _writer(_config(None, prompts__backend="template", prompts__template_scenes="true"), tmp_path)
     assert len({r["prompt"] for r in scenes(_jobs((["cat"], 0), (["cat"], 1), (["cat"], 2)))}) == 3
 
@@ -187,6 +187,50 @@ def test_hf_backend_on_the_tiny_model_copes_with_junk(tmp_path):
     assert stats["llm"]["calls"] == 2 * config.prompts.max_attempts  # junk is asked for again, then falls back
     assert stats["llm"]["completion_tokens"] > 0
     assert sum(stats["outcomes"].values()) == 2
+
+
+def test_llm_backends_drop_by_default_and_only_tiny_falls_back_to_templates():
+    from magicseg_models.config import PromptsConfig
+
+    assert PromptsConfig().on_failure == "drop"
+    assert load_config("build", "sd15").prompts.on_failure == "drop"
+    assert load_config("build", "tiny").prompts.on_failure == "template"  # its random LLM writes junk
+
+
+def test_a_server_refusing_max_tokens_still_gives_llm_prompts(tmp_path):
+    with FakeOpenAI(responder=varied_responder(), rejects=("max_tokens",)) as srv:
+        writer = _writer(_config(srv, prompts__on_failure="drop", prompts__concurrency=8), tmp_path)
+        rows = writer(_jobs((["cat"], 0), (["dog"], 0), (["bus (vehicle)", "horse"], 0), (["bicycle"], 0)))
+        refused = [r for r in srv.chat_requests if r["fault"] and r["fault"][0] == "refused"]
+    assert len(refused) == 1 and len(srv.chat_requests) == 5
+    for row in rows:
+        _assert_valid(row)
+    stats = writer.stats()
+    assert stats["outcomes"] == {"llm": 4}
+    assert stats["llm"]["adjustments"] == {"token_parameter": "max_completion_tokens"}
+
+
+def test_a_server_refusing_every_call_stops_the_stage_with_its_message_nothing_templated(tmp_path):
+    from magicseg_models.prompts.openai_writer import LLMError
+
+    said = "Invalid 'messages': the organization's usage policy blocks this request."
+    with FakeOpenAI(refuse_all=said) as srv:
+        # even with on_failure=template the refusals are not turned into template prompts
+        writer = _writer(_config(srv, prompts__on_failure="template"), tmp_path)
+        jobs = _jobs(*[([name], 0) for name in ("cat", "dog", "horse", "bicycle", "bottle", "person", "bus")])
+        with pytest.raises(LLMError) as info:
+            writer(jobs)
+        assert len(srv.chat_requests) == writer.config.max_consecutive_failures == 5
+    assert said in str(info.value) and "\n" not in str(info.value)
+    assert "template_fallback" not in writer.stats()["outcomes"]
+
+
+def test_a_forced_temperature_change_is_in_the_stage_stats(tmp_path):
+    with FakeOpenAI(responder=varied_responder(), only_default_temperature=True) as srv:
+        writer = _writer(_config(srv, prompts__temperature=0.7), tmp_path)
+        [row] = writer(_jobs((["cat"], 0)))
+    _assert_valid(row)
+    assert writer.stats()["llm"]["adjustments"] == {"temperature": "the model's default (asked 0.7)"}
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +300,7 @@ def test_cache_is_keyed_by_the_instruction_and_revalidated(server, tmp_path):
     # a cached prompt that no longer validates (here: shorter token window) is not served
     strict = _writer(_config(server), tmp_path, token_counter=lambda text: 1000)
     [fallback] = strict.prompts_for([vocab.resolve("bus (vehicle)")], 1)
-    assert fallback["prompt"] == "a photo of a bus" and strict.stats()["cache_hits"] == 1
+    assert fallback["prompt"] == "a photo of bus." and strict.stats()["cache_hits"] == 1
 
 
 def test_pair_calls_ask_only_for_what_their_jobs_need(server, tmp_path):

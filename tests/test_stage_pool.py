@@ -32,7 +32,7 @@ def test_pairs_stream_through_actor_pools(local_ray, tmp_path):
     assert [r["sample_id"] for r in out] == [r["sample_id"] for r in rows]
     assert out[2]["drop_reason"] == "already_dropped" and "image" not in out[2]  # passed through untouched
     for row in out[:2] + out[3:]:
-        assert row["prompt"] == "a photo of a cat" and row["counterfactual_prompt"] == "a photo of a nothing"
+        assert row["prompt"] == "a photo of cat." and row["counterfactual_prompt"] == "a photo of nothing."
         assert decode_image(row["image"]).size == (config.generator.width, config.generator.height)
     stats = pairs.stats()
     assert sum(s["rows"] for s in stats) == 6 and all(s["rows"] > 0 for s in stats)  # both actors worked

@@ -28,7 +28,17 @@ Failure handling (the SDK's own retries are off, ``max_retries=0``; this module 
   completion content (``empty``). A ``Retry-After`` (seconds or HTTP-date; or ``retry-after-ms``) header on a
   429/5xx is used as the delay instead, capped at ``backoff_max_s``.
 * not retried, the call returns ``None``: other 4xx such as 400 / 422 (``bad_request``: e.g. context too long -
-  asking again cannot help, but other calls may still succeed).
+  asking again cannot help, but other calls may still succeed). ``max_consecutive_failures`` such refusals in a
+  row (no success in between) raise :class:`LLMError` with the server's message: every call is being refused, and
+  the build must stop before it spends GPU time on nothing.
+* a 400 that names a parameter this client sent is answered by changing the request once per client and asking
+  again at once (counted as a retry, error kind ``unsupported_parameter``): ``max_tokens`` <->
+  ``max_completion_tokens`` (current OpenAI models take only the latter; older servers only the former) when
+  ``token_parameter="auto"``, and ``temperature`` (models that take only their default, 1) is then left out, with a
+  warning, since it changes the prompts. ``stats.adjustments`` records both. ``token_parameter="auto"`` starts with
+  ``max_completion_tokens`` on api.openai.com and ``max_tokens`` on any other server (vLLM, Ollama, llama.cpp).
+  Until a call succeeds, calls go one at a time, so such a server sees one refused request per client, not one
+  per call in flight.
 * raised as :class:`LLMError` (asking again cannot fix them, and every other call would fail the same way):
   401 / 403 (the key is rejected; counted as ``auth``) and 404 (no such model, or a base URL without ``/v1``;
   ``not_found``). In :meth:`OpenAIChat.complete_many` such an error cancels the other calls.
@@ -45,6 +55,7 @@ import ipaddress
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -84,6 +95,8 @@ class LLMStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # failed attempts by kind
+    # requests changed to suit the server ("token_parameter", "temperature" -> what is sent now)
+    adjustments: dict[str, str] = field(default_factory=dict)
 
     _COUNTERS = ("calls", "retries", "failures", "prompt_tokens", "completion_tokens")
 
@@ -94,10 +107,12 @@ class LLMStats:
             setattr(self, name, getattr(self, name) + int(get(name, 0) or 0))
         for kind, n in dict(get("errors", None) or {}).items():
             self.errors[kind] = self.errors.get(kind, 0) + int(n)
+        self.adjustments.update({str(k): str(v) for k, v in dict(get("adjustments", None) or {}).items()})
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {name: getattr(self, name) for name in self._COUNTERS}
         d["errors"] = dict(sorted(self.errors.items()))
+        d["adjustments"] = dict(sorted(self.adjustments.items()))
         return d
 
     @classmethod
@@ -192,6 +207,17 @@ def _one_line(text: object, limit: int = 200) -> str:
 class _LoopState:
     client: Any  # openai.AsyncOpenAI
     semaphore: asyncio.Semaphore
+    probe: asyncio.Lock  # held by the one call in flight while the server has not yet accepted a request
+
+
+TOKEN_PARAMETERS = ("max_tokens", "max_completion_tokens")
+
+
+def _is_openai(base_url: str | None) -> bool:
+    try:
+        return (urlsplit(base_url or DEFAULT_BASE_URL).hostname or "").lower() == "api.openai.com"
+    except ValueError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -210,7 +236,7 @@ class OpenAIChat:
     def __init__(self, *, model: str, base_url: str | None = None, api_key: str | None = None,
                  concurrency: int = 16, timeout_s: float = 60.0, max_retries: int = 5,
                  backoff_base_s: float = 0.5, backoff_max_s: float = 30.0, temperature: float = 1.0,
-                 max_tokens: int = 1024) -> None:
+                 max_tokens: int = 1024, token_parameter: str = "auto", max_consecutive_failures: int = 5) -> None:
         if not model:
             raise LLMError("no LLM model: set prompts.model")
         if concurrency < 1:
@@ -221,6 +247,11 @@ class OpenAIChat:
             raise LLMError(f"LLM timeout_s must be > 0, got {timeout_s}")
         if backoff_base_s < 0 or backoff_max_s < 0:
             raise LLMError("LLM backoff delays must be >= 0")
+        if token_parameter not in ("auto", *TOKEN_PARAMETERS):
+            raise LLMError(f"LLM token_parameter must be auto, max_tokens or max_completion_tokens, got "
+                           f"{token_parameter!r}")
+        if max_consecutive_failures < 1:
+            raise LLMError(f"LLM max_consecutive_failures must be >= 1, got {max_consecutive_failures}")
         self.model = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.concurrency = int(concurrency)
@@ -230,6 +261,14 @@ class OpenAIChat:
         self.backoff_max_s = float(backoff_max_s)
         self.temperature = temperature
         self.max_tokens = int(max_tokens)
+        self.max_consecutive_failures = int(max_consecutive_failures)
+        self._auto_tokens = token_parameter == "auto"
+        if self._auto_tokens:
+            token_parameter = "max_completion_tokens" if _is_openai(self.base_url) else "max_tokens"
+        self.token_parameter = token_parameter  # the one sent now
+        self.send_temperature = True  # False once the server refused the temperature
+        self._accepted = False  # a call succeeded: calls may run concurrently
+        self._refused_in_a_row = 0
         self._api_key = resolve_api_key(api_key, self.base_url)
         self.stats = LLMStats()
         self._lock = threading.Lock()
@@ -266,7 +305,7 @@ class OpenAIChat:
 
                 client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
                                             timeout=self.timeout_s)
-                st = self._loops[loop] = _LoopState(client, asyncio.Semaphore(self.concurrency))
+                st = self._loops[loop] = _LoopState(client, asyncio.Semaphore(self.concurrency), asyncio.Lock())
             return st
 
     async def aclose(self) -> None:
@@ -319,22 +358,69 @@ class OpenAIChat:
         """
         st = self._state()
         async with st.semaphore:
+            if not self._accepted:
+                async with st.probe:  # one at a time until the server accepts a request as we send it
+                    if not self._accepted:
+                        return await self._complete(st.client, messages)
             return await self._complete(st.client, messages)
+
+    def _request(self, messages: list[dict]) -> dict[str, Any]:
+        request: dict[str, Any] = {"model": self.model, "messages": messages, self.token_parameter: self.max_tokens}
+        if self.send_temperature:
+            request["temperature"] = self.temperature
+        return request
+
+    def _rejected_parameter(self, exc: Any, request: dict[str, Any]) -> str | None:
+        """The parameter of ``request`` a 400 names (OpenAI's ``param`` field, else the message), if any."""
+        param = getattr(exc, "param", None)
+        if isinstance(param, str) and param:
+            return param if param in request else None
+        message = str(getattr(exc, "message", "") or "")
+        return next((p for p in (self.token_parameter, "temperature")
+                     if p in request and re.search(rf"(?<![\w]){p}(?![\w])", message)), None)
+
+    def _adapt(self, param: str) -> bool:
+        """Change the request so the server takes it; False when nothing is left to change for ``param``."""
+        with self._lock:
+            if param == self.token_parameter and self._auto_tokens and "token_parameter" not in self.stats.adjustments:
+                old = self.token_parameter
+                self.token_parameter = next(p for p in TOKEN_PARAMETERS if p != old)
+                self.stats.adjustments["token_parameter"] = self.token_parameter
+                logger.info("LLM endpoint %s refused %s: sending %s instead", self.endpoint, old, self.token_parameter)
+                return True
+            if param == "temperature" and self.send_temperature:
+                self.send_temperature = False
+                self.stats.adjustments["temperature"] = f"the model's default (asked {self.temperature:g})"
+                logger.warning("LLM endpoint %s (model %s) refuses temperature %g: prompts are now written at the "
+                               "model's default temperature", self.endpoint, self.model, self.temperature)
+                return True
+            return False
+
+    def _refused(self, status: int, message: str) -> LLMError | None:
+        """Count a non-retryable refusal; the error to raise once ``max_consecutive_failures`` are in a row."""
+        with self._lock:
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row < self.max_consecutive_failures:
+                return None
+        return LLMError(f"LLM endpoint {self.endpoint} refused {self._refused_in_a_row} calls in a row ({status}), "
+                        f"stopping: {message or 'no message'}")
 
     async def _complete(self, client: Any, messages: list[dict]) -> str | None:
         import openai
 
         self._count(calls=1)
         attempts = self.max_retries + 1
-        for attempt in range(attempts):
+        attempt = 0
+        while attempt < attempts:
             if attempt:
                 self._count(retries=1)
             retry_after: float | None = None
             status: int | None = None
             fatal: LLMError | None = None
+            adapted = False
+            request = self._request(messages)
             try:
-                response = await client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
+                response = await client.chat.completions.create(**request)
             except openai.APITimeoutError:
                 kind = "timeout"
             except openai.APIConnectionError:
@@ -362,11 +448,13 @@ class OpenAIChat:
                     kind = "timeout"
                 elif status == 409:
                     kind = "conflict"
+                elif self._adapt(self._rejected_parameter(exc, request) or ""):
+                    kind, adapted = "unsupported_parameter", True
                 else:  # 400, 413, 422, ...: this request is wrong; asking again cannot help
-                    self._count(failures=1, error="bad_request")
-                    logger.warning("LLM call to %s failed with %s (not retried): %s", self.endpoint, status,
-                                   self._redact(getattr(exc, "message", "")))
-                    return None
+                    kind = "bad_request"
+                    said = self._redact(getattr(exc, "message", ""))
+                    logger.warning("LLM call to %s failed with %s (not retried): %s", self.endpoint, status, said)
+                    fatal = self._refused(status, said)
             except (openai.APIResponseValidationError, ValueError):  # JSONDecodeError, pydantic errors
                 kind = "malformed"
             else:
@@ -381,14 +469,24 @@ class OpenAIChat:
                     message = getattr(choices[0], "message", None) if choices else None
                     content = getattr(message, "content", None)
                     if isinstance(content, str) and content.strip():
+                        with self._lock:
+                            self._accepted, self._refused_in_a_row = True, 0
                         logger.debug("LLM call to %s ok after %d attempt(s) (%s)", self.endpoint, attempt + 1,
                                      _usage_text(usage))
                         return content
                     kind = "empty"
 
             self._count(error=kind)
+            if kind == "bad_request":
+                self._count(failures=1)
             if fatal is not None:
                 raise fatal
+            if kind == "bad_request":
+                return None
+            if adapted:  # the same call again at once with the changed request; it does not use up a retry
+                attempts += 1
+                attempt += 1
+                continue
             what = f"{kind} ({status})" if status is not None else kind
             if attempt + 1 >= attempts:
                 self._count(failures=1)
@@ -399,6 +497,7 @@ class OpenAIChat:
             logger.debug("LLM call to %s: %s on attempt %d/%d, retrying in %.2fs%s", self.endpoint, what,
                          attempt + 1, attempts, delay, " (Retry-After)" if retry_after is not None else "")
             await asyncio.sleep(delay)
+            attempt += 1
         return None  # unreachable (the loop returns), kept for type checkers
 
     # --- many calls -----------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ over the class list, from the planner) picks call ``variant // k`` and slot ``va
 the same classes get different prompts and every call serves ``k`` jobs. Answers are parsed, every prompt is
 validated (class present as a whole word and inside the text encoder's window, sane, not a duplicate), a call
 short of valid prompts is asked again up to ``max_attempts`` times, and the valid prompts are cached on storage.
-A class set with no valid prompt falls back to the template prompt or is dropped (``prompts.on_failure``).
+A class set with no valid prompt has its jobs dropped (``prompts.on_failure=drop``, the default) or given the
+template prompt (``template``); either is counted in ``stats()["outcomes"]`` and logged as a warning. A server that
+refuses every call stops the stage (``prompts.max_consecutive_failures``) instead of yielding nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Any, Callable, Sequence
 from magicseg_models.config import PromptsConfig
 from magicseg_models.prompts.cache import PromptCache, cache_key
 from magicseg_models.prompts.text import (
-    INSTRUCTION_VERSION, build_instruction, counterfactual, covering_names, parse_completion, template_prompts,
-    tokenizer_counter, validate_prompt,
+    INSTRUCTION_VERSION, build_instruction, counterfactual, covering_names, mention_phrases, parse_completion,
+    template_prompts, tokenizer_counter, validate_prompt,
 )
 from magicseg_models.vocabulary import VocabClass, Vocabulary
 
@@ -68,7 +70,8 @@ def make_chat(config: PromptsConfig, api_key: str | None = None, seed: int = 0):
         return OpenAIChat(model=config.model, base_url=config.base_url, api_key=api_key,
                           concurrency=config.concurrency, timeout_s=config.timeout_s,
                           max_retries=config.max_retries, temperature=config.temperature,
-                          max_tokens=config.max_new_tokens)
+                          max_tokens=config.max_new_tokens, token_parameter=config.token_parameter,
+                          max_consecutive_failures=config.max_consecutive_failures)
     if config.backend == "hf":
         from magicseg_models.prompts.hf_writer import HFChat
 
@@ -89,8 +92,8 @@ class PromptWriter:
         self.cache = cache or PromptCache(None)
         self.token_counter = token_counter
         self.chat = chat if chat is not None else make_chat(config, api_key=api_key, seed=seed)
-        # names inside longer vocabulary names ("bear" in "teddy bear") do not count as the class
-        self.covering = covering_names(tuple(c.prompt_name for c in vocabulary))
+        # mentions inside longer vocabulary names ("bear" in "teddy bear") do not count as the class
+        self.covering = covering_names(tuple(p for c in vocabulary for p in mention_phrases(c)))
         self.rejects: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()  # llm, template, template_fallback, reused, dropped
 
@@ -105,7 +108,8 @@ class PromptWriter:
             if prompt is None:
                 row.update(prompt=None, counterfactual_prompt=None, drop_reason=DROP_PROMPT_FAILED)
             else:
-                row.update(prompt=prompt, counterfactual_prompt=counterfactual(prompt, classes))
+                row.update(prompt=prompt, counterfactual_prompt=counterfactual(prompt, classes,
+                                                                               covering=self.covering))
             out.append(row)
         return out
 
@@ -113,7 +117,8 @@ class PromptWriter:
         """``n`` prompt pairs for one class set (what ``magicseg prompts`` prints)."""
         chosen = self._prompts_for_jobs([(list(classes), v) for v in range(n)])
         return [{"class_names": [c.name for c in classes], "prompt": p,
-                 "counterfactual_prompt": None if p is None else counterfactual(p, classes)} for p in chosen]
+                 "counterfactual_prompt": None if p is None else counterfactual(p, classes, covering=self.covering)}
+                for p in chosen]
 
     def stats(self) -> dict[str, Any]:
         """Accounting for the manifest and the Prefect artifact: LLM calls and tokens, cache, rejects, outcomes."""
@@ -135,6 +140,7 @@ class PromptWriter:
             needed[cid] = max(needed.get(cid, 0), variant % k + 1)
         answers = self._answers(calls, needed)
         chosen: list[str | None] = []
+        failed = 0
         for classes, variant in jobs:
             prompts = answers[self._call_id(classes, variant // k)]
             slot = variant % k
@@ -144,9 +150,16 @@ class PromptWriter:
             elif self.config.on_failure == "template":  # never a second job with the same LLM prompt
                 self.outcomes["template_fallback"] += 1
                 chosen.append(self._template(classes, variant))
+                failed += 1
             else:
                 self.outcomes["dropped"] += 1
                 chosen.append(None)
+                failed += 1
+        if failed:  # the dataset changes either way: say so where the run's log is read
+            logger.warning("%d of %d jobs got no valid %s prompt: %s (prompts.on_failure=%s); rejects so far: %s",
+                           failed, len(jobs), self.config.backend,
+                           "template prompts instead" if self.config.on_failure == "template" else "dropped",
+                           self.config.on_failure, dict(self.rejects))
         return chosen
 
     def _template(self, classes: Sequence[VocabClass], variant: int) -> str:
