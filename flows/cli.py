@@ -12,8 +12,14 @@ import os
 import sys
 from typing import Any, Sequence
 
-from flows.params import refuse_storage_secrets
-from flows.progress import progress_callback
+try:
+    from flows.params import refuse_storage_secrets
+    from flows.progress import progress_callback
+except ImportError as _err:  # a library too old for magicseg_models: its one line (what to install), no traceback
+    if type(_err).__name__ != "LibraryVersionError":
+        raise
+    print(f"magicseg: error: {_err}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 EXIT_USAGE = 2  # bad input: config, class names, storage, arguments
 EXIT_UNHEALTHY = 1  # `inspect` found missing/corrupt/unlisted shards
@@ -233,6 +239,41 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    """Every model the config(s) will load and whether it is here; exit 1 naming what is missing and its fetch."""
+    from magicseg_models.config import KINDS, available_presets, load_config
+    from magicseg_models.errors import ConfigError
+    from magicseg_models.weights.inventory import HERE, MISSING, list_models
+
+    name = args.preset or "tiny"
+    kinds = [args.kind] if args.kind else [k for k in KINDS if name in available_presets(k)]
+    if not kinds:
+        raise ConfigError(f"unknown preset '{name}'; available: " + "; ".join(
+            f"{k}: {', '.join(available_presets(k))}" for k in KINDS))
+    if len(kinds) > 1 and (args.config or args.set):
+        raise ConfigError(f"preset '{name}' exists for {', '.join(kinds)}: --config/--set need --kind to say which")
+    entries = []
+    for kind in kinds:
+        entries += list_models(load_config(kind, args.preset, args.config, args.set or ()))
+    missing = [e for e in entries if e.available == MISSING]
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("kind", "role", "source", "format", "dtype", "here", title=f"models of '{name}'")
+        for e in entries:
+            source = e.source + (f" @ {e.revision}" if e.revision else "")
+            style = "green" if e.available == HERE else "red" if e.available == MISSING else "yellow"
+            table.add_row(e.kind, e.role, source, e.format, e.dtype, f"[{style}]{e.available}[/]")
+        Console(width=200).print(table)
+    for line in dict.fromkeys(f"magicseg models: missing {e.role} {e.source} ({', '.join(e.missing)}); fetch: "
+                              f"{e.fetch}" for e in missing):
+        print(line, file=sys.stderr)
+    return EXIT_UNHEALTHY if missing else 0
+
+
 def _print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -305,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.add_argument("--n", type=int, default=16)
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("models", help="every model a config loads, where from, and whether it is here (offline)")
+    p.add_argument("--preset", help="preset name (default tiny); without --kind, every config kind that has it")
+    p.add_argument("--kind", choices=["build", "train", "eval"], help="which config kind the preset/--set are of")
+    _add_overrides(p)
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train ZegCLIP on a dataset (Ray Train)")
     p.add_argument("--data", required=True, metavar="URI")

@@ -9,13 +9,14 @@ being silently ignored.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from importlib import resources
 from typing import Any, Literal, Sequence, get_args, get_origin
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from magicseg_models.errors import ConfigError
 
@@ -26,6 +27,30 @@ benchmarks, no download); ``tiny``: tiny models built from configs in code (test
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ------------------------------------------------------------------------------------------- model paths
+SAM_VIT_H_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".py")
+
+
+def resolve_local_path(value: str | None, *, hub_id_allowed: bool = True) -> str | None:
+    """A relative local path made absolute against the working directory of the process loading the config.
+
+    Configs are loaded where the user runs the command (the driver); Ray actors run elsewhere (another working
+    directory, another node), so a relative path must be fixed here. URLs, absolute paths and hub ids
+    (``org/name``, when ``hub_id_allowed``: anything not written as a path, not existing here and not named like a
+    file) stay as they are.
+    """
+    if value is None or ("://" in value and not value.startswith("file://")):
+        return value
+    path = os.path.expanduser(value.removeprefix("file://"))
+    if os.path.isabs(path):
+        return path if path != value.removeprefix("file://") else value
+    written_as_path = value.startswith(("./", "../", "file://")) or path.lower().endswith(_FILE_SUFFIXES)
+    if hub_id_allowed and not written_as_path and not os.path.exists(path):
+        return value
+    return os.path.abspath(path)
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -47,8 +72,13 @@ class PlanConfig(Section):
     two_class_fraction: float = Field(0.5, ge=0, le=1, description="share of jobs asking for two classes")
 
 
+HF_PROMPTS_NUM_GPUS = 0.5  # prompts.backend=hf: GPU share per actor unless prompts.resources.num_gpus is set
+
+
 class PromptsConfig(Section):
-    backend: Literal["openai", "hf", "template"] = "openai"
+    backend: Literal["openai", "hf", "template"] = Field(
+        "openai", description=f"hf: a local transformers LLM, whose actors ask for {HF_PROMPTS_NUM_GPUS} GPU "
+        "unless prompts.resources.num_gpus is set")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = api.openai.com")
     model: str = "gpt-3.5-turbo"
     weights: Weights = "pretrained"
@@ -77,10 +107,35 @@ class PromptsConfig(Section):
     max_retries: int = Field(5, ge=0, description="per LLM request, on 429/5xx/timeouts (honours Retry-After)")
     resources: StageResources = StageResources(num_gpus=0.0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _local_llm_gets_a_gpu(cls, data: Any) -> Any:
+        # the hf backend runs the LLM inside its actors: a GPU share unless the user set one (API backends need
+        # none; on a cluster without GPUs every stage runs with num_gpus=0 anyway)
+        if not isinstance(data, dict) or data.get("backend") != "hf":
+            return data
+        resources = data.get("resources")
+        if isinstance(resources, StageResources):
+            if "num_gpus" in resources.model_fields_set:
+                return data
+            resources = resources.model_dump(exclude_unset=True)
+        resources = dict(resources or {})
+        if "num_gpus" not in resources:
+            data = {**data, "resources": {**resources, "num_gpus": HF_PROMPTS_NUM_GPUS}}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _local_model_path(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_local_path(value) if info.data.get("backend") == "hf" else value
+
 
 class GeneratorConfig(Section):
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     revision: str | None = None
+    variant: str | None = Field(
+        None, description="weights variant to load (fp16: the *.fp16.* files, half the download); a component "
+        "without them loads its plain files (one log line); tiny/random load nothing")
     weights: Weights = "pretrained"
     height: int = Field(512, ge=8)
     width: int = Field(512, ge=8)
@@ -96,6 +151,8 @@ class GeneratorConfig(Section):
     jpeg_quality: int = Field(95, ge=1, le=100)
     resources: StageResources = StageResources()
 
+    _local_model_path = field_validator("model")(lambda value: resolve_local_path(value))
+
     @field_validator("height", "width")
     @classmethod
     def _multiple_of_8(cls, value: int) -> int:
@@ -110,7 +167,11 @@ class DetectorConfig(Section):
     model: str = "IDEA-Research/grounding-dino-tiny"
     weights: Weights = "pretrained"
     config_file: str | None = Field(None, description="official backend: GroundingDINO_SwinT_OGC.py")
-    checkpoint: str | None = Field(None, description="official backend: groundingdino_swint_ogc.pth")
+    checkpoint: str | None = Field(
+        None, description="official backend: groundingdino_swint_ogc.pth, a path or URL (s3://, https://, hf://)")
+    text_encoder: str | None = Field(
+        None, description="official backend: its BERT, a folder or hub id; None = the config file's "
+        "text_encoder_type (bert-base-uncased)")
     box_threshold: float = Field(0.3, ge=0, le=1)
     text_threshold: float = Field(0.25, ge=0, le=1)
     max_text_tokens: int = Field(256, ge=8, description="captions longer than this are split into chunks")
@@ -123,17 +184,27 @@ class DetectorConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype on a GPU (a CPU runs float32)")
 
+    _local_paths = field_validator("model", "text_encoder")(lambda value: resolve_local_path(value))
+    _local_files = field_validator("config_file", "checkpoint")(
+        lambda value: resolve_local_path(value, hub_id_allowed=False))
+
 
 class SegmenterConfig(Section):
     backend: Literal["segment-anything", "transformers"] = "segment-anything"
     model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
     checkpoint: str | None = Field(
-        "sam_vit_h_4b8939.pth", description="segment-anything .pth; transformers backend: hub id or folder "
-        "(None = facebook/sam-vit-<size>)")
+        SAM_VIT_H_URL, description="segment-anything .pth: a path or URL (s3://, https://, hf://), fetched once "
+        "per node into $MAGICSEG_CACHE/checkpoints; transformers backend: hub id or folder (None or a .pth = "
+        "facebook/sam-vit-<size>)")
     weights: Weights = "pretrained"
     batch_size: int = Field(4, ge=1, description="images per SAM image-encoder pass (each image embedded once)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype on a GPU (a CPU runs float32)")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _local_checkpoint_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_local_path(value, hub_id_allowed=info.data.get("backend") == "transformers")
 
 
 class AnnotateConfig(Section):
@@ -175,7 +246,10 @@ class BuildConfig(Section):
 
 # ----------------------------------------------------------------------------------------------- train
 class ZegCLIPConfig(Section):
-    clip: str = "openai/clip-vit-base-patch16"
+    clip: str = Field("openai/clip-vit-base-patch16", description="hub id, transformers folder, or OpenAI's "
+                      "ViT-B-16.pt (TorchScript archive or state dict; a path or URL)")
+    tokenizer: str | None = Field(None, description="CLIP tokenizer, hub id or folder; None = model.clip's own "
+                                  "(for an OpenAI .pt file: openai/clip-vit-base-patch16, the same BPE)")
     weights: Weights = "pretrained"
     image_size: int = 512
     prompt_tokens: int = Field(10, ge=0, description="deep prompt tokens per layer (100 in COCO configs)")
@@ -195,6 +269,8 @@ class ZegCLIPConfig(Section):
         True, description="CLS input = 2 x CLIP's class embedding + its position, as the official ZegCLIP code "
         "computes it; false = once, as CLIP itself (docs/training.md)")
     text_cache_dir: str | None = Field(None, description="folder for cached class-name text embeddings; None = memory only")
+
+    _local_paths = field_validator("clip", "tokenizer")(lambda value: resolve_local_path(value))
 
 
 class SamplingConfig(Section):

@@ -24,7 +24,8 @@ backbone and returns cached features for captions it has seen (an image and its 
 
 Weights (``detector.weights``): ``pretrained`` loads ``detector.model`` (hub id or folder) with its processor;
 ``random`` builds the Grounding DINO SwinT architecture at full size and ``tiny`` a few hundred kB version, both
-from configs in code with a WordPiece tokenizer made here from the vocabulary's words (no download).
+from configs in code with a WordPiece tokenizer made here from the vocabulary's words (no download). The
+official backend (``detector.backend=official``) lives in :mod:`magicseg_models.annotation.official`.
 """
 
 from __future__ import annotations
@@ -456,11 +457,13 @@ class GroundingDinoDetector(BaseDetector):
             cfg = tiny_grounding_dino_config(vocab) if config.weights == "tiny" else random_grounding_dino_config(vocab)
             torch.manual_seed(TINY_INIT_SEED)  # the same random weights on every worker and rerun
             model = GroundingDinoForObjectDetection(cfg)
-            ids = self.tokenizer.convert_tokens_to_ids(list(DELIMITERS))
-            model.model.special_tokens.copy_(torch.tensor(ids, dtype=model.model.special_tokens.dtype))
             self.image_processor = GroundingDinoImageProcessor(size={"shortest_edge": short, "longest_edge": long})
             self.source = {"detector": f"grounding-dino ({config.weights} weights, local tokenizer)",
                            "detector_weights": config.weights}
+        # the phrase delimiters by this tokenizer's ids (transformers fills in BERT-base's: the same for the released
+        # model, wrong for any other vocabulary)
+        ids = self.tokenizer.convert_tokens_to_ids(list(DELIMITERS))
+        model.model.special_tokens.copy_(torch.tensor(ids, dtype=model.model.special_tokens.dtype))
         self.model = model.to(self.device).eval()
         inner = self.model.model
         self.text_cache = TextFeatureCache(inner.text_backbone, pad_token_id=self.tokenizer.pad_token_id or 0)

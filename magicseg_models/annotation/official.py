@@ -17,8 +17,15 @@ Compatibility: groundingdino-py 0.4 wraps BERT with helpers that transformers 5 
 :class:`_BertCompat`, which keeps the same submodules (so checkpoints load with the same keys) and runs
 transformers' own ``BertModel.forward`` with the phrase-block attention mask, as transformers' port does.
 ``weights=random`` builds the full-size model (SwinT + BERT-base shapes) with random weights and the local
-WordPiece tokenizer (no download); ``weights=pretrained`` takes BERT from the config's ``text_encoder_type``
-(hub id, or a local folder when offline) and the weights from ``detector.checkpoint``.
+WordPiece tokenizer (no download); ``weights=pretrained`` takes the weights from ``detector.checkpoint`` (a path
+or URL, fetched once per node like SAM's: :mod:`magicseg_models.weights.fetch`).
+
+The text encoder: ``detector.text_encoder`` (a BERT folder or hub id), or else the config file's
+``text_encoder_type`` (``bert-base-uncased``). The tokenizer and BERT are loaded here with transformers and
+handed to the package's builder, so an offline cluster points ``text_encoder`` at a local folder instead of
+editing the package's config or code. With ``weights=random`` and ``text_encoder`` set, BERT gets that model's
+architecture (its ``config.json``) and tokenizer with random weights; the official model sizes its text
+projection from ``bert.config.hidden_size``, so any BERT width builds.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from magicseg_models.annotation.detector import (
 )
 from magicseg_models.config import DetectorConfig
 from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.weights.fetch import CheckpointFetchError, local_checkpoint
+from magicseg_models.weights.hub import groundingdino_config_file
 
 INSTALL_LINE = "pip install --no-build-isolation groundingdino-py"
 # deprecation noise from inside groundingdino-py and its timm import, not actionable by users
@@ -103,12 +112,6 @@ def _patched_builder(gmod, tokenizer=None, bert=None):
         gmod.BertModelWarper, gmod.get_tokenlizer = saved
 
 
-def default_config_file() -> str:
-    import groundingdino
-
-    return os.path.join(os.path.dirname(groundingdino.__file__), "config", "GroundingDINO_SwinT_OGC.py")
-
-
 class OfficialGroundingDino(BaseDetector):
     """groundingdino-py's model behind the shared detector contract."""
 
@@ -126,7 +129,7 @@ class OfficialGroundingDino(BaseDetector):
                               "weights=pretrained (groundingdino_swint_ogc.pth)")
         self.config = config
         self.device = resolve_device(device)
-        config_file = config.config_file or default_config_file()
+        config_file = config.config_file or groundingdino_config_file() or ""
         if not os.path.isfile(config_file):
             raise ConfigError(f"detector.config_file '{config_file}' not found")
         args = SLConfig.fromfile(config_file)
@@ -134,33 +137,32 @@ class OfficialGroundingDino(BaseDetector):
         # activation checkpointing only saves memory for training; at inference it is overhead (and warnings)
         args.use_checkpoint = False
         args.use_transformer_ckpt = False
+        text_encoder = config.text_encoder or args.text_encoder_type
         if config.weights == "random":
-            from transformers import BertConfig, BertModel
-
-            tokenizer = build_detector_tokenizer()
-            torch.manual_seed(TINY_INIT_SEED)
-            bert = BertModel(BertConfig(vocab_size=max(len(tokenizer), 30522)))  # BERT-base shapes
+            tokenizer, bert = _random_text_encoder(config.text_encoder)
             with _patched_builder(gmod, tokenizer, bert), _quiet():
                 model = build_model(args)
             self.source = {"detector": f"groundingdino-py {os.path.basename(config_file)} (random weights)",
                            "detector_weights": "random"}
         else:
-            if not os.path.isfile(config.checkpoint):
-                raise DetectorWeightsError(f"detector.checkpoint '{config.checkpoint}' not found")
             try:
-                with _patched_builder(gmod), _quiet():
-                    model = build_model(args)
-            except OSError as err:
-                raise DetectorWeightsError(f"the official detector's text encoder '{args.text_encoder_type}' "
-                                           f"could not be loaded: {str(err).splitlines()[0]}") from None
-            result = model.load_state_dict(_read_checkpoint(config.checkpoint), strict=False)
+                checkpoint = local_checkpoint(config.checkpoint, label="detector.checkpoint")
+            except CheckpointFetchError as err:
+                raise DetectorWeightsError(str(err)) from None
+            tokenizer, bert = _pretrained_text_encoder(text_encoder)
+            with _patched_builder(gmod, tokenizer, bert), _quiet():
+                model = build_model(args)
+            result = model.load_state_dict(_read_checkpoint(checkpoint.path), strict=False)
             expected = len(model.state_dict())
             if len(result.missing_keys) > 0.1 * expected:  # strict=False as the authors load it, but not blind
                 raise DetectorWeightsError(
                     f"detector.checkpoint '{config.checkpoint}' fits {os.path.basename(config_file)} badly: "
                     f"{len(result.missing_keys)} of {expected} weights missing (e.g. {result.missing_keys[0]})")
-            self.source = {"detector": f"groundingdino-py {os.path.basename(config_file)} "
-                                       f"{os.path.basename(config.checkpoint)}", "detector_weights": "pretrained"}
+            name = checkpoint.source.rstrip("/").rsplit("/", 1)[-1]
+            self.source = {"detector": f"groundingdino-py {os.path.basename(config_file)} {name}",
+                           "detector_weights": "pretrained"}
+        self.source["detector_text_encoder"] = text_encoder if config.weights == "pretrained" or \
+            config.text_encoder else "bert-base shapes (random weights, local tokenizer)"
         self.model = model.to(self.device).eval()
         self.tokenizer = self.model.tokenizer
         self.max_text_tokens = min(config.max_text_tokens, int(self.model.max_text_len))
@@ -186,6 +188,36 @@ class OfficialGroundingDino(BaseDetector):
         with torch.inference_mode(), autocast_context(self.device, self.config.dtype), _quiet():
             out = self.model(samples, captions=list(texts))
         return out["pred_logits"].float(), out["pred_boxes"].float()
+
+
+def _pretrained_text_encoder(name: str):
+    """The official model's tokenizer and BERT, from a folder or hub id (transformers, one-line errors)."""
+    from transformers import AutoTokenizer, BertModel
+
+    try:
+        return AutoTokenizer.from_pretrained(name), BertModel.from_pretrained(name)
+    except Exception as err:  # noqa: BLE001 - offline hub, missing folder, not a BERT
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DetectorWeightsError(f"detector.text_encoder '{name}' could not be loaded: {first} (set "
+                                   "detector.text_encoder to a local BERT folder when offline)") from None
+
+
+def _random_text_encoder(name: str | None):
+    """A randomly initialised BERT: BERT-base shapes with the local tokenizer, or ``name``'s architecture and
+    tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    if name is None:
+        tokenizer = build_detector_tokenizer()
+        bert_config = BertConfig(vocab_size=max(len(tokenizer), 30522))  # BERT-base shapes
+    else:
+        try:
+            tokenizer, bert_config = AutoTokenizer.from_pretrained(name), BertConfig.from_pretrained(name)
+        except Exception as err:  # noqa: BLE001
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise DetectorWeightsError(f"detector.text_encoder '{name}' could not be loaded: {first}") from None
+    torch.manual_seed(TINY_INIT_SEED)  # and the rest of the model after it: the same weights in every process
+    return tokenizer, BertModel(bert_config)
 
 
 def _read_checkpoint(path: str) -> dict:

@@ -8,8 +8,10 @@ Two backends (``segmenter.backend``):
   image's embedding. The masks are the ones ``SamPredictor.predict(box=..., multimask_output=False)`` gives box
   by box (a test checks it), without re-embedding per box or per call. Weights: ``pretrained`` = the
   ``segmenter.checkpoint`` file of ``segmenter.model_type`` (``vit_h`` ``sam_vit_h_4b8939.pth``, ``vit_l``,
-  ``vit_b``); ``random`` = that architecture at full size, random init; ``tiny`` = a small
-  ``segment_anything.modeling.Sam`` built here (64 px input, 2-block ViT).
+  ``vit_b``): a local path or any fsspec URL (``s3://``, ``https://``, ``hf://``), fetched once per node into a
+  local cache (:mod:`magicseg_models.weights.fetch`) and read with ``weights_only=True``; ``random`` = that
+  architecture at full size, random init; ``tiny`` = a small ``segment_anything.modeling.Sam`` built here
+  (64 px input, 2-block ViT).
 - ``transformers``: ``SamModel`` + ``SamProcessor``; ``segmenter.checkpoint`` is a hub id or folder
   (``None`` or a ``.pth`` path = ``facebook/sam-vit-<size>`` of ``model_type``); ``random``/``tiny`` build from
   ``SamConfig`` in code.
@@ -19,7 +21,6 @@ Two backends (``segmenter.backend``):
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from typing import Any, Sequence
 
@@ -29,9 +30,10 @@ import torch
 from magicseg_models.annotation.detector import TINY_INIT_SEED, autocast_context, resolve_device
 from magicseg_models.config import SegmenterConfig
 from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.weights.fetch import Checkpoint, CheckpointFetchError, local_checkpoint
+from magicseg_models.weights.hub import HF_SAM_IDS
 
 PROMPTS_PER_CALL = 64  # boxes per mask-decoder call (memory bound for images with very many boxes)
-HF_SAM_IDS = {"vit_h": "facebook/sam-vit-huge", "vit_l": "facebook/sam-vit-large", "vit_b": "facebook/sam-vit-base"}
 
 
 class SegmenterWeightsError(MagicSegError):
@@ -57,30 +59,34 @@ def build_tiny_sam():
     ).eval()
 
 
-def _load_sam(config: SegmenterConfig):
+def _load_sam(config: SegmenterConfig) -> tuple[Any, str, Checkpoint | None]:
+    """(SAM, description, the checkpoint file it came from or None) for ``config.weights``."""
     from segment_anything import sam_model_registry
 
     if config.weights == "tiny":
-        return build_tiny_sam(), "segment-anything tiny (random weights)"
+        return build_tiny_sam(), "segment-anything tiny (random weights)", None
     if config.weights == "random":
         torch.manual_seed(TINY_INIT_SEED)
         return sam_model_registry[config.model_type](checkpoint=None).eval(), \
-            f"segment-anything {config.model_type} (random weights)"
+            f"segment-anything {config.model_type} (random weights)", None
     if not config.checkpoint:
         raise ConfigError("segmenter.checkpoint is required with segmenter.weights=pretrained "
                           "(e.g. sam_vit_h_4b8939.pth from the segment-anything release)")
-    if not os.path.isfile(config.checkpoint):
-        raise SegmenterWeightsError(f"segmenter.checkpoint '{config.checkpoint}' not found (download "
-                                    "sam_vit_h_4b8939.pth / sam_vit_l_0b3195.pth / sam_vit_b_01ec64.pth from "
-                                    "the segment-anything release)")
+    try:
+        checkpoint = local_checkpoint(config.checkpoint, label="segmenter.checkpoint")
+    except CheckpointFetchError as err:
+        raise SegmenterWeightsError(f"{err} (the segment-anything release: sam_vit_h_4b8939.pth, "
+                                    "sam_vit_l_0b3195.pth, sam_vit_b_01ec64.pth)") from None
     sam = sam_model_registry[config.model_type](checkpoint=None)
     try:
-        state = torch.load(config.checkpoint, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint.path, map_location="cpu", weights_only=True)
         sam.load_state_dict(state)
-    except (RuntimeError, OSError, ValueError) as err:
-        raise SegmenterWeightsError(f"segmenter.checkpoint '{config.checkpoint}' is not a SAM "
-                                    f"{config.model_type} checkpoint: {str(err).splitlines()[0]}") from None
-    return sam.eval(), f"segment-anything {config.model_type} {os.path.basename(config.checkpoint)}"
+    except (RuntimeError, OSError, ValueError, EOFError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SegmenterWeightsError(f"segmenter.checkpoint '{checkpoint.source}' is not a SAM "
+                                    f"{config.model_type} checkpoint: {first}") from None
+    name = checkpoint.source.rstrip("/").rsplit("/", 1)[-1]
+    return sam.eval(), f"segment-anything {config.model_type} {name}", checkpoint
 
 
 class SamSegmenter:
@@ -91,7 +97,7 @@ class SamSegmenter:
 
         self.config = config
         self.device = resolve_device(device)
-        sam, self.source = _load_sam(config)
+        sam, self.source, self.checkpoint = _load_sam(config)
         self.sam = sam.to(self.device)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
         self.images_embedded = 0

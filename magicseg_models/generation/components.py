@@ -10,7 +10,13 @@ Three ways to get Stable Diffusion 1.x components, picked by ``generator.weights
   configs, embedded below) with random weights, for throughput measurements where FLOPs, not weights, matter.
   The tokenizer is the local one (token ids lie inside CLIP's 49408-token vocabulary; prompts still fill the
   77-token sequence the UNet cross-attends to).
-- ``pretrained``: any SD 1.x diffusers folder, as a hub id or a local path (``generator.model``).
+- ``pretrained``: any SD 1.x diffusers folder, as a hub id or a local path (``generator.model``), at
+  ``generator.revision``. With ``generator.variant`` (``fp16`` in the ``sd15`` presets) each weighted component
+  (``unet``, ``vae``, ``text_encoder``, ``safety_checker``) loads its ``*.fp16.*`` files, half the download of the
+  fp32 ones; a component without such files loads its plain files instead, said in one log line and recorded in
+  the settings (``variants``). Models load with low CPU memory (diffusers through ``accelerate``: built on the
+  meta device, weights assigned straight from the file, no random initialisation first).
+  ``tiny`` and ``random`` load nothing, so ``generator.variant`` does not apply to them.
 
 The scheduler is the model's own (PNDM for SD 1.5) or any compatible diffusers scheduler, by class name or a
 short alias (``dpm-solver++``, ``euler``, ``ddim``, ...), built from the model's scheduler config.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,7 +35,10 @@ from typing import Any
 import torch
 
 from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
+from magicseg_models.weights.hub import has_variant, local_folder, looks_local
 
+logger = logging.getLogger(__name__)
 TINY_INIT_SEED = 0
 MAX_TOKENS = 77  # CLIP's context: tokens past 77 (BOS and EOS included) are invisible to the UNet
 
@@ -358,24 +368,37 @@ def _build_from_configs(size: str, safety: bool, device: torch.device) -> Compon
                       scheduler=default_scheduler(), safety_checker=checker, feature_extractor=extractor)
 
 
-def _looks_local(model: str) -> bool:
-    return (model.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(os.path.expanduser(model))
-            or model.count("/") > 1 or "\\" in model)
-
-
 def _one_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__
     return text if len(text) <= 240 else text[:237] + "..."
 
 
-def _load_pretrained(model: str, revision: str | None, dtype: torch.dtype, safety: bool) -> Components:
+def resolve_variants(model: str, revision: str | None, variant: str | None, safety: bool) -> dict[str, str | None]:
+    """Per weighted component, the variant to load: ``variant`` where the model has its files, else None (plain
+    files, said in one log line)."""
+    names = [c for c in WEIGHTED_COMPONENTS if safety or c != "safety_checker"]
+    if not variant:
+        return dict.fromkeys(names)
+    state = {c: has_variant(model, c, variant, WEIGHTED_COMPONENTS[c], revision) for c in names}
+    # unknown (offline, nothing listed or cached) counts as absent: the plain files are what may be here
+    found = {c: variant if state[c] else None for c in names}
+    plain = [c for c, v in found.items() if v is None]
+    if plain:
+        why = "has no" if all(state[c] is False for c in plain) else "has (or, offline and not cached, may have) no"
+        logger.warning("generator.variant=%s: %s %s %s files for %s; loading the plain files instead",
+                       variant, model, why, variant, ", ".join(plain))
+    return found
+
+
+def _load_pretrained(model: str, revision: str | None, dtype: torch.dtype, safety: bool,
+                     variant: str | None = None) -> Components:
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if _looks_local(model):
-        path = os.path.expanduser(model.removeprefix("file://"))
+    if looks_local(model):
+        path = local_folder(model)
         if not os.path.isdir(path):
             raise WeightsError(f"generator.model: no such folder {model!r} (give an SD 1.x diffusers folder or a "
                                f"hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5)")
@@ -387,9 +410,18 @@ def _load_pretrained(model: str, revision: str | None, dtype: torch.dtype, safet
         model = path
     kw = {"revision": revision} if revision else {}
     try:
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **kw)
-        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype, **kw)
+        variants = resolve_variants(model, revision, variant, safety)
+        low_memory = {"low_cpu_mem_usage": True}  # diffusers: meta-device init through accelerate
+
+        def weights(name: str) -> dict:
+            return {"variant": variants[name], **kw} if variants[name] else kw
+
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **low_memory,
+                                                    **weights("unet"))
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **low_memory,
+                                            **weights("vae"))
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype,
+                                                     **weights("text_encoder"))
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
         sched_cfg = diffusers.DDIMScheduler.load_config(model, subfolder="scheduler", **kw)
         scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
@@ -399,7 +431,7 @@ def _load_pretrained(model: str, revision: str | None, dtype: torch.dtype, safet
             from transformers import CLIPImageProcessor
 
             checker = StableDiffusionSafetyChecker.from_pretrained(model, subfolder="safety_checker",
-                                                                   torch_dtype=dtype, **kw)
+                                                                   torch_dtype=dtype, **weights("safety_checker"))
             extractor = CLIPImageProcessor.from_pretrained(model, subfolder="feature_extractor", **kw)
     except MagicSegError:
         raise
@@ -407,7 +439,7 @@ def _load_pretrained(model: str, revision: str | None, dtype: torch.dtype, safet
         raise WeightsError(f"cannot load generator weights {model!r}"
                            f"{f' (revision {revision})' if revision else ''}: {_one_line(err)}") from None
     return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                      safety_checker=checker, feature_extractor=extractor)
+                      safety_checker=checker, feature_extractor=extractor, source={"variants": variants})
 
 
 def load_components(config, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Components:
@@ -422,8 +454,9 @@ def load_components(config, device: torch.device | None = None, dtype: torch.dty
     # check the scheduler name before anything heavy is built
     make_scheduler(config.scheduler, default_scheduler())
     if config.weights == "pretrained":
-        components = _load_pretrained(config.model, config.revision, dtype, config.safety_checker)
-        source = {"weights": "pretrained", "model": config.model, "revision": config.revision}
+        components = _load_pretrained(config.model, config.revision, dtype, config.safety_checker, config.variant)
+        source = {"weights": "pretrained", "model": config.model, "revision": config.revision,
+                  **components.source}
     elif config.weights == "tiny":
         components = _build_from_configs("tiny", config.safety_checker, torch.device("cpu"))
         source = {"weights": "tiny", "model": "tiny (built in code)", "init_seed": TINY_INIT_SEED}

@@ -3,7 +3,11 @@
 ``model.weights`` picks where CLIP comes from:
 
 - ``pretrained``: ``model.clip`` as a hub id (``openai/clip-vit-base-patch16``) or a local folder of a transformers
-  ``CLIPModel`` and its tokenizer. Offline and not cached, or a wrong folder: one-line :class:`CLIPWeightsError`.
+  ``CLIPModel`` and its tokenizer, or OpenAI's own checkpoint file (``ViT-B-16.pt``, TorchScript archive or plain
+  state dict; a path or URL fetched once per node), mapped onto the same ``CLIPModel``
+  (:mod:`magicseg_models.weights.openai_clip`). The tokenizer is ``model.tokenizer``, else ``model.clip``'s own,
+  else (an OpenAI file carries none) ``openai/clip-vit-base-patch16``'s - OpenAI's BPE, the same for every
+  OpenAI CLIP. Offline and not cached, or a wrong folder or file: one-line :class:`CLIPWeightsError`.
 - ``random``: CLIP ViT-B/16 at full size (the published ``openai/clip-vit-base-patch16`` config, embedded below)
   with random weights - parameter counts and GPU throughput, where FLOPs matter and weights do not. The tokenizer
   is the local one of the generator (its ids lie inside CLIP's 49,408-token vocabulary).
@@ -24,6 +28,9 @@ import torch
 from torch import nn
 
 from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.weights.fetch import CheckpointFetchError, is_url, local_checkpoint
+from magicseg_models.weights.hub import local_folder, looks_local
+from magicseg_models.weights.openai_clip import OPENAI_TOKENIZER, OpenAICLIPError, is_openai_file, load_openai_clip
 from magicseg_models.zegclip.model import (CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, PromptedCLIPVisionEncoder, ZegCLIP,
                                            ZegCLIPDecoder, ZegCLIPError)
 from magicseg_models.zegclip.text import CLIPTextEncoder
@@ -119,11 +126,6 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 240 else text[:237] + "..."
 
 
-def _looks_local(name: str) -> bool:
-    return (name.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(os.path.expanduser(name))
-            or name.count("/") > 1 or "\\" in name)
-
-
 def _check_decoder(config) -> None:
     if config.decoder_layers < 1:
         raise ConfigError(f"invalid config value for 'model.decoder_layers': must be at least 1 "
@@ -146,24 +148,44 @@ def _clip_from_configs(vision: dict, text: dict, projection_dim: int, tokenizer)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
 
 
-def _load_pretrained(name: str):
-    from transformers import CLIPModel, CLIPTokenizer
+def _load_tokenizer(name: str):
+    from transformers import CLIPTokenizer
 
-    if _looks_local(name):
-        path = os.path.expanduser(name.removeprefix("file://"))
+    try:
+        return CLIPTokenizer.from_pretrained(local_folder(name) if looks_local(name) else name)
+    except Exception as err:  # noqa: BLE001 - offline hub, missing files
+        raise CLIPWeightsError(f"cannot load the CLIP tokenizer {name!r}: {_one_line(err)} (set model.tokenizer to "
+                               f"a local folder when offline)") from None
+
+
+def _load_openai_file(name: str, tokenizer_name: str | None):
+    try:
+        path = local_checkpoint(name, label="model.clip").path
+        tokenizer = _load_tokenizer(tokenizer_name or OPENAI_TOKENIZER)
+        return load_openai_clip(path, tokenizer), tokenizer
+    except (CheckpointFetchError, OpenAICLIPError) as err:
+        raise CLIPWeightsError(str(err)) from None
+
+
+def _load_pretrained(name: str, tokenizer_name: str | None = None):
+    from transformers import CLIPModel
+
+    if is_openai_file(name) and (is_url(name) or not os.path.isdir(local_folder(name))):
+        return _load_openai_file(name, tokenizer_name)
+    if looks_local(name):
+        path = local_folder(name)
         if not os.path.isdir(path):
-            raise CLIPWeightsError(f"model.clip: no such folder {name!r} (give a transformers CLIP folder or a hub "
-                                   f"id such as openai/clip-vit-base-patch16)")
+            raise CLIPWeightsError(f"model.clip: no such folder {name!r} (give a transformers CLIP folder, a hub "
+                                   f"id such as openai/clip-vit-base-patch16, or OpenAI's ViT-B-16.pt)")
         name = path
     try:
         clip = CLIPModel.from_pretrained(name, dtype=torch.float32)
-        tokenizer = CLIPTokenizer.from_pretrained(name)
     except MagicSegError:
         raise
     except Exception as err:  # offline hub, missing files, unreadable weights: one line for the user
         raise CLIPWeightsError(f"cannot load CLIP weights {name!r}: {_one_line(err)} "
                                f"(offline? download it once or give a local folder)") from None
-    return clip, tokenizer
+    return clip, _load_tokenizer(tokenizer_name or name)
 
 
 def build_zegclip(config, device: str | torch.device | None = None, *, seed: int = INIT_SEED) -> ZegCLIPBundle:
@@ -180,7 +202,7 @@ def build_zegclip(config, device: str | torch.device | None = None, *, seed: int
     rng_devices = [device.index or 0] if device.type == "cuda" else []
 
     if config.weights == "pretrained":
-        clip, tokenizer = _load_pretrained(config.clip)
+        clip, tokenizer = _load_pretrained(config.clip, config.tokenizer)
         source = {"weights": "pretrained", "model": config.clip}
     else:
         tokenizer = build_tiny_tokenizer()
