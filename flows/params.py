@@ -11,12 +11,31 @@ from magicseg_models.errors import ConfigError
 
 
 def refuse_storage_secrets(config: BaseModel) -> None:
-    """Credentials in ``storage.storage_options`` would be stored as flow parameters (and shown in the UI): refuse
-    them before any flow starts. Workers read the AWS_* environment (or the cluster's role) instead."""
+    """A flow stores its parameters as given (and the UI shows them) before its body runs: refuse a config that
+    holds a secret - credentials in ``storage.storage_options``, or a URL carrying userinfo or a signed query
+    (``segmenter.checkpoint``, ``model.clip``, ...) - before any flow starts. Workers read the AWS_* environment
+    (or the cluster's role) instead."""
     options = config.storage.storage_options
     if redact(options) != options:
         raise ConfigError("storage credentials in storage.storage_options would become flow parameters; use the "
                           "AWS_* environment (or the cluster's credentials) instead")
+    data = config.model_dump(mode="json")
+    leaked = _first_difference(data, redact(data))
+    if leaked:
+        raise ConfigError(f"config key '{leaked}' holds a secret (credentials in a URL or a secret-looking value) "
+                          "that would become a flow parameter; put the file on storage the workers can read with "
+                          "their own credentials (AWS_* environment, a cluster role) and give its plain URL")
+
+
+def _first_difference(a, b, prefix: str = "") -> str | None:
+    """The dotted key of the first value that differs between two JSON-like trees of the same shape."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in a:
+            found = _first_difference(a[key], b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if a == b else prefix.rstrip(".")
 
 
 def resolve_config(kind: str, config: BaseModel | dict | None, preset: str | None = None, **fields: Any):

@@ -30,7 +30,12 @@ class Section(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------- model paths
-SAM_VIT_H_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
+# segment-anything's released checkpoints, one per model_type (its README's download links)
+SAM_CHECKPOINT_URLS = {
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+}
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".py")
 
 
@@ -193,9 +198,9 @@ class SegmenterConfig(Section):
     backend: Literal["segment-anything", "transformers"] = "segment-anything"
     model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
     checkpoint: str | None = Field(
-        SAM_VIT_H_URL, description="segment-anything .pth: a path or URL (s3://, https://, hf://), fetched once "
-        "per node into $MAGICSEG_CACHE/checkpoints; transformers backend: hub id or folder (None or a .pth = "
-        "facebook/sam-vit-<size>)")
+        None, description="segment-anything .pth: a path or URL (s3://, https://, hf://), fetched once per node "
+        "into $MAGICSEG_CACHE/checkpoints; None = the official release file of model_type (dl.fbaipublicfiles.com); "
+        "transformers backend: hub id or folder (None or a .pth = facebook/sam-vit-<size>)")
     weights: Weights = "pretrained"
     batch_size: int = Field(4, ge=1, description="images per SAM image-encoder pass (each image embedded once)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -205,6 +210,12 @@ class SegmenterConfig(Section):
     @classmethod
     def _local_checkpoint_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         return resolve_local_path(value, hub_id_allowed=info.data.get("backend") == "transformers")
+
+    @property
+    def checkpoint_source(self) -> str:
+        """The segment-anything .pth to load: ``checkpoint``, or the release file of ``model_type`` (a vit_b run
+        must not download the 2.5 GB vit_h file only to refuse it)."""
+        return self.checkpoint or SAM_CHECKPOINT_URLS[self.model_type]
 
 
 class AnnotateConfig(Section):

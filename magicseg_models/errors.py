@@ -24,3 +24,12 @@ class StorageError(MagicSegError):
 
 class ShardError(StorageError):
     """A shard is missing, corrupt, unlisted, or does not match the schema."""
+
+
+def one_line(err: BaseException | str, limit: int = 240) -> str:
+    """The first non-blank line of an error (or text), at most ``limit`` characters: what a one-line user error
+    quotes of a library's exception. An empty message gives the exception's type name, never an IndexError."""
+    text = err if isinstance(err, str) else str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else (type(err).__name__ if not isinstance(err, str) else "")
+    return first if len(first) <= limit else first[: limit - 3] + "..."

@@ -20,6 +20,7 @@ MINIMUM_VERSIONS: dict[str, str] = {
     "diffusers": "0.37",
     "huggingface_hub": "1.32",
     "accelerate": "1.0",
+    "openai": "1.45",  # the first release that sends max_completion_tokens
 }
 
 

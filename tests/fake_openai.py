@@ -143,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         """(message, type, code, param) of the 400 a picky server sends for this request, or None."""
         fake = self.server.fake
         if fake.refuse_all is not None:
-            return fake.refuse_all, "invalid_request_error", None, None
+            return (fake.refuse_all, "invalid_request_error", *fake.refuse_all_as)
         for name in fake.rejects:
             if name in body:
                 other = "max_completion_tokens" if name == "max_tokens" else "max_tokens"
@@ -235,12 +235,14 @@ class FakeOpenAI:
 
     def __init__(self, responder: Responder | None = None, *, models: tuple[str, ...] | None = None,
                  delay_s: float = 0.0, seed: int = 0, rejects: tuple[str, ...] = (), name_param: bool = True,
-                 only_default_temperature: bool = False, refuse_all: str | None = None) -> None:
+                 only_default_temperature: bool = False, refuse_all: str | None = None,
+                 refuse_all_as: tuple[str | None, str | None] = (None, None)) -> None:
         self.responder: Responder = responder or echo_responder
         self.rejects = tuple(rejects)
         self.name_param = name_param
         self.only_default_temperature = only_default_temperature
         self.refuse_all = refuse_all
+        self.refuse_all_as = refuse_all_as  # (code, param) of every refusal, as OpenAI's error body carries them
         self.models = models  # None = any model name is served
         self.delay_s = delay_s  # sleep before every answer (to test concurrency limits)
         self.faults: deque[tuple] = deque()

@@ -110,3 +110,66 @@ def test_cache_key_and_messages_leave_out_query_and_userinfo(tmp_path, monkeypat
     assert public_url(signed) == "https://example.com/w/sam.pth"
     assert cache_path(signed) == cache_path("https://example.com/w/sam.pth?X-Amz-Signature=other")
     assert cache_path(signed).startswith(str(tmp_path / "checkpoints")) and cache_path(signed).endswith("/sam.pth")
+
+
+@pytest.fixture
+def http_files(tmp_path):
+    """A plain HTTP server on loopback serving ``tmp_path/served`` (what dl.fbaipublicfiles.com is to a node)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_style_urls_say_missing_or_unreachable_and_fetch_once(http_files, tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("MAGICSEG_CACHE", str(tmp_path / "cache"))
+    root, base = http_files
+    with pytest.raises(CheckpointFetchError, match=r"^segmenter.checkpoint http://\S+/absent.pth not found$"):
+        local_checkpoint(f"{base}/absent.pth", label="segmenter.checkpoint")
+    with socket.socket() as s:  # a port nothing listens on: the server is unreachable, the file is not "missing"
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/sam.pth"
+    with pytest.raises(CheckpointFetchError, match="cannot be reached") as info:
+        local_checkpoint(dead, label="segmenter.checkpoint")
+    assert "\n" not in str(info.value) and "not found" not in str(info.value)
+    torch.save(build_tiny_sam().state_dict(), root / "sam_tiny.pth")
+    first = local_checkpoint(f"{base}/sam_tiny.pth")
+    (root / "sam_tiny.pth").unlink()  # the second use needs no server
+    second = local_checkpoint(f"{base}/sam_tiny.pth")
+    assert first.downloaded and not second.downloaded and first.path == second.path
+    assert second.size == os.path.getsize(second.path) > 0
+
+
+def test_unset_checkpoint_means_the_release_file_of_the_model_type():
+    from magicseg_models.config import SAM_CHECKPOINT_URLS, load_config
+
+    for model_type, name in (("vit_h", "sam_vit_h_4b8939.pth"), ("vit_l", "sam_vit_l_0b3195.pth"),
+                             ("vit_b", "sam_vit_b_01ec64.pth")):
+        config = SegmenterConfig(model_type=model_type)
+        assert config.checkpoint_source == SAM_CHECKPOINT_URLS[model_type] and config.checkpoint_source.endswith(name)
+    sd15 = load_config("build", "sd15", overrides=["annotate.segmenter.model_type=vit_b",
+                                                   "annotate.segmenter.checkpoint=null"])
+    assert sd15.annotate.segmenter.checkpoint_source.endswith("sam_vit_b_01ec64.pth")
+    assert SegmenterConfig(checkpoint="/w/mine.pth").checkpoint_source == "/w/mine.pth"
+
+
+def test_a_checkpoint_of_the_wrong_size_names_what_does_not_fit(tmp_path):
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(build_tiny_sam().state_dict(), path)
+    with pytest.raises(SegmenterWeightsError) as info:
+        make_segmenter(SegmenterConfig(model_type="vit_b", checkpoint=str(path)), device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and "Error(s) in loading" not in message
+    assert "Missing key" in message or "size mismatch" in message or "Unexpected key" in message

@@ -357,3 +357,13 @@ def test_storage_credentials_never_become_flow_parameters(capsys, tmp_path, comm
     line = one_line_error(err)
     assert "flow parameters" in line and "NOTINPARAMS99" not in out + err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_signed_url_in_the_config_never_becomes_a_flow_parameter(capsys, tmp_path):
+    signed = "https://bucket.s3.amazonaws.com/sam.pth?X-Amz-Signature=NOTINPARAMS77&X-Amz-Expires=60"
+    code, out, err = call(capsys, "build", "--preset", "tiny", "--out", str(tmp_path / "out"),
+                          "--set", f"annotate.segmenter.checkpoint={signed}")
+    assert code != 0
+    line = one_line_error(err)
+    assert "annotate.segmenter.checkpoint" in line and "NOTINPARAMS77" not in out + err
+    assert not (tmp_path / "out").exists()

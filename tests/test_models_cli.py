@@ -159,3 +159,4 @@ def test_build_runs_offline_from_hub_ids_in_a_filled_cache(hub_cache):
     report = json.loads(inspect.stdout)
     assert inspect.returncode == 0 and report["ok"], report["problems"]
     assert report["planned"] == 4 and report["samples"] + report["dropped_total"] == 4
+    assert report["samples"] > 0, report["dropped"]  # the hub models really labelled something

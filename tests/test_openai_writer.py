@@ -250,6 +250,17 @@ def test_a_server_refusing_every_call_stops_after_k_calls_with_its_message():
     assert client.stats.errors == {"bad_request": 3} and client.stats.failures == 3
 
 
+def test_a_bad_value_of_a_parameter_is_not_taken_for_an_unsupported_parameter():
+    # OpenAI names the parameter of a bad value too ("invalid_value"): swapping it would hide the real error
+    said = "max_tokens is too large: 100000. This model supports at most 16384 completion tokens."
+    with FakeOpenAI(refuse_all=said, refuse_all_as=("invalid_value", "max_tokens")) as server:
+        client = _client(server, concurrency=2, max_consecutive_failures=2)
+        with pytest.raises(LLMError, match="max_tokens is too large"):
+            client.complete_many_sync([_messages(f"thing{i}") for i in range(4)])
+        assert all("max_tokens" in r["json"] for r in server.chat_requests)
+    assert client.stats.adjustments == {}
+
+
 def test_refusals_between_successes_do_not_stop_the_client(srv):
     client = _client(srv, concurrency=1, max_consecutive_failures=3)
     srv.faults.extend([("400",), ("400",)])

@@ -283,3 +283,11 @@ def test_local_llm_backend_gets_a_gpu_share_unless_one_is_set():
         .prompts.resources.num_gpus == 0
     assert load_config("build", "sd15").prompts.resources.num_gpus == 0  # an API needs no GPU
     assert load_config("build", "tiny").prompts.resources.num_gpus == 0  # the tiny LM runs on the CPU
+
+
+def test_an_openai_file_is_recognised_by_its_path_also_behind_a_query():
+    from magicseg_models.weights.openai_clip import is_openai_file
+
+    assert is_openai_file("https://bucket.s3.amazonaws.com/clip/ViT-B-16.pt?X-Amz-Signature=abc&X-Amz-Expires=60")
+    assert is_openai_file("s3://weights/clip/ViT-B-16.pt")
+    assert not is_openai_file("openai/clip-vit-base-patch16") and not is_openai_file("https://host/clip?f=x.pt")

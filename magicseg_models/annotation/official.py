@@ -43,7 +43,7 @@ from magicseg_models.annotation.detector import (
     TINY_INIT_SEED, BaseDetector, DetectorWeightsError, autocast_context, build_detector_tokenizer, resolve_device,
 )
 from magicseg_models.config import DetectorConfig
-from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights.fetch import CheckpointFetchError, local_checkpoint
 from magicseg_models.weights.hub import groundingdino_config_file
 
@@ -152,7 +152,7 @@ class OfficialGroundingDino(BaseDetector):
             tokenizer, bert = _pretrained_text_encoder(text_encoder)
             with _patched_builder(gmod, tokenizer, bert), _quiet():
                 model = build_model(args)
-            result = model.load_state_dict(_read_checkpoint(checkpoint.path), strict=False)
+            result = model.load_state_dict(_read_checkpoint(checkpoint.path, checkpoint.source), strict=False)
             expected = len(model.state_dict())
             if len(result.missing_keys) > 0.1 * expected:  # strict=False as the authors load it, but not blind
                 raise DetectorWeightsError(
@@ -197,8 +197,7 @@ def _pretrained_text_encoder(name: str):
     try:
         return AutoTokenizer.from_pretrained(name), BertModel.from_pretrained(name)
     except Exception as err:  # noqa: BLE001 - offline hub, missing folder, not a BERT
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise DetectorWeightsError(f"detector.text_encoder '{name}' could not be loaded: {first} (set "
+        raise DetectorWeightsError(f"detector.text_encoder '{name}' could not be loaded: {one_line(err, 200)} (set "
                                    "detector.text_encoder to a local BERT folder when offline)") from None
 
 
@@ -214,13 +213,14 @@ def _random_text_encoder(name: str | None):
         try:
             tokenizer, bert_config = AutoTokenizer.from_pretrained(name), BertConfig.from_pretrained(name)
         except Exception as err:  # noqa: BLE001
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise DetectorWeightsError(f"detector.text_encoder '{name}' could not be loaded: {first}") from None
+            raise DetectorWeightsError(f"detector.text_encoder '{name}' could not be loaded: "
+                                       f"{one_line(err, 200)}") from None
     torch.manual_seed(TINY_INIT_SEED)  # and the rest of the model after it: the same weights in every process
     return tokenizer, BertModel(bert_config)
 
 
-def _read_checkpoint(path: str) -> dict:
+def _read_checkpoint(path: str, source: str | None = None) -> dict:
+    """The state dict of an official .pth at ``path`` (the local copy of ``source``, which errors name)."""
     from groundingdino.util.misc import clean_state_dict
 
     import argparse
@@ -231,9 +231,9 @@ def _read_checkpoint(path: str) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DetectorWeightsError(f"detector.checkpoint '{path}' cannot be read safely: "
-                                   f"{str(err).splitlines()[0][:200]}") from None
+        raise DetectorWeightsError(f"detector.checkpoint '{source or path}' cannot be read safely: "
+                                   f"{one_line(err, 200)}") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise DetectorWeightsError(f"detector.checkpoint '{path}' holds no state dict")
+        raise DetectorWeightsError(f"detector.checkpoint '{source or path}' holds no state dict")
     return clean_state_dict(state)

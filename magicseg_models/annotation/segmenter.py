@@ -29,7 +29,7 @@ import torch
 
 from magicseg_models.annotation.detector import TINY_INIT_SEED, autocast_context, resolve_device
 from magicseg_models.config import SegmenterConfig
-from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights.fetch import Checkpoint, CheckpointFetchError, local_checkpoint
 from magicseg_models.weights.hub import HF_SAM_IDS
 
@@ -69,11 +69,8 @@ def _load_sam(config: SegmenterConfig) -> tuple[Any, str, Checkpoint | None]:
         torch.manual_seed(TINY_INIT_SEED)
         return sam_model_registry[config.model_type](checkpoint=None).eval(), \
             f"segment-anything {config.model_type} (random weights)", None
-    if not config.checkpoint:
-        raise ConfigError("segmenter.checkpoint is required with segmenter.weights=pretrained "
-                          "(e.g. sam_vit_h_4b8939.pth from the segment-anything release)")
     try:
-        checkpoint = local_checkpoint(config.checkpoint, label="segmenter.checkpoint")
+        checkpoint = local_checkpoint(config.checkpoint_source, label="segmenter.checkpoint")
     except CheckpointFetchError as err:
         raise SegmenterWeightsError(f"{err} (the segment-anything release: sam_vit_h_4b8939.pth, "
                                     "sam_vit_l_0b3195.pth, sam_vit_b_01ec64.pth)") from None
@@ -82,11 +79,19 @@ def _load_sam(config: SegmenterConfig) -> tuple[Any, str, Checkpoint | None]:
         state = torch.load(checkpoint.path, map_location="cpu", weights_only=True)
         sam.load_state_dict(state)
     except (RuntimeError, OSError, ValueError, EOFError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SegmenterWeightsError(f"segmenter.checkpoint '{checkpoint.source}' is not a SAM "
-                                    f"{config.model_type} checkpoint: {first}") from None
+                                    f"{config.model_type} checkpoint: {_load_error(err)}") from None
     name = checkpoint.source.rstrip("/").rsplit("/", 1)[-1]
     return sam.eval(), f"segment-anything {config.model_type} {name}", checkpoint
+
+
+def _load_error(err: BaseException) -> str:
+    """What went wrong loading a state dict: torch's first line is only "Error(s) in loading state_dict for
+    Sam:", so the first concrete line (a missing key, a size mismatch) is the one worth quoting."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return one_line(lines[1], 240)
+    return one_line(err)
 
 
 class SamSegmenter:
@@ -191,7 +196,7 @@ class HFSamSegmenter:
                 model = SamModel.from_pretrained(name)
             except OSError as err:
                 raise SegmenterWeightsError(f"segmenter.checkpoint '{name}' could not be loaded: "
-                                            f"{str(err).splitlines()[0]}") from None
+                                            f"{one_line(err)}") from None
             self.source = f"transformers SamModel {name}"
         else:
             cfg = tiny_sam_config() if config.weights == "tiny" else random_sam_config(config.model_type)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
 from magicseg_models.weights.hub import has_variant, local_folder, looks_local
 
@@ -270,7 +270,7 @@ def make_scheduler(name: str, base):
         return cls.from_config(base.config, **overrides)
     except ImportError as err:  # diffusers' placeholder classes say which library is missing
         library = re.search(r"requires the (\S+) library", str(err))
-        need = f"pip install {library.group(1)}" if library else _one_line(err)
+        need = f"pip install {library.group(1)}" if library else one_line(err)
         raise ConfigError(f"scheduler {name!r} ({cls_name}) needs a missing library: {need}") from None
 
 
@@ -368,12 +368,6 @@ def _build_from_configs(size: str, safety: bool, device: torch.device) -> Compon
                       scheduler=default_scheduler(), safety_checker=checker, feature_extractor=extractor)
 
 
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = lines[0] if lines else type(err).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
 def resolve_variants(model: str, revision: str | None, variant: str | None, safety: bool) -> dict[str, str | None]:
     """Per weighted component, the variant to load: ``variant`` where the model has its files, else None (plain
     files, said in one log line)."""
@@ -437,7 +431,7 @@ def _load_pretrained(model: str, revision: str | None, dtype: torch.dtype, safet
         raise
     except Exception as err:  # hub offline, missing files, unreadable weights: one line for the user
         raise WeightsError(f"cannot load generator weights {model!r}"
-                           f"{f' (revision {revision})' if revision else ''}: {_one_line(err)}") from None
+                           f"{f' (revision {revision})' if revision else ''}: {one_line(err)}") from None
     return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                       safety_checker=checker, feature_extractor=extractor, source={"variants": variants})
 

@@ -211,6 +211,11 @@ class _LoopState:
 
 
 TOKEN_PARAMETERS = ("max_tokens", "max_completion_tokens")
+# OpenAI's error codes for a parameter the model does not take at all (or only at its default value)
+_UNSUPPORTED_CODES = ("unsupported_parameter", "unsupported_value")
+# how other servers (vLLM, Ollama, llama.cpp, proxies) word the same refusal when they send no code
+_UNSUPPORTED_WORDS = re.compile(r"unsupported|not supported|unrecognized|unknown|not allowed|not permitted|extra "
+                                r"(fields|inputs)|only the default", re.I)
 
 
 def _is_openai(base_url: str | None) -> bool:
@@ -371,11 +376,19 @@ class OpenAIChat:
         return request
 
     def _rejected_parameter(self, exc: Any, request: dict[str, Any]) -> str | None:
-        """The parameter of ``request`` a 400 names (OpenAI's ``param`` field, else the message), if any."""
+        """The parameter of ``request`` a 400 refuses as unsupported (OpenAI's ``param``/``code`` fields, else the
+        message), if any. A 400 about a bad *value* ("max_tokens is too large") is not a refusal of the parameter:
+        swapping it would hide the real error."""
+        code = getattr(exc, "code", None)
         param = getattr(exc, "param", None)
-        if isinstance(param, str) and param:
-            return param if param in request else None
+        if isinstance(code, str) and code:
+            if code not in _UNSUPPORTED_CODES:
+                return None
+            if isinstance(param, str) and param:
+                return param if param in request else None
         message = str(getattr(exc, "message", "") or "")
+        if not _UNSUPPORTED_WORDS.search(message):
+            return None
         return next((p for p in (self.token_parameter, "temperature")
                      if p in request and re.search(rf"(?<![\w]){p}(?![\w])", message)), None)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from magicseg_models.errors import MagicSegError
+from magicseg_models.errors import MagicSegError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +98,6 @@ def cache_path(url: str) -> str:
     return os.path.join(cache_root(), hashlib.sha256(key.encode()).hexdigest()[:16], name)
 
 
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = lines[0] if lines else type(err).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
 def _recorded_size(path: str) -> int | None:
     """The size of a complete cached file (its record says so and the file agrees), else None."""
     try:
@@ -127,16 +121,21 @@ def _download(url: str, path: str, storage_options: dict[str, Any], label: str) 
     try:
         fs, remote = fsspec.core.url_to_fs(url, **storage_options)
         expected = fs.info(remote).get("size")
-    except FileNotFoundError:
+    except FileNotFoundError as err:
+        # fsspec's HTTP filesystem reports every failure (DNS, refused connection, 403) as FileNotFoundError,
+        # with the real error as its cause: only a 404 (or a missing object elsewhere) means "not found"
+        cause = err.__cause__
+        if urlsplit(url).scheme in ("http", "https") and cause is not None and getattr(cause, "status", None) != 404:
+            raise CheckpointFetchError(f"{label} {shown} cannot be reached: {one_line(cause)}") from None
         raise CheckpointFetchError(f"{label} {shown} not found") from None
     except Exception as err:  # noqa: BLE001 - any transport failure is one line naming the URL
-        raise CheckpointFetchError(f"{label} {shown} cannot be reached: {_one_line(err)}") from None
+        raise CheckpointFetchError(f"{label} {shown} cannot be reached: {one_line(err)}") from None
     tmp = f"{path}.part-{os.getpid()}"
     try:
         try:
             fs.get_file(remote, tmp)
         except Exception as err:  # noqa: BLE001
-            raise CheckpointFetchError(f"{label} {shown} could not be downloaded: {_one_line(err)}") from None
+            raise CheckpointFetchError(f"{label} {shown} could not be downloaded: {one_line(err)}") from None
         size = os.path.getsize(tmp)
         if expected is not None and size != int(expected):
             raise CheckpointFetchError(f"{label} {shown}: downloaded {size} bytes, the server reported "
@@ -190,7 +189,7 @@ def _hub_file(url: str, file: HubFile, label: str) -> Checkpoint:
         raise CheckpointFetchError(f"{label} {url} is not in the Hugging Face cache and the hub cannot be reached "
                                    f"(HF_HUB_OFFLINE?); fetch it with: {hub_download_command(file)}") from None
     except Exception as err:  # noqa: BLE001 - missing repo or file, network, auth
-        raise CheckpointFetchError(f"{label} {url} could not be fetched: {_one_line(err)}") from None
+        raise CheckpointFetchError(f"{label} {url} could not be fetched: {one_line(err)}") from None
     return Checkpoint(path, os.path.getsize(path), downloaded=False, source=url)
 
 

@@ -189,7 +189,7 @@ def _segmenter(c) -> list[ModelEntry]:
     if c.backend == "transformers":
         name = c.checkpoint if c.checkpoint and not c.checkpoint.endswith(".pth") else HF_SAM_IDS[c.model_type]
         return [_transformers("segmenter", name, None, "transformers SamModel + processor", dtype, processor=True)]
-    return [_file("segmenter", c.checkpoint or "(segmenter.checkpoint not set)",
+    return [_file("segmenter", c.checkpoint_source,
                   f"segment-anything {c.model_type} .pth", dtype)]
 
 

@@ -27,8 +27,9 @@ import os
 import warnings
 import zipfile
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from magicseg_models.errors import MagicSegError
+from magicseg_models.errors import MagicSegError, one_line
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +47,8 @@ class OpenAICLIPError(MagicSegError):
 def is_openai_file(name: str) -> bool:
     """Whether ``model.clip`` names a single checkpoint file (an OpenAI ``.pt``) rather than a folder or hub id."""
     path = name.removeprefix("file://")
-    return path.lower().endswith(OPENAI_SUFFIXES) or os.path.isfile(os.path.expanduser(path))
+    # a URL may carry a query (a presigned S3 link): the suffix is the path's
+    return urlsplit(path).path.lower().endswith(OPENAI_SUFFIXES) or os.path.isfile(os.path.expanduser(path))
 
 
 def _is_torchscript(path: str) -> bool:
@@ -68,8 +70,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unreadable or unsafe: one line naming the file
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise OpenAICLIPError(f"model.clip '{path}' cannot be read as an OpenAI CLIP checkpoint: {first}") from None
+        raise OpenAICLIPError(f"model.clip '{path}' cannot be read as an OpenAI CLIP checkpoint: "
+                              f"{one_line(err, 200)}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights.fetch import CheckpointFetchError, is_url, local_checkpoint
 from magicseg_models.weights.hub import local_folder, looks_local
 from magicseg_models.weights.openai_clip import OPENAI_TOKENIZER, OpenAICLIPError, is_openai_file, load_openai_clip
@@ -120,12 +120,6 @@ def _backbone_name(vision_config: Any) -> str:
     return f"{base}/{vision_config.patch_size}"
 
 
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = lines[0] if lines else type(err).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
 def _check_decoder(config) -> None:
     if config.decoder_layers < 1:
         raise ConfigError(f"invalid config value for 'model.decoder_layers': must be at least 1 "
@@ -154,7 +148,7 @@ def _load_tokenizer(name: str):
     try:
         return CLIPTokenizer.from_pretrained(local_folder(name) if looks_local(name) else name)
     except Exception as err:  # noqa: BLE001 - offline hub, missing files
-        raise CLIPWeightsError(f"cannot load the CLIP tokenizer {name!r}: {_one_line(err)} (set model.tokenizer to "
+        raise CLIPWeightsError(f"cannot load the CLIP tokenizer {name!r}: {one_line(err)} (set model.tokenizer to "
                                f"a local folder when offline)") from None
 
 
@@ -183,7 +177,7 @@ def _load_pretrained(name: str, tokenizer_name: str | None = None):
     except MagicSegError:
         raise
     except Exception as err:  # offline hub, missing files, unreadable weights: one line for the user
-        raise CLIPWeightsError(f"cannot load CLIP weights {name!r}: {_one_line(err)} "
+        raise CLIPWeightsError(f"cannot load CLIP weights {name!r}: {one_line(err)} "
                                f"(offline? download it once or give a local folder)") from None
     return clip, _load_tokenizer(tokenizer_name or name)
 

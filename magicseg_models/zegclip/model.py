@@ -32,7 +32,8 @@ Two deliberate choices, both with the official behaviour one switch away:
 
 Two quirks of the official code are options of :class:`~magicseg_models.config.ZegCLIPConfig`: the position
 embedding is resized bilinearly (``pos_interpolation``; transformers' own CLIP uses bicubic) and the CLS token
-gets CLIP's class embedding twice (``double_class_embedding``, off by default). The official backbone declares a
+gets CLIP's class embedding twice (``double_class_embedding``; on by default, as the official code computes it,
+off in the ``zegclip-vitb16-plus`` preset). The official backbone declares a
 drop-path rate but its blocks never apply it, so there is none here.
 
 The image encoder is exposed on its own (:meth:`ZegCLIP.encode_image`) so that a counterfactual image goes through
@@ -72,7 +73,7 @@ class PromptedCLIPVisionEncoder(nn.Module):
 
     def __init__(self, vision_model: nn.Module, visual_projection: nn.Linear, *, image_size: int,
                  prompt_tokens: int, prompt_dropout: float, pos_interpolation: str = "bilinear",
-                 double_class_embedding: bool = False):
+                 double_class_embedding: bool = True):
         super().__init__()
         self.clip = vision_model
         self.visual_projection = visual_projection
