@@ -29,8 +29,8 @@ from typing import Callable, Iterator
 
 from magicseg_models.errors import ConfigError
 
-__all__ = ["Job", "PlanSpec", "plan_jobs", "iter_jobs", "shard_jobs", "num_shards", "plan_summary",
-           "spec_from_config"]
+__all__ = ["Job", "PlanSpec", "Shard", "plan_jobs", "iter_jobs", "shard_jobs", "plan_shard", "num_shards",
+           "plan_summary", "spec_from_config"]
 
 # The fraction is snapped to the nearest ratio with a denominator of at most this, so 0.3 means
 # exactly 3/10 (not the binary float just below it) and 1/3 means exactly 1/3.
@@ -206,6 +206,28 @@ def shard_jobs(spec: PlanSpec, shard: int) -> list[Job]:
     if not _is_int(shard) or not 0 <= shard < num_shards(spec):
         raise ConfigError(f"shard must be in [0, {num_shards(spec)}), got {shard!r}")
     return plan_jobs(spec, shard * spec.shard_size, (shard + 1) * spec.shard_size)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of the plan with its jobs: the unit of work, retry, naming and commit."""
+
+    index: int
+    jobs: tuple[Job, ...]
+
+    @property
+    def planned(self) -> int:
+        return len(self.jobs)
+
+    def is_complete(self, record) -> bool:
+        """Whether a commit record covers this shard as planned now (one committed under a smaller
+        ``num_samples`` may be short: it is then redone with its full job list)."""
+        return record is not None and record.planned == self.planned
+
+
+def plan_shard(spec: PlanSpec, shard: int) -> Shard:
+    """The shard ``shard`` of the plan, with its jobs."""
+    return Shard(shard, tuple(shard_jobs(spec, shard)))
 
 
 def _stream_counts(spec: PlanSpec, stream: str, length: int) -> dict[int, int]:

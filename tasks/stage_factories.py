@@ -1,12 +1,21 @@
-"""How each build stage is constructed inside its Ray actor (top-level functions: Ray pickles them by name).
+"""The build's stages, listed from config in one place, and how each is built inside its worker.
 
-Every stage is a plain ``magicseg_models`` class; the actor calls one of these once and keeps the result, so a
-model loads once per actor for the whole run.
+The ``*_stage`` functions are top-level so that Ray pickles them by name; each worker calls one once and keeps the
+result, so a model loads once per worker for the whole run. ``build_stages`` is the pipeline: its order is the
+order rows flow through.
 """
 
 from __future__ import annotations
 
 from magicseg_models.config import BuildConfig
+from magicseg_models.pipeline import StageSpec
+
+
+def build_stages(config: BuildConfig, api_key: str | None = None) -> list[StageSpec]:
+    """prompts -> image pairs -> annotations, each with its own resources and batch size."""
+    return [StageSpec("prompts", prompt_stage, (config, api_key), config.prompts.resources),
+            StageSpec("pairs", pair_stage, (config,), config.generator.resources),
+            StageSpec("annotate", annotation_stage, (config,), config.annotate.resources)]
 
 
 def prompt_stage(config: BuildConfig, api_key: str | None):
