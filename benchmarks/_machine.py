@@ -35,3 +35,30 @@ def machine(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "_")
     return f"cpu:{os.cpu_count()}x{cpu_model()}".replace(" ", "_")
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load average, ``load=0.12/0.30/0.25``: a figure taken on a busy machine says so."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load=unknown"
+    return f"load={one:.2f}/{five:.2f}/{fifteen:.2f}"
+
+
+def spread(values) -> dict:
+    """Best, median and relative spread ((max - min) / min) of a benchmark's repeats (times: lower is better)."""
+    values = sorted(float(v) for v in values)
+    if not values:
+        raise ValueError("spread() needs at least one value")
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    rel = (values[-1] - values[0]) / values[0] if values[0] > 0 else float("inf")
+    return {"best": values[0], "median": median, "spread": rel, "n": len(values)}
+
+
+def ratio_note(numerator: dict, denominator: dict, ratio: float) -> str:
+    """``meaningful`` unless the repeats of either side spread wider than the ratio's distance from 1, in which
+    case the ratio cannot tell the two paths apart on this machine at this load."""
+    noise = max(numerator["spread"], denominator["spread"])
+    return "meaningful" if abs(ratio - 1.0) > noise else f"not-meaningful(spread {noise:.0%} >= |ratio-1|)"

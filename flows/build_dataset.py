@@ -27,7 +27,7 @@ from flows.progress import TerminalProgress
 from magicseg_models.config import BuildConfig, config_differences, public_config
 from magicseg_models.dataset.store import DatasetStore
 from magicseg_models.errors import ConfigError
-from magicseg_models.planning import PlanSpec, num_shards, shard_jobs, spec_from_config
+from magicseg_models.planning import PlanSpec, num_shards, plan_shard, shard_jobs, spec_from_config
 from magicseg_models.vocabulary import Vocabulary
 
 
@@ -38,7 +38,7 @@ class _Run:
     config: BuildConfig
     spec: PlanSpec
     store: DatasetStore
-    pools: list
+    executor: Any
     settings: dict
     lock: threading.Lock = field(default_factory=threading.Lock)
     kept: int = 0
@@ -64,12 +64,11 @@ def build_shards(run_id: str, shards: list[int]) -> list[dict]:
     run = _RUNS[run_id]
     done = run.store.committed()
     infos = []
-    for shard in shards:
-        if _shard_complete(done.get(shard), run.spec, shard):
+    for index in shards:
+        shard = plan_shard(run.spec, index)
+        if shard.is_complete(done.get(index)):
             continue
-        batch = run.config.generator.resources.batch_size
-        info = build_shard(run.store, run.spec, shard, run.pools, batch_size=batch,
-                           max_in_flight=2 * max(len(p.actors) for p in run.pools) + 1,
+        info = build_shard(run.store, shard, run.executor, max_in_flight=2 * len(run.executor.specs) + 1,
                            settings=run.settings, on_rows=run.count)
         with run.lock:
             run.shards_done += 1
@@ -78,8 +77,7 @@ def build_shards(run_id: str, shards: list[int]) -> list[dict]:
 
 
 def _shard_complete(record, spec: PlanSpec, shard: int) -> bool:
-    # a shard committed under a smaller num_samples may be short: it is redone with its full job list
-    return record is not None and record.planned == len(shard_jobs(spec, shard))
+    return plan_shard(spec, shard).is_complete(record)
 
 
 def _check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> None:
@@ -117,10 +115,10 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
     import ray
 
     from tasks.lock import BuildLock
-    from tasks.ray_runtime import cluster_gpus, ensure_ray
+    from tasks.executor import RayExecutor
+    from tasks.ray_runtime import ensure_ray
     from tasks.secrets import llm_api_key
-    from tasks.stage_factories import annotation_stage, pair_stage, prompt_stage
-    from tasks.stage_pool import StagePool
+    from tasks.stage_factories import build_stages
 
     logger = get_run_logger()
     if not out and out_root and (config is None or not _get(config, "out")):
@@ -145,21 +143,18 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
         todo = [s for s in range(num_shards(spec)) if not _shard_complete(done.get(s), spec, s)]
         logger.info("%d of %d shards to build at %s", len(todo), num_shards(spec), store.uri)
         started_ray = ensure_ray(config.ray)
-        gpus = cluster_gpus()
         api_key = llm_api_key(config.prompts) if config.prompts.backend == "openai" else None
-        pools = [StagePool.for_stage("prompts", prompt_stage, (config, api_key), config.prompts.resources, gpus),
-                 StagePool.for_stage("pairs", pair_stage, (config,), config.generator.resources, gpus),
-                 StagePool.for_stage("annotate", annotation_stage, (config,), config.annotate.resources, gpus)]
+        executor = RayExecutor(build_stages(config, api_key))
+        executor.start()
         run_id = uuid.uuid4().hex
-        run = _Run(config, spec, store, pools, settings={k: public_config(config)[k]
-                                                         for k in ("prompts", "generator", "annotate")})
+        run = _Run(config, spec, store, executor, settings={k: public_config(config)[k]
+                                                            for k in ("prompts", "generator", "annotate")})
         _RUNS[run_id] = run
         try:
             stats = _run_chunks(run_id, run, todo, began)
         finally:
             _RUNS.pop(run_id, None)
-            for pool in pools:
-                pool.shutdown()
+            executor.shutdown()
             if started_ray:
                 ray.shutdown()
         manifest = store.refresh_manifest()
@@ -198,7 +193,7 @@ def _run_chunks(run_id: str, run: _Run, todo: list[int], began: float) -> dict:
         for f in futures:
             f.result()  # raises if a chunk failed after its retries: the flow run fails, committed shards stay
         _report(progress_id, bar, run, planned_rows, began)
-    return {pool.name: pool.stats() for pool in run.pools}
+    return run.executor.stats()
 
 
 def _report(progress_id, bar: TerminalProgress, run: _Run, planned_rows: int, began: float) -> None:

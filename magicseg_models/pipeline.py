@@ -9,7 +9,7 @@ The build's stage list comes from one function, ``tasks.stage_factories.build_st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from magicseg_models.config import StageResources
@@ -41,7 +41,7 @@ class StageSpec:
     name: str
     build: Callable[..., Stage]  # a module-level function: executors on other processes pickle it by name
     args: tuple = ()
-    resources: StageResources = StageResources()
+    resources: StageResources = field(default_factory=StageResources)
 
     @property
     def batch_size(self) -> int:

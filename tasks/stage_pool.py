@@ -45,6 +45,9 @@ class StageActor:
         self.rows += len(rows)
         return out
 
+    def settings(self) -> dict:
+        return dict(getattr(self.stage, "settings", {}) or {})
+
     def pid(self) -> int:
         return os.getpid()
 
