@@ -27,7 +27,7 @@ from flows.progress import TerminalProgress
 from magicseg_models.config import BuildConfig, config_differences, public_config
 from magicseg_models.dataset.store import DatasetStore
 from magicseg_models.errors import ConfigError
-from magicseg_models.planning import PlanSpec, num_shards, plan_shard, shard_jobs, spec_from_config
+from magicseg_models.planning import PlanSpec, num_shards, plan_shard, spec_from_config
 from magicseg_models.vocabulary import Vocabulary
 
 
@@ -183,7 +183,7 @@ def _dated(out_root: str, seed: int | None) -> tuple[str, int]:
 def _run_chunks(run_id: str, run: _Run, todo: list[int], began: float) -> dict:
     size = run.config.shards_per_task
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    planned_rows = sum(len(shard_jobs(run.spec, s)) for s in todo)
+    planned_rows = sum(plan_shard(run.spec, s).planned for s in todo)
     progress_id = create_progress_artifact(0.0, key="build-progress", description="planned / done / kept / dropped")
     futures = [build_shards.submit(run_id, chunk) for chunk in chunks]
     with TerminalProgress("building samples", total=planned_rows) as bar:

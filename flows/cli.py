@@ -1,4 +1,4 @@
-"""The ``magicseg`` command line (DESIGN.md section 3).
+"""The ``magicseg`` command line (see README, "Commands").
 
 Every user mistake (bad config, unknown class, unreachable storage, corrupt shard) ends as one line on stderr
 and exit code 2; ``--debug`` shows the traceback instead. Other exceptions are bugs and keep their traceback.

@@ -15,18 +15,8 @@ from typing import Any, Callable, Sequence
 
 import ray
 
+from magicseg_models.pipeline import run_live
 from tasks.ray_runtime import actor_options
-
-
-def _passthrough_drops(stage: Callable[[list[dict]], list[dict]], rows: list[dict]) -> list[dict]:
-    live = [i for i, row in enumerate(rows) if not row.get("drop_reason")]
-    if not live:
-        return rows
-    processed = stage([rows[i] for i in live])
-    out = list(rows)
-    for i, row in zip(live, processed):
-        out[i] = row
-    return out
 
 
 @ray.remote
@@ -40,7 +30,7 @@ class StageActor:
 
     def process(self, rows: list[dict]) -> list[dict]:
         began = time.perf_counter()
-        out = _passthrough_drops(self.stage, rows)
+        out = run_live(self.stage, rows)
         self.busy_s += time.perf_counter() - began
         self.rows += len(rows)
         return out

@@ -1,6 +1,6 @@
 """The dataset on storage: shard schema, codecs, writer with commit markers, manifest, reader, inspect, preview.
 
-Layout at a dataset URI (DESIGN.md section 3)::
+Layout at a dataset URI (docs/dataset-format.md)::
 
     manifest.json                 derived from the commit records below; what users and checks read
     shards/part-00000.parquet     a shard appears only once complete (written, closed, then published)

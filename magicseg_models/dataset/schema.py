@@ -1,4 +1,4 @@
-"""The Parquet row contract (DESIGN.md section 3). Field names and types here are what users script against."""
+"""The Parquet row contract (docs/dataset-format.md). Field names and types here are what users script against."""
 
 from __future__ import annotations
 
