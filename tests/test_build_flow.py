@@ -154,7 +154,7 @@ def test_a_killed_ray_actor_is_replaced_and_the_run_completes(tmp_path, prefect_
     from flows.build_dataset import _RUNS
 
     [run] = _RUNS.values()
-    pairs = next(pool for pool in run.pools if pool.name == "pairs")
+    pairs = next(pool for pool in run.executor.pools if pool.name == "pairs")
     os.kill(ray.get(pairs.actors[0].pid.remote()), signal.SIGKILL)  # a worker crash in the middle of the run
     runner.join(timeout=600)
     assert "summary" in result, "the flow did not finish"
