@@ -62,10 +62,28 @@ def resolve_local_path(value: str | None, *, hub_id_allowed: bool = True) -> str
 class StageResources(Section):
     """How one stage runs on Ray: actors hold the model for the whole run."""
 
-    actors: int = Field(1, ge=1)
-    num_gpus: float = Field(1.0, ge=0, description="per actor; set to 0 automatically on machines without GPU")
+    actors: int | tuple[int, int] = Field(
+        1, description="actors of this stage: a number, or [min, max] for a pool that grows with its backlog up "
+        "to max and shrinks back to min after ray.idle_actor_s without work")
+    num_gpus: float = Field(1.0, ge=0, description="GPU share per actor; asked of the cluster even while no GPU "
+                            "node is up, so an autoscaling cluster starts one")
+    gpu: Literal["required", "optional"] = Field(
+        "required", description="a stage with num_gpus > 0 on a cluster that has no GPU and cannot start one: "
+        "required = the run refuses before any work; optional = the stage runs on CPU, said in the log and summary")
     num_cpus: float = Field(1.0, ge=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="rows per call of one actor of this stage")
+
+    @field_validator("actors")
+    @classmethod
+    def _actor_range(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        low, high = (value, value) if isinstance(value, int) else value
+        if not 1 <= low <= high:
+            raise ValueError(f"actors must be >= 1, or [min, max] with 1 <= min <= max (got {list(value) if not isinstance(value, int) else value})")
+        return value
+
+    @property
+    def actor_range(self) -> tuple[int, int]:
+        return (self.actors, self.actors) if isinstance(self.actors, int) else tuple(self.actors)
 
 
 class VocabularyConfig(Section):
@@ -237,6 +255,14 @@ class RayConfig(Section):
     address: str | None = Field(None, description="None = RAY_ADDRESS if set, else a local Ray for the run")
     num_cpus: int | None = None
     object_store_memory: int | None = None
+    dashboard: bool = Field(False, description="a local Ray started for the run serves its dashboard "
+                            "(http://127.0.0.1:8265); a joined cluster has its own")
+    gpu_wait_s: float = Field(900.0, gt=0, description="how long a GPU stage waits for the cluster to offer its "
+                              "GPU share (an autoscaler starting a node) before it counts as unobtainable")
+    idle_actor_s: float = Field(60.0, gt=0, description="an actor above its stage's minimum is stopped after "
+                                "this long without work")
+    max_in_flight: int = Field(2, ge=1, description="calls queued on one actor at once: 2 keeps it busy while "
+                               "the next batch travels, more only deepens the queue behind a slow actor")
 
 
 class BuildConfig(Section):
@@ -346,7 +372,9 @@ class TrainConfig(Section):
     out: str | None = None
     steps: int = Field(20000, ge=1)
     workers: int = Field(1, ge=1)
-    use_gpu: bool | None = Field(None, description="None = when the cluster has GPUs")
+    use_gpu: bool | None = Field(
+        None, description="true = GPUs required (refused before any work where the cluster has none and cannot "
+        "start one); None = GPUs asked for, training on CPU with a logged note where none can be had; false = CPU")
     resume: bool = False
     seed: int = 0
     log_every: int = Field(50, ge=1)

@@ -33,3 +33,7 @@ def one_line(err: BaseException | str, limit: int = 240) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = lines[0] if lines else (type(err).__name__ if not isinstance(err, str) else "")
     return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+class ClusterError(MagicSegError):
+    """The compute cluster cannot give a stage what it needs (a GPU where one is required)."""

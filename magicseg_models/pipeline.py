@@ -42,6 +42,7 @@ class StageSpec:
     build: Callable[..., Stage]  # a module-level function: executors on other processes pickle it by name
     args: tuple = ()
     resources: StageResources = field(default_factory=StageResources)
+    config_key: str | None = None  # where the stage's settings live in the config (named in error messages)
 
     @property
     def batch_size(self) -> int:

@@ -1,12 +1,13 @@
 """One shard through the executor into the store: the unit of work, naming and commit.
 
-The shard's jobs go to the executor in batches, with at most ``max_in_flight`` batches alive at once (memory), and
-come back in job order into a :class:`ShardWriter`, which publishes the shard only when all of it is there. Rows a
+The shard's jobs go to the executor in batches, with a bounded window of batches alive at once (memory), and are
+written in job order into a :class:`ShardWriter`, which publishes the shard only when all of it is there. Rows a
 stage dropped become the shard's recorded drops.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections import deque
 from typing import Callable
 
@@ -22,26 +23,32 @@ def job_row(job: Job) -> dict:
             "class_names": list(job.class_names), "seed": job.seed, "variant": job.variant}
 
 
-def build_shard(store: DatasetStore, shard: Shard, executor, *, max_in_flight: int, settings: dict | None = None,
-                on_rows: Callable[[int, int], None] | None = None) -> ShardInfo:
-    """Run every job of ``shard`` through ``executor`` and commit the shard; ``on_rows(kept, dropped)`` per batch."""
+def build_shard(store: DatasetStore, shard: Shard, executor, *, max_in_flight: int | None = None,
+                settings: dict | None = None, on_rows: Callable[[int, int], None] | None = None) -> ShardInfo:
+    """Run every job of ``shard`` through ``executor`` and commit the shard; ``on_rows(kept, dropped)`` per batch.
+
+    Up to ``max_in_flight`` batches (default: twice what fills the executor's actors) are out at once, counted from
+    the oldest one not yet written: batches are written in job order (the shard is deterministic), and the window is
+    wide enough that the other actors keep working while a slow one holds the oldest batch.
+    """
     rows = [job_row(job) for job in shard.jobs]
     size = executor.batch_size
+    window = max_in_flight or executor.batches_in_flight
     batches = deque(rows[i:i + size] for i in range(0, len(rows), size))
-    in_flight: deque = deque()
+    unwritten: deque[concurrent.futures.Future] = deque()
     dropped: dict[str, str] = {}
     with store.open_shard(shard.index, settings=settings) as writer:
-        while batches and len(in_flight) < max_in_flight:
-            in_flight.append(executor.submit(batches.popleft()))
-        while in_flight:
-            done = in_flight.popleft().result()  # in job order: the shard's rows are deterministic
-            if batches:
-                in_flight.append(executor.submit(batches.popleft()))
-            kept = [{k: row[k] for k in _FIELDS} for row in done if not row.get("drop_reason")]
-            for row in done:
-                if row.get("drop_reason"):
-                    dropped[row["sample_id"]] = row["drop_reason"]
-            writer.write(kept)
-            if on_rows:
-                on_rows(len(kept), len(done) - len(kept))
+        while batches or unwritten:
+            while batches and len(unwritten) < window:
+                unwritten.append(executor.submit(batches.popleft()))
+            concurrent.futures.wait([unwritten[0]])
+            while unwritten and unwritten[0].done():
+                done = unwritten.popleft().result()
+                kept = [{k: row[k] for k in _FIELDS} for row in done if not row.get("drop_reason")]
+                for row in done:
+                    if row.get("drop_reason"):
+                        dropped[row["sample_id"]] = row["drop_reason"]
+                writer.write(kept)
+                if on_rows:
+                    on_rows(len(kept), len(done) - len(kept))
         return writer.commit(planned=shard.planned, dropped=dropped)

@@ -13,9 +13,9 @@ from magicseg_models.pipeline import StageSpec
 
 def build_stages(config: BuildConfig, api_key: str | None = None) -> list[StageSpec]:
     """prompts -> image pairs -> annotations, each with its own resources and batch size."""
-    return [StageSpec("prompts", prompt_stage, (config, api_key), config.prompts.resources),
-            StageSpec("pairs", pair_stage, (config,), config.generator.resources),
-            StageSpec("annotate", annotation_stage, (config,), config.annotate.resources)]
+    return [StageSpec("prompts", prompt_stage, (config, api_key), config.prompts.resources, "prompts"),
+            StageSpec("pairs", pair_stage, (config,), config.generator.resources, "generator"),
+            StageSpec("annotate", annotation_stage, (config,), config.annotate.resources, "annotate")]
 
 
 def prompt_stage(config: BuildConfig, api_key: str | None):

@@ -1,74 +1,187 @@
-"""Ray actor pools that hold the stage models for the whole run.
+"""One stage's Ray actors: each holds the stage's model for the whole run; the pool grows and shrinks.
 
-Each actor builds its stage (a plain ``magicseg_models`` class) once in ``__init__`` and then maps batches of rows
-to batches of rows. Rows a previous stage dropped (``drop_reason`` set) pass through untouched. Batches flow from
-pool to pool as object refs, so the stages of different batches run at the same time (streaming), while the
-caller bounds how many batches are in flight (memory).
+A :class:`StageActor` builds its stage (a plain ``magicseg_models`` class) once and then maps pieces of batches to
+rows. It returns two objects per call: a small report (rows, seconds, the log records our loggers raised meanwhile)
+that the driver fetches at once, and the rows, which stay in the object store until the next stage or the shard
+writer needs them. A :class:`StagePool` is the driver's book of one stage's actors (how many calls each holds, since
+when it is idle); the executor decides with it which actor gets the next piece.
 """
 
 from __future__ import annotations
 
-import itertools
+import logging
 import os
 import time
-from typing import Any, Callable, Sequence
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
-from magicseg_models.pipeline import run_live
+from magicseg_models.pipeline import StageSpec, run_live
 from tasks.ray_runtime import actor_options
+
+# loggers whose records inside an actor reach the driver (and from there the flow run's log)
+FORWARDED_LOGGERS = ("magicseg_models", "tasks")
+
+
+class _Collect(logging.Handler):
+    """Keeps ``(levelno, logger, message)`` of records at INFO and above until the next report takes them."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.records.append((record.levelno, record.name, record.getMessage()))
+        except Exception:  # a record that cannot be formatted must not break the stage
+            self.handleError(record)
+
+    def take(self) -> list[tuple[int, str, str]]:
+        records, self.records = self.records, []
+        return records
 
 
 @ray.remote
 class StageActor:
-    """One stage's model, loaded once per actor."""
+    """One stage's model, loaded once per actor (and again after a crash: Ray restarts the actor)."""
 
-    def __init__(self, factory: Callable[..., Any], args: tuple, kwargs: dict):
-        self.stage = factory(*args, **kwargs)
+    def __init__(self, spec: StageSpec):
+        self.logs = _Collect()
+        for name in FORWARDED_LOGGERS:
+            logging.getLogger(name).addHandler(self.logs)
+            if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+                logging.getLogger(name).setLevel(logging.INFO)
         self.busy_s = 0.0
         self.rows = 0
+        self.error: Exception | None = None
+        try:
+            self.stage = spec.create()
+        except Exception as err:  # kept and raised by every call: a broken config fails the run, not a restart loop
+            self.error = err
 
-    def process(self, rows: list[dict]) -> list[dict]:
+    def ready(self) -> dict:
+        """The stage is built (or raises why not); the records its construction logged."""
+        if self.error is not None:
+            raise self.error
+        return {"logs": self.logs.take(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+    @ray.method(num_returns=2)
+    def process(self, pieces: list[tuple[Any, int, int]]) -> tuple[dict, list[dict]]:
+        """The rows ``rows[lo:hi]`` of each piece (a list of rows, or a ref to one), through the stage."""
+        if self.error is not None:
+            raise self.error
+        refs = [part for part, _, _ in pieces if isinstance(part, ray.ObjectRef)]
+        fetched = dict(zip(refs, ray.get(refs))) if refs else {}
+        rows = [row for part, lo, hi in pieces for row in (fetched[part] if isinstance(part, ray.ObjectRef)
+                                                            else part)[lo:hi]]
         began = time.perf_counter()
         out = run_live(self.stage, rows)
-        self.busy_s += time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        self.busy_s += seconds
         self.rows += len(rows)
-        return out
+        return {"rows": len(rows), "seconds": seconds, "logs": self.logs.take()}, out
 
     def settings(self) -> dict:
+        if self.error is not None:
+            raise self.error
         return dict(getattr(self.stage, "settings", {}) or {})
 
     def pid(self) -> int:
         return os.getpid()
 
     def stats(self) -> dict:
-        stage_stats = self.stage.stats() if hasattr(self.stage, "stats") else {}
+        stage_stats = self.stage.stats() if self.error is None and hasattr(self.stage, "stats") else {}
         return {"busy_s": self.busy_s, "rows": self.rows, "stage": stage_stats,
-                "node_id": ray.get_runtime_context().get_node_id()}
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+
+@dataclass
+class ActorSlot:
+    """The driver's record of one actor."""
+
+    name: str
+    handle: Any
+    ready_ref: Any  # the pending ``ready()`` call; None once the actor has answered it
+    in_flight: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+    calls: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_ref is None
 
 
 class StagePool:
-    """``actors`` copies of a stage; ``submit`` hands a batch (or a ref to one) to the next actor in turn."""
+    """One stage's actors between ``min`` and ``max`` of ``resources.actors``; pieces go to the least busy one."""
 
-    def __init__(self, name: str, factory: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict | None = None,
-                 *, actors: int = 1, options: dict | None = None):
-        self.name = name
-        self.actors = [StageActor.options(**(options or {})).remote(factory, tuple(args), dict(kwargs or {}))
-                       for _ in range(actors)]
-        self._next = itertools.cycle(self.actors)
+    def __init__(self, spec: StageSpec, *, run_token: str | None = None, on_cpu: bool = False,
+                 max_in_flight: int = 2, idle_actor_s: float = 60.0):
+        self.spec = spec
+        self.name = spec.name
+        self.low, self.high = spec.resources.actor_range
+        self.on_cpu = on_cpu
+        self.options = actor_options(spec.resources, on_cpu=on_cpu)
+        self.max_in_flight = max_in_flight
+        self.idle_actor_s = idle_actor_s
+        self.token = run_token or uuid.uuid4().hex[:8]
+        self.slots: list[ActorSlot] = []
+        self.retired: list[dict] = []  # stats of actors stopped while the run went on
+        self._started = 0
+        for _ in range(self.low):
+            self.add_actor()
 
-    @classmethod
-    def for_stage(cls, name: str, factory: Callable[..., Any], args: Sequence[Any], resources,
-                  gpus_available: float, kwargs: dict | None = None) -> "StagePool":
-        return cls(name, factory, args, kwargs, actors=resources.actors,
-                   options=actor_options(resources, gpus_available))
+    def add_actor(self) -> ActorSlot:
+        # named so that operators (and tests) find a stage's actors: magicseg/<stage>/<k>/<run token>
+        name = f"magicseg/{self.name}/{self._started}/{self.token}"
+        self._started += 1
+        handle = StageActor.options(name=name, **self.options).remote(self.spec)
+        slot = ActorSlot(name, handle, handle.ready.remote())
+        self.slots.append(slot)
+        return slot
 
-    def submit(self, rows) -> ray.ObjectRef:
-        return next(self._next).process.remote(rows)
+    def pick(self) -> ActorSlot | None:
+        """The ready actor holding the fewest calls (the lowest number on a tie), if any has room."""
+        free = [slot for slot in self.slots if slot.ready and slot.in_flight < self.max_in_flight]
+        return min(free, key=lambda slot: slot.in_flight) if free else None
+
+    def wants_actor(self, backlog: int) -> bool:
+        """Grow by one when pieces wait, every actor is full and none is still starting."""
+        return (backlog > 0 and len(self.slots) < self.high and all(slot.ready for slot in self.slots)
+                and self.pick() is None)
+
+    def idle_surplus(self, now: float) -> list[ActorSlot]:
+        """Actors above ``min`` that have had no work for ``idle_actor_s`` (the newest first)."""
+        surplus = len(self.slots) - self.low
+        idle = [slot for slot in reversed(self.slots)
+                if slot.ready and slot.in_flight == 0 and now - slot.idle_since >= self.idle_actor_s]
+        return idle[:max(surplus, 0)]
+
+    def retire(self, slot: ActorSlot) -> None:
+        try:
+            self.retired.append({"name": slot.name, **ray.get(slot.handle.stats.remote(), timeout=30)})
+        except Exception:  # a dead actor has no stats to give
+            self.retired.append(_no_stats(slot.name))
+        ray.kill(slot.handle)
+        self.slots.remove(slot)
 
     def stats(self) -> list[dict]:
-        return ray.get([actor.stats.remote() for actor in self.actors])
+        """One record per actor this pool ever ran (stopped ones included)."""
+        live = []
+        for slot in self.slots:
+            try:
+                live.append({"name": slot.name, **ray.get(slot.handle.stats.remote(), timeout=60)})
+            except Exception:  # dead for good, or too busy to answer: counted as having done nothing
+                live.append(_no_stats(slot.name))
+        return self.retired + live
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        for slot in self.slots:
+            ray.kill(slot.handle)
+        self.slots = []
+
+
+def _no_stats(name: str) -> dict:
+    return {"name": name, "busy_s": 0.0, "rows": 0, "stage": {}, "node_id": None, "gpu_ids": []}
