@@ -9,12 +9,15 @@ worker group resumes from the latest one by itself.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from typing import Any
 
 from magicseg_models.config import TrainConfig
 from magicseg_models.training.trainer import check_output
+
+logger = logging.getLogger(__name__)
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
@@ -65,7 +68,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tasks.ray_runtime import cluster_gpus, ensure_ray
+    from tasks.ray_runtime import ensure_ray
 
     # Ray Train workers run in their own working directories: a relative local path must not change meaning
     config = config.model_copy(update={"data": _absolute(config.data), "out": _absolute(config.out)})
@@ -74,7 +77,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     loop_config = config.model_copy(update={"resume": True}).model_dump(mode="json")
     started = ensure_ray(config.ray)
     try:
-        use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
+        use_gpu, notes = training_device(config)
         storage = os.environ.get("MAGICSEG_RAY_STORAGE") or os.path.join(tempfile.gettempdir(), "magicseg-ray-train")
         trainer = TorchTrainer(
             _train_loop, train_loop_config=loop_config,
@@ -90,7 +93,30 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             ray.shutdown()
     if result.error is not None:
         raise result.error
-    return {**training_outcome(config), "resumed_from": latest, "workers": config.workers, "use_gpu": use_gpu}
+    return {**training_outcome(config), "resumed_from": latest, "workers": config.workers, "use_gpu": use_gpu,
+            "notes": notes}
+
+
+def training_device(config: TrainConfig) -> tuple[bool, list[str]]:
+    """Whether the workers get a GPU each, and notes for the run log; the build stages' rule (tasks.ray_runtime).
+
+    ``use_gpu`` true is ``required``, unset is ``optional`` (asked for, CPU with a note where none can be had),
+    false is CPU. Asking is what makes an autoscaling cluster start GPU nodes from zero.
+    """
+    from magicseg_models.errors import ClusterError
+    from tasks.ray_runtime import gpu_unavailable
+
+    if config.use_gpu is False:
+        return False, []
+    reason = gpu_unavailable([1.0] * config.workers, wait_s=config.ray.gpu_wait_s)
+    if reason is None:
+        return True, []
+    if config.use_gpu:
+        raise ClusterError(f"use_gpu=true, but {reason}: run on a cluster with GPU nodes, or unset use_gpu "
+                           "to train on CPU")
+    note = f"training runs on CPU: {reason} (use_gpu unset; true would refuse instead)"
+    logger.warning(note)
+    return False, [note]
 
 
 def training_outcome(config: TrainConfig) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def test_a_slow_actor_does_not_hold_up_the_other_two(local_ray, tmp_path):
     def timed(slow_factor: float) -> tuple[float, list[dict], dict]:
         ranks = tmp_path / f"ranks-{slow_factor}"
         ranks.mkdir()
-        spec = StageSpec("work", tagging_stage, ("work", 0.02, str(ranks), slow_factor),
+        spec = StageSpec("work", tagging_stage, ("work", 0.05, str(ranks), slow_factor),
                          StageResources(batch_size=4, actors=3, **CPU))
         with RayExecutor([spec]) as executor:
             executor.start()
@@ -82,14 +82,14 @@ def test_a_slow_actor_does_not_hold_up_the_other_two(local_ray, tmp_path):
 
 
 def test_a_pool_grows_with_its_backlog_and_shrinks_when_idle(local_ray, tmp_path):
-    spec = StageSpec("work", tagging_stage, ("work", 0.05), StageResources(batch_size=2, actors=[1, 3], **CPU))
+    spec = StageSpec("work", tagging_stage, ("work", 0.1), StageResources(batch_size=2, actors=[1, 3], **CPU))
     with RayExecutor([spec], ray_config=RayConfig(idle_actor_s=1.0)) as executor:
         executor.start()
         assert len(executor.pools[0].slots) == 1
-        out = _run(executor, _rows(60), 2)
+        out = _run(executor, _rows(120), 2)  # 12 s for one actor: time for two more to start and take work
         grown = executor.stats()["work"]
         assert len(grown) == 3 and all(s["rows"] > 0 for s in grown)
-        assert [row["index"] for row in out] == list(range(60))
+        assert [row["index"] for row in out] == list(range(120))
         deadline = time.monotonic() + 30
         while len(executor.pools[0].slots) > 1 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -97,7 +97,7 @@ def test_a_pool_grows_with_its_backlog_and_shrinks_when_idle(local_ray, tmp_path
         names = {name for name in ray.util.list_named_actors() if name.startswith("magicseg/work/")}
         assert len(names) == 1
         # the stopped actors' work is still counted: stats cover every actor the run used
-        assert sum(s["rows"] for s in executor.stats()["work"]) == 60
+        assert sum(s["rows"] for s in executor.stats()["work"]) == 120
 
 
 def test_a_stage_error_comes_out_as_its_own_one_line(local_ray):
@@ -155,3 +155,16 @@ def test_an_optional_gpu_stage_runs_on_cpu_and_says_so(local_ray):
                      "(generator.resources.gpu is optional)"]
     assert [row["tag_pairs"] for row in out] == [0, 10]
     assert stats[0]["on_cpu"] is True and stats[0]["gpu_ids"] == []
+
+
+def test_training_follows_the_same_gpu_rule(local_ray):
+    from magicseg_models.config import load_config
+    from tasks.train_ray import training_device
+
+    base = load_config("train", "tiny")
+    assert training_device(base.model_copy(update={"use_gpu": False})) == (False, [])
+    use_gpu, notes = training_device(base.model_copy(update={"use_gpu": None}))
+    assert use_gpu is False and notes == ["training runs on CPU: the Ray cluster has no GPU and no autoscaler that "
+                                          "could start one (use_gpu unset; true would refuse instead)"]
+    with pytest.raises(ClusterError, match="^use_gpu=true, but the Ray cluster has no GPU"):
+        training_device(base.model_copy(update={"use_gpu": True}))
