@@ -68,8 +68,7 @@ def build_shards(run_id: str, shards: list[int]) -> list[dict]:
         shard = plan_shard(run.spec, index)
         if shard.is_complete(done.get(index)):
             continue
-        info = build_shard(run.store, shard, run.executor, max_in_flight=2 * len(run.executor.specs) + 1,
-                           settings=run.settings, on_rows=run.count)
+        info = build_shard(run.store, shard, run.executor, settings=run.settings, on_rows=run.count)
         with run.lock:
             run.shards_done += 1
         infos.append(info.manifest_entry())
@@ -144,7 +143,7 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
         logger.info("%d of %d shards to build at %s", len(todo), num_shards(spec), store.uri)
         started_ray = ensure_ray(config.ray)
         api_key = llm_api_key(config.prompts) if config.prompts.backend == "openai" else None
-        executor = RayExecutor(build_stages(config, api_key))
+        executor = RayExecutor(build_stages(config, api_key), ray_config=config.ray)
         executor.start()
         run_id = uuid.uuid4().hex
         run = _Run(config, spec, store, executor, settings={k: public_config(config)[k]
