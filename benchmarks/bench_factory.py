@@ -7,7 +7,7 @@ process, on this machine:
 - **(a) plain loop**: ``prompt_stage(config, api_key)``, ``pair_stage(config)`` and ``annotation_stage(config)``
   (``tasks.stage_factories``, what each Ray actor calls once) constructed in this process, then called in a plain
   loop over batches of ``generator.resources.batch_size`` job rows (``tasks.shard_work.job_row``): prompts ->
-  pairs -> annotations, rows with a ``drop_reason`` passed through untouched (``tasks.stage_pool._passthrough_drops``,
+  pairs -> annotations, rows with a ``drop_reason`` passed through untouched (``magicseg_models.pipeline.run_live``,
   as the actors do). Nothing else is encoded or written (the stages' own JPEG/RLE encoding is all there is). The
   stages are rebuilt every round with a fresh ``out`` folder so the prompt cache starts cold, as in a fresh build;
   construction is timed apart (``a_load``). ``a_s`` = the best round's loop time.
@@ -203,7 +203,7 @@ def plain_round(preset: str, sets: list[str], samples: int, out: str, threads: i
     from magicseg_models.planning import plan_jobs, spec_from_config
     from magicseg_models.vocabulary import Vocabulary
     from tasks.shard_work import job_row
-    from tasks.stage_pool import _passthrough_drops
+    from magicseg_models.pipeline import run_live
 
     config = load_config("build", preset, out=out, num_samples=samples, overrides=sets)
     vocabulary = Vocabulary.load(config.vocabulary.file, config.vocabulary.classes)
@@ -232,7 +232,7 @@ def plain_round(preset: str, sets: list[str], samples: int, out: str, threads: i
         chunk = rows[start:start + batch]
         for name, stage in zip(STAGES, stages):
             t = time.perf_counter()
-            chunk = _passthrough_drops(stage, chunk)
+            chunk = run_live(stage, chunk)
             per_stage[name] += time.perf_counter() - t
         for row in chunk:
             if row.get("drop_reason"):
@@ -268,9 +268,8 @@ def actor_probe(config) -> dict:
     """What a stage actor sees (threads), and how long the flow's three pools take to start and load models."""
     import ray
 
-    from tasks.ray_runtime import cluster_gpus
-    from tasks.stage_factories import annotation_stage, pair_stage, prompt_stage
-    from tasks.stage_pool import StagePool
+    from tasks.executor import RayExecutor
+    from tasks.stage_factories import build_stages
 
     @ray.remote(num_cpus=config.generator.resources.num_cpus, num_gpus=0)
     def threads() -> str:
@@ -279,16 +278,10 @@ def actor_probe(config) -> dict:
         return f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, torch threads {torch.get_num_threads()}"
 
     seen = ray.get(threads.remote())
-    gpus = cluster_gpus()
     began = time.perf_counter()
-    pools = [StagePool.for_stage("prompts", prompt_stage, (config, None), config.prompts.resources, gpus),
-             StagePool.for_stage("pairs", pair_stage, (config,), config.generator.resources, gpus),
-             StagePool.for_stage("annotate", annotation_stage, (config,), config.annotate.resources, gpus)]
-    for pool in pools:
-        pool.stats()  # returns once every actor of the pool has run __init__ (model loaded)
-    start_s = time.perf_counter() - began
-    for pool in pools:
-        pool.shutdown()
+    with RayExecutor(build_stages(config), ray_config=config.ray) as executor:
+        executor.start()  # returns once every stage has an actor with its model loaded
+        start_s = time.perf_counter() - began
     return {"threads": seen, "actor_start_s": start_s}
 
 

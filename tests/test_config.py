@@ -84,12 +84,28 @@ def test_sd15_random_has_the_same_architectures_without_downloads():
     assert rnd.annotate.segmenter.model_type == paper.annotate.segmenter.model_type == "vit_h"
     assert rnd.annotate.segmenter.checkpoint is None
     assert rnd.prompts.backend == "template"  # no LLM endpoint needed for a throughput benchmark
+    for config in (paper, rnd):  # never SD on a CPU by accident
+        assert config.generator.resources.gpu == config.annotate.resources.gpu == "required"
+        assert config.generator.resources.num_gpus == 1 and config.annotate.resources.num_gpus == 0.5
 
 
-def test_build_tiny_is_cpu_only_with_tiny_weights():
+def test_stage_actors_are_a_number_or_a_range():
+    from magicseg_models.config import StageResources
+
+    assert StageResources(actors=3).actor_range == (3, 3)
+    assert StageResources(actors=[1, 4]).actor_range == (1, 4)
+    assert load_config("build", "tiny", overrides=["generator.resources.actors=[2, 6]"]).generator.resources \
+        .actor_range == (2, 6)
+    for bad in ([3, 1], [0, 2], 0):
+        with pytest.raises(ConfigError, match="actors must be >= 1"):
+            load_config("build", "tiny", overrides=[f"generator.resources.actors={bad}"])
+
+
+def test_build_tiny_runs_anywhere_with_tiny_weights():
     c = load_config("build", "tiny")
-    for res in (c.prompts.resources, c.generator.resources, c.annotate.resources):
-        assert res.num_gpus == 0
+    assert c.prompts.resources.num_gpus == 0  # the tiny LM on the CPU
+    for res in (c.generator.resources, c.annotate.resources):  # a GPU where one can be had, else the CPU
+        assert res.num_gpus > 0 and res.gpu == "optional"
     assert c.generator.weights == c.annotate.detector.weights == c.annotate.segmenter.weights == "tiny"
     # no network: the prompt stage runs the tiny local LM (hf backend), never an endpoint
     assert c.prompts.backend == "hf" and c.prompts.weights == "tiny"
