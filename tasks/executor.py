@@ -306,6 +306,7 @@ class RayExecutor:
         except Exception as err:
             _fail(call.batch.future, user_error(err))
             return
+        call.slot.observe(report["rows"], report["seconds"])
         self._forward(call.pool.name, report["logs"])
         batch = call.batch
         if batch.failed:

@@ -108,6 +108,12 @@ class ActorSlot:
     in_flight: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     calls: int = 0
+    row_s: float | None = None  # moving average of seconds per row, from the actor's reports
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if rows:
+            sample = seconds / rows
+            self.row_s = sample if self.row_s is None else 0.7 * self.row_s + 0.3 * sample
 
     @property
     def ready(self) -> bool:
@@ -143,8 +149,19 @@ class StagePool:
         return slot
 
     def pick(self) -> ActorSlot | None:
-        """The ready actor holding the fewest calls (the lowest number on a tie), if any has room."""
-        free = [slot for slot in self.slots if slot.ready and slot.in_flight < self.max_in_flight]
+        """The ready actor holding the fewest calls (the lowest number on a tie), if any has room.
+
+        An actor more than twice as slow per row as the fastest gets one call at a time: a second piece queued
+        behind a slow one would be the oldest unwritten batch long after the others moved on.
+        """
+        known = [slot.row_s for slot in self.slots if slot.ready and slot.row_s]
+        fastest = min(known) if known else None
+
+        def room(slot: ActorSlot) -> int:
+            slow = fastest is not None and slot.row_s is not None and slot.row_s > 2 * fastest
+            return 1 if slow else self.max_in_flight
+
+        free = [slot for slot in self.slots if slot.ready and slot.in_flight < room(slot)]
         return min(free, key=lambda slot: slot.in_flight) if free else None
 
     def wants_actor(self, backlog: int) -> bool:
