@@ -168,3 +168,37 @@ def test_training_follows_the_same_gpu_rule(local_ray):
                                           "could start one (use_gpu unset; true would refuse instead)"]
     with pytest.raises(ClusterError, match="^use_gpu=true, but the Ray cluster has no GPU"):
         training_device(base.model_copy(update={"use_gpu": True}))
+
+
+DASHBOARD_SCRIPT = """
+import json, logging, sys, urllib.request
+import ray
+import ray._private.worker as worker
+from magicseg_models.config import RayConfig
+from tasks.ray_runtime import ensure_ray
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+assert ensure_ray(RayConfig(num_cpus=1, dashboard=True))
+url = worker._global_node.webui_url
+version = json.loads(urllib.request.urlopen(f"http://{url}/api/version", timeout=30).read())
+print("RESULT " + json.dumps({"url": url, "served": version["session_name"],
+                              "ours": worker._global_node.session_name}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_ray_dashboard_switch_serves_the_local_dashboard(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", DASHBOARD_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert result["url"].startswith("127.0.0.1:") and result["served"] == result["ours"]
+    assert f"Ray dashboard at http://{result['url']}" in proc.stderr
