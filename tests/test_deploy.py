@@ -535,7 +535,7 @@ def _stop_own_ray(temp_dir: str) -> None:
     for proc in mine:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(mine, timeout=10)
+    _, alive = psutil.wait_procs(mine, timeout=5)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
@@ -695,7 +695,8 @@ def test_deploy_readme_has_the_commands_and_operations_doc_points_to_it():
     for command in ("prefect server start", "prefect work-pool create magicseg --type process",
                     "prefect --no-prompt deploy --all", "prefect worker start --pool magicseg",
                     "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING", "ray job submit",
-                    "kubectl apply -f deploy/kuberay-raycluster.yaml", "ray up deploy/ray-cluster.yaml",
+                    "kubectl apply -f deploy/kuberay-raycluster.yaml", "kubectl apply -f deploy/kuberay-rayjob.yaml",
+                    "ray up deploy/ray-cluster.yaml",
                     "docker build -f deploy/Dockerfile"):
         assert command in readme, command
     ops = (ROOT / "docs" / "operations.md").read_text()
