@@ -13,7 +13,9 @@ skipped where ray[default], which the dashboard needs, is not installed).
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
+import importlib.util
 import fnmatch
 import json
 import os
@@ -510,6 +512,55 @@ def test_ray_job_engine_forwards_no_secret_and_needs_a_flow_run_id():
     env["MAGICSEG_RAY_JOBS_ADDRESS"] = "http://127.0.0.1:9"
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "PREFECT__FLOW_RUN_ID" in done.stderr, done.stderr
+
+
+def _engine_module():
+    """deploy/ray_job_engine.py as a module (it is a script, not part of a package)."""
+    spec = importlib.util.spec_from_file_location("ray_job_engine", DEPLOY / "ray_job_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _DroppingJobServer:
+    """Stands in for Ray's JobSubmissionClient: the first log stream drops mid-job, as on a dashboard restart;
+    the next one replays the log from its start, in other chunks, as Ray's log tail does."""
+
+    def __init__(self, drops: int = 1):
+        self.drops = drops
+        self.streams = 0
+
+    async def tail_job_logs(self, job_id):
+        self.streams += 1
+        if self.streams <= self.drops:
+            yield "line 0\n"
+            yield "line 1\n"
+            raise RuntimeError("WebSocket connection closed unexpectedly with close code 1006")
+        yield "line 0\nline 1\nli"
+        yield "ne 2\n"
+
+    def get_job_status(self, job_id):
+        from ray.job_submission import JobStatus
+
+        return JobStatus.SUCCEEDED if self.streams > self.drops else JobStatus.RUNNING
+
+
+def test_engine_log_follower_reconnects_without_printing_anything_twice(capsys):
+    engine = _engine_module()
+    engine.RECONNECT_S = 0.0
+    server = _DroppingJobServer()
+    status = asyncio.run(engine.follow(server, "prefect-x"))
+    out, err = capsys.readouterr()
+    assert status.value == "SUCCEEDED" and server.streams == 2
+    assert out == "line 0\nline 1\nline 2\n"
+    assert "reconnecting" in err
+
+
+def test_engine_log_follower_gives_up_on_a_job_server_that_stays_away():
+    engine = _engine_module()
+    engine.RECONNECT_S, engine.UNREACHABLE_S = 0.0, 0.0
+    with pytest.raises(RuntimeError, match="unreachable"):
+        asyncio.run(engine.follow(_DroppingJobServer(drops=10**6), "prefect-x"))
 
 
 # ------------------------------------------------------------------------------------------- Ray job engine, live
