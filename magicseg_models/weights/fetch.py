@@ -15,8 +15,9 @@
   leaves a partial file under the final name. A record of the size sits beside the file (``.json``); later
   calls from any process of the node reuse the file after checking its size against it, without network.
 
-The cache must be on a node-local disk (file locks on network filesystems are unreliable): each node fetches
-once. ``python -m magicseg_models.weights.fetch URL`` pre-fetches a URL into this node's cache.
+The cache is node-local by default, so each node fetches once. It may instead be a volume shared by the nodes
+(deploy/: a ReadWriteMany claim, EFS), but only on a filesystem with working POSIX locks (NFSv4, EFS,
+Filestore). Temporary names carry the host name and the pid, because pids repeat across pods. ``python -m magicseg_models.weights.fetch URL`` pre-fetches a URL into this node's cache.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import re
 import sys
 import time
@@ -130,7 +132,7 @@ def _download(url: str, path: str, storage_options: dict[str, Any], label: str) 
         raise CheckpointFetchError(f"{label} {shown} not found") from None
     except Exception as err:  # noqa: BLE001 - any transport failure is one line naming the URL
         raise CheckpointFetchError(f"{label} {shown} cannot be reached: {one_line(err)}") from None
-    tmp = f"{path}.part-{os.getpid()}"
+    tmp = f"{path}.part-{_writer_tag()}"
     try:
         try:
             fs.get_file(remote, tmp)
@@ -141,7 +143,7 @@ def _download(url: str, path: str, storage_options: dict[str, Any], label: str) 
             raise CheckpointFetchError(f"{label} {shown}: downloaded {size} bytes, the server reported "
                                        f"{int(expected)}; try again")
         os.replace(tmp, path)
-        record = f"{path}.json.part-{os.getpid()}"
+        record = f"{path}.json.part-{_writer_tag()}"
         with open(record, "w") as f:
             json.dump({"url": shown, "size": size, "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
         os.replace(record, path + ".json")
@@ -226,3 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _writer_tag() -> str:
+    """Unique to this process on a volume shared by several hosts (pods reuse pids)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
