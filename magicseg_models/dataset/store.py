@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 import magicseg_models
 from magicseg_models.config import redact
+from magicseg_models.dataset.card import CARD, class_counts, render_card
 from magicseg_models.dataset.schema import (
     META_SCHEMA_VERSION, META_SETTINGS, SCHEMA, SCHEMA_VERSION, column_compression,
 )
@@ -122,6 +124,8 @@ class ShardInfo:
     planned: int = 0
     dropped: dict[str, str] = field(default_factory=dict)  # sample_id -> reason
     committed_at: float = 0.0
+    # kept samples per class id (JSON keys are strings); None in records written before the dataset card existed
+    class_counts: dict[str, int] | None = None
 
     def manifest_entry(self) -> dict:
         return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
@@ -237,8 +241,20 @@ class DatasetStore:
                 return manifest
             manifest = self.build_manifest(records, header)
             self.storage.write_json_atomic(MANIFEST, manifest)
+            self.write_card(manifest, records)
             seen = set(records)
         return manifest
+
+    def write_card(self, manifest: Mapping[str, Any], records: Mapping[int, ShardInfo]) -> None:
+        """``README.md``: the dataset card that makes the URI a Hugging Face dataset folder (dataset/card.py)."""
+        counts: Counter = Counter()
+        for info in records.values():
+            if info.class_counts is None:  # a shard from before cards: read its class ids once
+                column = pq.read_table(self.storage.open(info.path), columns=["class_ids"]).column(0).to_pylist()
+                counts.update(class_counts(column))
+            else:
+                counts.update({int(k): v for k, v in info.class_counts.items()})
+        self.storage.write_bytes_atomic(CARD, render_card(dict(manifest), counts, self.uri).encode())
 
     def read_manifest(self) -> dict:
         return load_manifest(self.storage)
@@ -284,6 +300,7 @@ class ShardWriter:
         self._hash = FollowingHash(self._tmp)
         self.rows = 0
         self._buffer: list[dict] = []
+        self._class_counts: Counter = Counter()
 
     def write(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> None:
         """Append rows (dicts with exactly the schema's fields, or a table); flushed in row groups."""
@@ -297,6 +314,7 @@ class ShardWriter:
             self._writer.write_table(table.replace_schema_metadata(self._schema.metadata),
                                      row_group_size=ROW_GROUP_ROWS)
             self.rows += table.num_rows
+            self._class_counts.update(class_counts(table.column("class_ids").to_pylist()))
             return
         for row in rows:
             self._check_fields(row)  # Arrow would write a missing field as null and drop an unknown one silently
@@ -320,6 +338,7 @@ class ShardWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ShardError(f"rows for {self.rel_path} do not match the schema: {describe_error(err)}") from None
         self.rows += table.num_rows
+        self._class_counts.update(class_counts(row["class_ids"] for row in self._buffer))
         self._buffer.clear()
 
     def commit(self, planned: int | None = None, dropped: Mapping[str, str] | None = None,
@@ -335,7 +354,8 @@ class ShardWriter:
         info = ShardInfo(path=self.rel_path, rows=self.rows, bytes=os.path.getsize(self._tmp),
                          sha256=self._hash.hexdigest(), shard=self.index,
                          planned=int(planned if planned is not None else self.rows),
-                         dropped=dict(dropped or {}), committed_at=time.time())
+                         dropped=dict(dropped or {}), committed_at=time.time(),
+                         class_counts={str(k): v for k, v in sorted(self._class_counts.items())})
         self.store.storage.publish_file(self._tmp, self.rel_path)
         self.store.record_commit(info)
         if refresh_manifest:
