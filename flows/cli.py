@@ -239,6 +239,17 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from magicseg_models.dataset.export import export_dataset
+
+    result = export_dataset(args.uri, args.out, args.format, split_counterfactual=args.split_counterfactual,
+                            on_shard=progress_callback(f"exporting {args.format}"))
+    print(json.dumps(result, indent=1) if args.json else
+          f"wrote {args.format} to {result['out']}: {result['shards_exported']} shards exported, "
+          f"{result['shards_skipped']} already there")
+    return 0
+
+
 def cmd_models(args) -> int:
     """Every model the config(s) will load and whether it is here; exit 1 naming what is missing and its fetch."""
     from magicseg_models.config import KINDS, available_presets, load_config
@@ -346,6 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.add_argument("--n", type=int, default=16)
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("export", help="the dataset as COCO instances, semantic label maps or WebDataset tars",
+                       description="Streams shard by shard; a rerun skips shards already exported. Formats: coco "
+                       "(images/ + annotations/instances.json), semantic (images/, labels/*.png, classes.txt; "
+                       "0 = background, class id + 1), webdataset (one .tar per shard). docs/dataset-format.md.")
+    p.add_argument("uri", metavar="URI")
+    p.add_argument("--format", required=True, choices=["coco", "semantic", "webdataset"])
+    p.add_argument("--out", required=True, metavar="DIR", help="a local folder or s3://bucket/prefix")
+    p.add_argument("--split-counterfactual", action="store_true",
+                   help="each counterfactual image as a sample of its own, all background")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="every model a config loads, where from, and whether it is here (offline)")
     p.add_argument("--preset", help="preset name (default tiny); without --kind, every config kind that has it")

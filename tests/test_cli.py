@@ -20,7 +20,7 @@ from magicseg_models.dataset.storage import Storage
 from magicseg_models.errors import VocabularyError
 from magicseg_models.vocabulary import Vocabulary
 
-COMMANDS = ["build", "prompts", "inspect", "preview", "train", "eval", "models"]
+COMMANDS = ["build", "prompts", "inspect", "preview", "export", "train", "eval", "models"]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -134,3 +134,17 @@ def test_export_to_object_storage(synthetic_dataset, s3_bucket, tmp_path):
 def test_an_unknown_format_is_one_line(synthetic_dataset, tmp_path):
     with pytest.raises(ConfigError, match="^unknown export format 'voc'; choose one of coco, semantic, webdataset$"):
         export_dataset(synthetic_dataset, str(tmp_path / "x"), "voc")
+
+
+def test_the_export_command(synthetic_dataset, tmp_path, capsys):
+    from flows.cli import main
+
+    out = tmp_path / "semantic"
+    assert main(["export", synthetic_dataset, "--format", "semantic", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["format"] == "semantic" and result["images"] == len(_rows(synthetic_dataset))
+    assert main(["export", synthetic_dataset, "--format", "semantic", "--out", str(out)]) == 0
+    assert "0 shards exported" in capsys.readouterr().out  # the rerun found everything there
+    assert main(["export", synthetic_dataset, "--format", "voc", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "invalid choice: 'voc'" in err and len(err.splitlines()) == 1
