@@ -57,6 +57,23 @@ def load_build_config(args) -> Any:
     return load_config("build", args.preset, getattr(args, "config", None), args.set or (), **fields)
 
 
+def _print_config(config, kind: str) -> None:
+    """The effective config on stdout as YAML that ``--config`` takes back unchanged (secrets redacted)."""
+    from magicseg_models.config import public_config
+
+    print(f"# effective {kind} config (preset '{config.preset}'); secrets redacted")
+    print(_yaml(public_config(config)), end="")
+
+
+def _check_storage(uri: str, options: dict) -> None:
+    """One read at ``uri`` (nothing written): unreachable storage or refused credentials fail here, in one line."""
+    from magicseg_models.dataset.storage import Storage
+
+    storage = Storage(uri, options)
+    state = "holds a dataset" if storage.exists("manifest.json") else "reachable, no dataset yet"
+    print(f"# storage {storage.uri}: {state}", file=sys.stderr)
+
+
 def _yaml(obj: Any) -> str:
     import yaml
 
@@ -73,11 +90,19 @@ def cmd_build(args) -> int:
     vocabulary = Vocabulary.load(config.vocabulary.file, config.vocabulary.classes)
     spec = spec_from_config(config, vocabulary)
     if args.dry_run:
-        print(f"# effective build config (preset '{config.preset}'); secrets redacted")
-        print(_yaml(public_config(config)), end="")
-        print("---")
-        print(f"# plan over {vocabulary.source}")
-        print(_yaml({"plan": plan_summary(spec)}), end="")
+        from magicseg_models.estimate import estimate_build
+
+        _print_config(config, "build")
+        print(f"# plan over {vocabulary.source}", file=sys.stderr)
+        print(_yaml({"plan": plan_summary(spec)}), end="", file=sys.stderr)
+        estimate = estimate_build(config)
+        if estimate:
+            low, high = estimate["gpu_hours"]
+            print(f"# {estimate['samples']} samples: {low}-{high} {estimate['card']} GPU hours, "
+                  f"{estimate['pairs_per_gpu_hour'][0]}-{estimate['pairs_per_gpu_hour'][1]} pairs per GPU hour "
+                  f"({estimate['basis']})", file=sys.stderr)
+        if config.out:
+            _check_storage(config.out, config.storage.storage_options)
         return 0
     if not config.out:
         from magicseg_models.errors import ConfigError
@@ -179,6 +204,10 @@ def cmd_train(args) -> int:
 
     refuse_storage_secrets(config)
     check_output(config)  # bad data or an occupied --out: one line now, before Prefect and Ray start
+    if args.dry_run:
+        _print_config(config, "train")
+        print(f"# data {config.data} readable; output {config.out} free (or resumable)", file=sys.stderr)
+        return 0
     from flows.train import train_flow
 
     outcome = train_flow(config=config)
@@ -209,6 +238,10 @@ def cmd_eval(args) -> int:
         from magicseg_models.training.checkpoints import resolve_checkpoint
 
         resolve_checkpoint(config.checkpoint, config.storage.storage_options)
+    if args.dry_run:
+        _print_config(config, "eval")
+        print(f"# benchmark {config.benchmark} at {config.data_root} readable", file=sys.stderr)
+        return 0
     from flows.evaluate import evaluate_flow
 
     metrics = evaluate_flow(config=config)
@@ -247,6 +280,53 @@ def cmd_export(args) -> int:
     print(json.dumps(result, indent=1) if args.json else
           f"wrote {args.format} to {result['out']}: {result['shards_exported']} shards exported, "
           f"{result['shards_skipped']} already there")
+    return 0
+
+
+ENV_SHOWN = ("RAY_ADDRESS", "PREFECT_API_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_HOME",
+             "HF_HUB_OFFLINE", "MAGICSEG_CACHE", "CUDA_VISIBLE_DEVICES")
+ENV_PRESENCE = ("OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREFECT_API_KEY",
+                "PREFECT_API_AUTH_STRING", "HF_TOKEN")  # secrets: only whether they are set
+
+
+def cmd_env(args) -> int:
+    """Versions, devices and the settings in use, for a bug report; never a secret's value."""
+    import platform
+    from importlib import metadata
+
+    from magicseg_models import __version__
+    from magicseg_models.config import redact
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    import torch
+
+    info: dict[str, Any] = {
+        "magicseg": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "packages": {name: version(name) for name in ("torch", "torchvision", "diffusers", "transformers", "ray",
+                                                      "prefect", "pyarrow", "s3fs", "datasets", "openai",
+                                                      "segment-anything", "groundingdino-py")},
+        "cuda": {"available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda,
+                 "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
+        "environment": {name: redact({"v": os.environ[name]})["v"] for name in ENV_SHOWN if os.environ.get(name)},
+        "secrets_set": {name: bool(os.environ.get(name)) for name in ENV_PRESENCE},
+    }
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"magicseg {info['magicseg']}  python {info['python']}  {info['platform']}")
+    for name, value in info["packages"].items():
+        print(f"  {name:18} {value}")
+    cuda = info["cuda"]
+    print(f"cuda: {'available' if cuda['available'] else 'not available'} (torch built for {cuda['torch_cuda']})"
+          + "".join(f"\n  gpu {i}: {name}" for i, name in enumerate(cuda["devices"])))
+    for name, value in info["environment"].items():
+        print(f"{name}={value}")
+    print("set: " + (", ".join(n for n, v in info["secrets_set"].items() if v) or "none of the secret variables"))
     return 0
 
 
@@ -309,6 +389,29 @@ def _print_report(report: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples and environment lists keep their lines; options show their defaults where they have one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "%(default)" not in text and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+STORAGE_ENV = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL / AWS_DEFAULT_REGION  object storage"
+RUN_ENV = ("RAY_ADDRESS       a Ray cluster to join (else a local Ray for the run)\n"
+           "  PREFECT_API_URL   a Prefect server (else Prefect's local mode)")
+MODEL_ENV = ("HF_HOME / HF_HUB_OFFLINE  the Hugging Face cache, and offline use of it\n"
+             "  MAGICSEG_CACHE    checkpoints fetched from URLs, prompt caches (default ~/.cache/magicseg)")
+
+
+def _epilog(examples: list[str], env: list[str]) -> str:
+    return ("examples:\n" + "".join(f"  {line}\n" for line in examples)
+            + "\nenvironment:\n" + "".join(f"  {line}\n" for line in env))
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (over the preset)")
     p.add_argument("--set", action="append", metavar="key.path=value",
@@ -317,51 +420,77 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from magicseg_models import __version__
+    from magicseg_models.config import available_presets
 
-    parser = _Parser(prog="magicseg", description="MagicSeg data factory: build open-world segmentation data "
-                     "from class names, train ZegCLIP on it, evaluate it.")
+    parser = _Parser(prog="magicseg", formatter_class=_HelpFormatter,
+                     description="MagicSeg data factory: build open-world segmentation data from class names, "
+                     "train ZegCLIP on it, evaluate it.",
+                     epilog="`magicseg COMMAND --help` shows each command's options, examples and environment.")
     parser.add_argument("--version", action="version", version=f"magicseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting one given before it
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("build", help="build a dataset (Prefect flow on Ray)")
+    def command(name: str, help: str, examples: list[str], env: list[str], **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=kwargs.pop("description", help), parents=[common],
+                              formatter_class=_HelpFormatter, epilog=_epilog(examples, env), **kwargs)
+
+    p = command("build", "build a dataset (Prefect flow on Ray)", [
+        "magicseg build --preset tiny --out out/demo",
+        "magicseg build --preset sd15 --out s3://bucket/run1 --num-samples 100000 --classes cat,dog,bus",
+        "magicseg build --preset sd15 --out s3://bucket/run1 --dry-run > run1.yaml   # config, plan, GPU hours",
+        "magicseg build --config run1.yaml --json",
+    ], [RUN_ENV, STORAGE_ENV, "OPENAI_API_KEY    the LLM key when prompts.api_key_secret names no Prefect Secret",
+        MODEL_ENV])
     p.add_argument("--out", metavar="URI", help="dataset URI: a folder, file://..., s3://bucket/prefix")
-    p.add_argument("--preset", help="build preset: tiny (default), sd15, sd15-random")
+    p.add_argument("--preset", choices=available_presets("build"), help="build preset (default: tiny)")
     p.add_argument("--num-samples", type=int, metavar="N")
     p.add_argument("--classes", metavar="FILE|a,b,c", help="vocabulary file, or names to select from the 1205")
     p.add_argument("--seed", type=int)
     p.add_argument("--shard-size", type=int, metavar="K")
     _add_overrides(p)
-    p.add_argument("--dry-run", action="store_true", help="print the effective config and the plan summary")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the effective config on stdout (--config takes it back); plan, GPU-hour estimate "
+                   "and a storage check on stderr; nothing is written")
     p.add_argument("--synthetic", action="store_true",
                    help="write synthetic shapes instead of running models (checks storage and tooling)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again at a URI built with a different config (deletes its shards)")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("prompts", help="try the prompt stage: N prompt pairs for one class set, JSON lines out")
+    p = command("prompts", "try the prompt stage: N prompt pairs for one class set, JSON lines out", [
+        "magicseg prompts --classes cat,sofa --n 5 --preset sd15",
+    ], ["OPENAI_API_KEY    the LLM key (or prompts.api_key_secret)", MODEL_ENV])
     p.add_argument("--classes", required=True, metavar="a,b", help="1-2 class names of the vocabulary")
-    p.add_argument("--n", type=int, default=5, help="how many prompts (default 5)")
-    p.add_argument("--preset", help="build preset whose prompts section is used (default tiny)")
+    p.add_argument("--n", type=int, default=5, help="how many prompts")
+    p.add_argument("--preset", choices=available_presets("build"),
+                   help="build preset whose prompts section is used (default: tiny)")
     p.add_argument("--seed", type=int)
     _add_overrides(p)
     p.set_defaults(func=cmd_prompts)
 
-    p = sub.add_parser("inspect", help="counts, per-class coverage, drop reasons, shard health")
+    p = command("inspect", "counts, per-class coverage, drop reasons, shard health",
+                ["magicseg inspect out/demo", "magicseg inspect s3://bucket/run1 --json"], [STORAGE_ENV])
     p.add_argument("uri", metavar="URI")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("preview", help="PNG grid: image | counterfactual | masks with class names")
+    p = command("preview", "PNG grid: image | counterfactual | masks with class names",
+                ["magicseg preview out/demo --out preview.png --n 8"], [STORAGE_ENV])
     p.add_argument("uri", metavar="URI")
     p.add_argument("--out", required=True, metavar="FILE.png")
-    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--n", type=int, default=16, help="samples in the grid")
     p.set_defaults(func=cmd_preview)
 
-    p = sub.add_parser("export", help="the dataset as COCO instances, semantic label maps or WebDataset tars",
-                       description="Streams shard by shard; a rerun skips shards already exported. Formats: coco "
-                       "(images/ + annotations/instances.json), semantic (images/, labels/*.png, classes.txt; "
-                       "0 = background, class id + 1), webdataset (one .tar per shard). docs/dataset-format.md.")
+    p = command("export", "the dataset as COCO instances, semantic label maps or WebDataset tars", [
+        "magicseg export out/demo --format coco --out exports/coco",
+        "magicseg export s3://bucket/run1 --format semantic --out exports/sem --split-counterfactual",
+    ], [STORAGE_ENV], description="Streams shard by shard; a rerun skips shards already exported. Formats: coco "
+        "(images/ + annotations/instances.json), semantic (images/, labels/*.png, classes.txt; 0 = background, "
+        "class id + 1), webdataset (one .tar per shard). docs/dataset-format.md has the layouts.")
     p.add_argument("uri", metavar="URI")
     p.add_argument("--format", required=True, choices=["coco", "semantic", "webdataset"])
     p.add_argument("--out", required=True, metavar="DIR", help="a local folder or s3://bucket/prefix")
@@ -370,33 +499,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("models", help="every model a config loads, where from, and whether it is here (offline)")
-    p.add_argument("--preset", help="preset name (default tiny); without --kind, every config kind that has it")
+    p = command("models", "every model a config loads, where from, and whether it is here (offline)",
+                ["magicseg models --preset sd15", "magicseg models --preset zegclip-vitb16 --kind train --json"],
+                [MODEL_ENV])
+    p.add_argument("--preset", help="preset name (default: tiny); without --kind, every config kind that has it")
     p.add_argument("--kind", choices=["build", "train", "eval"], help="which config kind the preset/--set are of")
     _add_overrides(p)
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("train", help="train ZegCLIP on a dataset (Ray Train)")
-    p.add_argument("--data", required=True, metavar="URI")
-    p.add_argument("--out", required=True, metavar="URI")
-    p.add_argument("--preset", help="train preset: tiny (default), zegclip-vitb16")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--resume", action="store_true")
+    p = command("env", "versions, GPUs and the settings in use, for a bug report (never a secret)",
+                ["magicseg env", "magicseg env --json"], ["prints RAY_ADDRESS, PREFECT_API_URL, AWS_ENDPOINT_URL, "
+                                                          "HF_HOME, MAGICSEG_CACHE; of secrets only whether set"])
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_env)
+
+    p = command("train", "train ZegCLIP on a dataset (Ray Train)", [
+        "magicseg train --data out/demo --out out/train --preset tiny",
+        "magicseg train --data s3://bucket/run1 --out s3://bucket/train1 --preset zegclip-vitb16 --workers 8",
+        "magicseg train --data s3://bucket/run1 --out s3://bucket/train1 --resume",
+    ], [RUN_ENV, STORAGE_ENV, MODEL_ENV, "MAGICSEG_RAY_STORAGE  Ray Train's own run folder"])
+    p.add_argument("--data", required=True, metavar="URI", help="a dataset URI that `magicseg build` wrote")
+    p.add_argument("--out", required=True, metavar="URI", help="checkpoints, metrics.jsonl and the loss curve")
+    p.add_argument("--preset", choices=available_presets("train"), help="train preset (default: tiny)")
+    p.add_argument("--steps", type=int, help="training iterations (the preset's otherwise)")
+    p.add_argument("--workers", type=int, help="Ray Train workers, one GPU each where GPUs can be had")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under --out")
     _add_overrides(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the effective config; check data and output; train nothing")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint (or saved predictions) on a benchmark")
-    p.add_argument("--checkpoint", metavar="URI")
+    p = command("eval", "evaluate a checkpoint (or saved predictions) on a benchmark", [
+        "magicseg eval --checkpoint out/train --benchmark voc --data-root data/VOCdevkit/VOC2012",
+        "magicseg eval --baseline grounded-sam --benchmark coco-object --data-root data/coco --limit 100",
+    ], ["PREFECT_API_URL   a Prefect server (else Prefect's local mode)", STORAGE_ENV, MODEL_ENV])
+    p.add_argument("--checkpoint", metavar="URI", help="a training --out (its latest checkpoint) or one checkpoint")
     p.add_argument("--predictions", metavar="DIR", help="score saved label PNGs instead of running a model")
     p.add_argument("--baseline", choices=["grounded-sam"], help="evaluate Grounding DINO + SAM instead of a model")
     p.add_argument("--benchmark", required=True, choices=["voc", "context", "coco-object", "lvis", "oiv7-points"])
-    p.add_argument("--data-root", required=True, metavar="PATH")
-    p.add_argument("--limit", type=int, metavar="N")
-    p.add_argument("--out", metavar="URI")
-    p.add_argument("--preset")
+    p.add_argument("--data-root", required=True, metavar="PATH", help="the benchmark's folder (docs/evaluation.md)")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
+    p.add_argument("--out", metavar="URI", help="where metrics.json and the per-class table go")
+    p.add_argument("--preset", choices=available_presets("eval"), help="eval preset (default: tiny)")
     _add_overrides(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the effective config; check the benchmark and checkpoint; evaluate nothing")
     p.set_defaults(func=cmd_eval)
     return parser
 

@@ -45,11 +45,12 @@ def call(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def dry_run(capsys, *args: str) -> tuple[BuildConfig, dict, str]:
+    """``build --dry-run``: the config alone on stdout (valid YAML), the plan on stderr."""
     code, out, err = call(capsys, "build", "--dry-run", *args)
     assert code == 0, err
-    config_text, sep, plan_text = out.partition("\n---\n")
-    assert sep, out
-    config = BuildConfig.model_validate(yaml.safe_load(config_text))
+    config = BuildConfig.model_validate(yaml.safe_load(out))
+    plan_text = err[err.index("# plan over"):]
+    plan_text = plan_text[:plan_text.index("\n# ", 1) + 1] if "\n# " in plan_text[1:] else plan_text
     return config, yaml.safe_load(plan_text)["plan"], plan_text
 
 
@@ -367,3 +368,78 @@ def test_a_signed_url_in_the_config_never_becomes_a_flow_parameter(capsys, tmp_p
     line = one_line_error(err)
     assert "annotate.segmenter.checkpoint" in line and "NOTINPARAMS77" not in out + err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- habits (#15)
+def test_dry_run_output_is_a_config_that_comes_back_unchanged(capsys, tmp_path):
+    code, first, _ = call(capsys, "build", "--preset", "sd15", "--num-samples", "500", "--classes", "cat,dog",
+                          "--set", "generator.steps=25", "--dry-run")
+    assert code == 0
+    path = tmp_path / "run.yaml"
+    path.write_text(first)
+    code, again, _ = call(capsys, "build", "--config", str(path), "--dry-run")
+    assert code == 0 and yaml.safe_load(again) == yaml.safe_load(first)
+    result = run_cli("build", "--config", str(path), "--dry-run")  # as a shell redirect would see it
+    assert result.returncode == 0 and yaml.safe_load(result.stdout) == yaml.safe_load(first)
+
+
+def test_dry_run_estimates_gpu_hours_for_real_models_only(capsys):
+    _, _, err = call(capsys, "build", "--preset", "sd15", "--num-samples", "100000", "--dry-run")
+    line = next(line for line in err.splitlines() if "GPU hours" in line)
+    low, high = (float(v) for v in line.split(": ", 1)[1].split(" ")[0].split("-"))
+    assert 5 < low < high < 30  # docs/operations.md's arithmetic: 8.2-15.7 H100 hours per 100k pairs
+    assert "estimate" in line and "pairs per GPU hour" in line
+    _, _, err = call(capsys, "build", "--preset", "sd15", "--num-samples", "100000", "--set", "generator.steps=40",
+                     "--dry-run")
+    slower = next(line for line in err.splitlines() if "GPU hours" in line)
+    assert float(slower.split(": ", 1)[1].split("-")[0]) > low  # twice the steps, more hours
+    _, _, err = call(capsys, "build", "--preset", "tiny", "--dry-run")
+    assert "GPU hours" not in err
+
+
+def test_dry_run_checks_storage_without_writing(capsys, tmp_path):
+    out = tmp_path / "not-yet"
+    code, _, err = call(capsys, "build", "--out", str(out), "--dry-run")
+    assert code == 0 and "reachable, no dataset yet" in err and not out.exists()
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    result = run_cli("build", "--out", "s3://some-bucket/ds", "--dry-run",
+                     env={"AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"})
+    assert result.returncode == 2 and "s3://some-bucket/ds" in result.stderr.strip().splitlines()[-1]
+
+
+def test_train_and_eval_dry_runs_print_their_config(capsys, synthetic_dataset, tmp_path):
+    capsys.readouterr()  # what the fixtures printed (the S3 server starting) is not the command's output
+    code, out, err = call(capsys, "train", "--data", synthetic_dataset, "--out", str(tmp_path / "t"), "--dry-run")
+    assert code == 0, err
+    assert yaml.safe_load(out)["data"] == synthetic_dataset and "readable" in err
+    assert not (tmp_path / "t").exists()
+    code, out, _ = call(capsys, "eval", "--benchmark", "voc", "--data-root", str(tmp_path), "--checkpoint", "x",
+                        "--dry-run")
+    assert code == 2  # the benchmark folder is missing: refused before anything runs
+
+
+def test_debug_works_after_the_subcommand_and_help_shows_defaults_examples_env(capsys):
+    with pytest.raises(VocabularyError):
+        main(["build", "--dry-run", "--classes", "cat,dgo", "--debug"])
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    text = capsys.readouterr().out
+    assert "{sd15,sd15-random,tiny}" in text  # --preset lists its choices
+    assert "examples:" in text and "magicseg build --preset tiny --out out/demo" in text
+    assert "environment:" in text and "RAY_ADDRESS" in text and "PREFECT_API_URL" in text
+    with pytest.raises(SystemExit):
+        main(["preview", "--help"])
+    assert "(default: 16)" in capsys.readouterr().out
+
+
+def test_env_prints_versions_and_never_a_secret(capsys):
+    result = run_cli("env", env={"OPENAI_API_KEY": "sk-envsecret123", "PREFECT_API_URL":
+                                 "https://user:hunter2pass@prefect.example/api", "RAY_ADDRESS": "ray://head:10001"})
+    assert result.returncode == 0, result.stderr
+    assert "sk-envsecret123" not in result.stdout + result.stderr
+    assert "hunter2pass" not in result.stdout + result.stderr
+    assert "torch" in result.stdout and "prefect" in result.stdout and "RAY_ADDRESS=ray://head:10001" in result.stdout
+    assert "OPENAI_API_KEY" in result.stdout.splitlines()[-1]  # said to be set, not shown
+    code, out, _ = call(capsys, "env", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["packages"]["ray"] and "available" in info["cuda"]
