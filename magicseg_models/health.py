@@ -57,7 +57,8 @@ def figures(config: HealthConfig, rows: int, drops: Mapping[str, int],
     """Every figure ``config`` limits, for ``rows`` processed rows with ``drops`` (reason -> count)."""
     checked = config.enabled and rows >= config.min_samples
     out = []
-    for reason, limit in sorted(config.max_drop_rate.items()):
+    # named reasons before "all": a breach then names its cause, not only the total
+    for reason, limit in sorted(config.max_drop_rate.items(), key=lambda item: (item[0] == "all", item[0])):
         n = sum(drops.values()) if reason == "all" else drops.get(reason, 0)
         out.append(Figure(f"drop_rate.{reason}", n / rows if rows else None, limit, "max", checked))
     if config.min_llm_prompt_share is not None:

@@ -214,7 +214,7 @@ def test_an_llm_failing_every_call_stops_the_run_on_health_with_nothing_committe
     err = state.result(raise_on_failure=False)
     assert isinstance(err, HealthError), repr(err)
     assert "drop_rate.prompt_failed is 1.000" in str(err) and "build.health.max_drop_rate.prompt_failed" in str(err)
-    assert "drop_rate.prompt_failed" in (state.message or "")
+    assert "drop_rate.prompt_failed is 1.000" in (state.message or "")
     commits = tmp_path / "llm-down" / "_magicseg" / "commits"
     assert not commits.exists() or not any(commits.iterdir()), "a shard was committed although health failed"
     assert not (tmp_path / "llm-down" / "shards").exists() or not any((tmp_path / "llm-down" / "shards").iterdir())
@@ -250,8 +250,8 @@ def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_li
                           "--set", "health.min_samples=8"], env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2, bad.stderr[-3000:]
     assert bad.stdout == ""
-    last = bad.stderr.strip().splitlines()[-1]
-    assert last.startswith("magicseg: error: run health: llm_prompt_share is 0.000"), last
+    [line] = [line for line in bad.stderr.splitlines() if line.startswith("magicseg: error:")]
+    assert line.startswith("magicseg: error: run health: llm_prompt_share is 0.000 over 8 rows, below its minimum"), line
     assert not (tmp_path / "unhealthy" / "shards").exists() or not any((tmp_path / "unhealthy" / "shards").iterdir())
 
 

@@ -21,6 +21,12 @@ def test_drop_rates_are_shares_of_processed_rows_and_all_sums_every_reason():
     assert all(f.checked and f.ok for f in found.values())
 
 
+def test_a_named_reason_is_reported_before_the_total():
+    config = HealthConfig(min_samples=1, max_drop_rate={"all": 0.5, "prompt_failed": 0.1})
+    with pytest.raises(HealthError, match="drop_rate.prompt_failed is 1.000"):
+        check(config, 10, {"prompt_failed": 10})
+
+
 def test_a_breach_raises_one_line_naming_the_figure_and_its_limit():
     config = HealthConfig(min_samples=8, max_drop_rate={"prompt_failed": 0.1})
     with pytest.raises(HealthError) as err:
