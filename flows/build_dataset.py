@@ -157,9 +157,17 @@ def _run_chunks(config: BuildConfig, spec: PlanSpec, store: DatasetStore, execut
         except BaseException as err:
             progress.stop(str(err).splitlines()[0] if str(err) else type(err).__name__)
             if isinstance(err, MagicSegError):
-                _health_table(progress.figures(prompt_outcomes(executor.stats())), failed=str(err))
+                _health_table(progress.figures(prompt_outcomes(_stats_if_alive(executor))), failed=str(err))
             raise
         _report(progress_id, bar, progress, planned_rows, began)
+
+
+def _stats_if_alive(executor) -> dict:
+    """Stage stats for a failure report; a failure that took the actors with it must still show its own error."""
+    try:
+        return executor.stats()
+    except Exception:  # noqa: BLE001
+        return {}
 
 
 def _report(progress_id, bar: TerminalProgress, progress: RunProgress, planned_rows: int, began: float) -> None:
