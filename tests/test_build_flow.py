@@ -187,6 +187,21 @@ def test_a_killed_ray_actor_is_replaced_and_the_run_completes(tmp_path, prefect_
     _assert_exact(uri, config)
 
 
+def test_prefect_retries_crashes_but_not_user_errors():
+    import asyncio
+
+    from prefect.states import exception_to_failed_state
+
+    from tasks.build_tasks import build_shards
+
+    def retried(err: BaseException) -> bool:
+        state = asyncio.run(exception_to_failed_state(err))
+        return build_shards.retry_condition_fn(build_shards, None, state)
+
+    assert retried(RuntimeError("actor died")) and retried(OSError("storage blip"))
+    assert not retried(HealthError("run health: ...")) and not retried(ConfigError("bad key"))
+
+
 def _sd15_health():
     return load_config("build", "sd15").health
 
