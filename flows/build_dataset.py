@@ -1,9 +1,11 @@
 """Prefect flow ``build-dataset``: plan -> prompts -> image pairs -> annotations -> shards + manifest.
 
-Prefect is the control plane: one task run per chunk of shards (the unit of retry and of visibility), a live
-progress artifact, a summary table and a preview at the end. Ray is the compute plane: one actor pool per stage
-holds its model for the whole run, and batches stream through the pools. Resumable: shards with a commit record
-are skipped, so a rerun after any kill does only what is missing; a larger ``num_samples`` only adds jobs.
+Prefect is the control plane: one task run per chunk of shards (``tasks.build_tasks.build_shards``, the unit of
+retry and of visibility), the stages' own log records and one line per committed shard in the run's log, a live
+progress artifact, and at the end a summary table (health figures included) and the preview grid. Ray is the
+compute plane: the executor's actors hold the stage models for the whole run. ``build.health`` is checked before
+each shard commits; a breach fails the run in one line. Resumable: shards with a commit record are skipped, so a
+rerun after any kill does only what is missing; a larger ``num_samples`` only adds jobs.
 """
 
 from __future__ import annotations
