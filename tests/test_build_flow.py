@@ -266,7 +266,8 @@ def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_li
     assert bad.returncode == 2, bad.stderr[-3000:]
     assert bad.stdout == ""
     [line] = [line for line in bad.stderr.splitlines() if line.startswith("magicseg: error:")]
-    assert line.startswith("magicseg: error: run health: llm_prompt_share is 0.000 over 8 rows, below its minimum"), line
+    assert line.startswith("magicseg: error: run health: llm_prompt_share is 0.000 over 8 rows, below its "
+                           "minimum 0.9 (build.health.min_llm_prompt_share)"), line
     assert not (tmp_path / "unhealthy" / "shards").exists() or not any((tmp_path / "unhealthy" / "shards").iterdir())
 
 
