@@ -30,7 +30,7 @@ from magicseg_models.dataset.store import DatasetStore
 from magicseg_models.errors import ConfigError, MagicSegError
 from magicseg_models.planning import PlanSpec, num_shards, plan_shard, spec_from_config
 from magicseg_models.vocabulary import Vocabulary
-from tasks.build_tasks import RunProgress, build_shards, prompt_outcomes
+from tasks.build_tasks import RunProgress, RunStopped, build_shards, prompt_outcomes
 
 COMPLETED_EVENT = "magicseg.dataset.completed"  # prefect.yaml's train/adhoc trigger listens for it
 PREVIEW_FILE = "preview.png"  # under the dataset URI: the grid the preview artifact links to
@@ -154,14 +154,29 @@ def _run_chunks(config: BuildConfig, spec: PlanSpec, store: DatasetStore, execut
             while not all(f.state.is_final() for f in futures) and not any(f.state.is_failed() for f in futures):
                 time.sleep(1.0)
                 _report(progress_id, bar, progress, planned_rows, began)
-            for f in sorted(futures, key=lambda f: not f.state.is_failed()):
-                f.result()  # the first failure fails the flow run; committed shards stay
+            failure = _cause(futures)
+            if failure is not None:
+                raise failure  # fails the flow run; committed shards stay
+            for f in futures:
+                f.result()
         except BaseException as err:
             progress.stop(str(err).splitlines()[0] if str(err) else type(err).__name__)
             if isinstance(err, MagicSegError):
                 _health_table(progress.figures(prompt_outcomes(_stats_if_alive(executor))), failed=str(err))
             raise
         _report(progress_id, bar, progress, planned_rows, began)
+
+
+def _cause(futures) -> BaseException | None:
+    """The error of a failed chunk, preferring the cause over the chunks that stopped because of it."""
+    errors = []
+    for f in futures:
+        if f.state.is_failed():
+            try:
+                f.result()
+            except Exception as err:  # noqa: BLE001 - collected, the cause is raised by the caller
+                errors.append(err)
+    return next((e for e in errors if not isinstance(e, RunStopped)), errors[0] if errors else None)
 
 
 def _stats_if_alive(executor) -> dict:
