@@ -1,82 +1,39 @@
 """Prefect flow ``build-dataset``: plan -> prompts -> image pairs -> annotations -> shards + manifest.
 
-Prefect is the control plane: one task run per chunk of shards (the unit of retry and of visibility), a live
-progress artifact, a summary table and a preview at the end. Ray is the compute plane: one actor pool per stage
-holds its model for the whole run, and batches stream through the pools. Resumable: shards with a commit record
-are skipped, so a rerun after any kill does only what is missing; a larger ``num_samples`` only adds jobs.
+Prefect is the control plane: one task run per chunk of shards (``tasks.build_tasks.build_shards``, the unit of
+retry and of visibility), the stages' own log records and one line per committed shard in the run's log, a live
+progress artifact, and at the end a summary table (health figures included) and the preview grid. Ray is the
+compute plane: the executor's actors hold the stage models for the whole run. ``build.health`` is checked before
+each shard commits; a breach fails the run in one line. Resumable: shards with a commit record are skipped, so a
+rerun after any kill does only what is missing; a larger ``num_samples`` only adds jobs.
 """
 
 from __future__ import annotations
 
-import threading
+import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
     update_progress_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from flows.params import resolve_config
 from flows.progress import TerminalProgress
 from magicseg_models.config import BuildConfig, config_differences, public_config
 from magicseg_models.dataset.store import DatasetStore
-from magicseg_models.errors import ConfigError
+from magicseg_models.errors import ConfigError, MagicSegError
 from magicseg_models.planning import PlanSpec, num_shards, plan_shard, spec_from_config
 from magicseg_models.vocabulary import Vocabulary
+from tasks.build_tasks import RunProgress, RunStopped, build_shards, prompt_outcomes
 
-
-@dataclass
-class _Run:
-    """What the chunk tasks of one flow run share (kept out of task parameters: it holds actors, not data)."""
-
-    config: BuildConfig
-    spec: PlanSpec
-    store: DatasetStore
-    executor: Any
-    settings: dict
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    kept: int = 0
-    dropped: int = 0
-    shards_done: int = 0
-
-    def count(self, kept: int, dropped: int) -> None:
-        with self.lock:
-            self.kept += kept
-            self.dropped += dropped
-
-
-_RUNS: dict[str, _Run] = {}
 COMPLETED_EVENT = "magicseg.dataset.completed"  # prefect.yaml's train/adhoc trigger listens for it
-
-
-@task(name="build-shards", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE,
-      task_run_name="shards {shards}")
-def build_shards(run_id: str, shards: list[int]) -> list[dict]:
-    """Build and commit a chunk of shards; a retry redoes only those of its shards that did not commit."""
-    from tasks.shard_work import build_shard
-
-    run = _RUNS[run_id]
-    done = run.store.committed()
-    infos = []
-    for index in shards:
-        shard = plan_shard(run.spec, index)
-        if shard.is_complete(done.get(index)):
-            continue
-        info = build_shard(run.store, shard, run.executor, settings=run.settings, on_rows=run.count)
-        with run.lock:
-            run.shards_done += 1
-        infos.append(info.manifest_entry())
-    return infos
-
-
-def _shard_complete(record, spec: PlanSpec, shard: int) -> bool:
-    return plan_shard(spec, shard).is_complete(record)
+PREVIEW_FILE = "preview.png"  # under the dataset URI: the grid the preview artifact links to
 
 
 def _check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> None:
@@ -99,7 +56,6 @@ def _check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> N
                           "would shrink it (use --overwrite to start again)")
 
 
-
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True,
       validate_parameters=True)
 def build_dataset(config: BuildConfig | None = None, preset: str | None = None, out: str | None = None,
@@ -113,8 +69,8 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
     """
     import ray
 
-    from tasks.lock import BuildLock
     from tasks.executor import RayExecutor
+    from tasks.lock import BuildLock
     from tasks.ray_runtime import ensure_ray
     from tasks.secrets import llm_api_key
     from tasks.stage_factories import build_stages
@@ -131,34 +87,31 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
     began = time.perf_counter()
     with BuildLock(store.storage, run_name=str(uuid.uuid4())[:8]):
         _check_rerun(store, config, overwrite)
-        models = {"generator": config.generator.model if config.generator.weights == "pretrained"
-                  else f"{config.generator.weights}:{config.generator.model}",
-                  "detector": f"{config.annotate.detector.weights}:{config.annotate.detector.model}",
-                  "segmenter": f"{config.annotate.segmenter.weights}:{config.annotate.segmenter.model_type}",
-                  "prompts": f"{config.prompts.backend}:{config.prompts.model}"}
-        store.write_run_header(config=public_config(config), planned=spec.num_samples,
-                               classes=vocabulary.full_names(), selected_classes=vocabulary.names, models=models)
         done = store.committed()
-        todo = [s for s in range(num_shards(spec)) if not _shard_complete(done.get(s), spec, s)]
+        todo = [s for s in range(num_shards(spec)) if not plan_shard(spec, s).is_complete(done.get(s))]
         logger.info("%d of %d shards to build at %s", len(todo), num_shards(spec), store.uri)
         started_ray = ensure_ray(config.ray)
         api_key = llm_api_key(config.prompts) if config.prompts.backend == "openai" else None
-        executor = RayExecutor(build_stages(config, api_key), ray_config=config.ray)
-        executor.start()
-        run_id = uuid.uuid4().hex
-        run = _Run(config, spec, store, executor, settings={k: public_config(config)[k]
-                                                            for k in ("prompts", "generator", "annotate")})
-        _RUNS[run_id] = run
+        executor = RayExecutor(build_stages(config, api_key), on_log=_stage_log(logger), ray_config=config.ray)
+        progress = RunProgress(config.health)
         try:
-            stats = _run_chunks(run_id, run, todo, began)
+            notes = executor.start()
+            for note in notes:  # a changed run (e.g. a GPU stage on CPU) is said where the run is read
+                logger.warning(note)
+            settings = executor.settings()  # provenance from the stages themselves
+            store.write_run_header(config=public_config(config), planned=spec.num_samples,
+                                   classes=vocabulary.full_names(), selected_classes=vocabulary.names,
+                                   models=settings)
+            _run_chunks(config, spec, store, executor, settings, progress, todo, began)
+            stats = executor.stats()
         finally:
-            _RUNS.pop(run_id, None)
             executor.shutdown()
             if started_ray:
                 ray.shutdown()
         manifest = store.refresh_manifest()
-    summary = _summary(store, manifest, stats, time.perf_counter() - began)
-    _final_artifacts(summary, store)
+    summary = _summary(store, manifest, stats, time.perf_counter() - began, notes,
+                       [f.as_dict() for f in progress.figures(prompt_outcomes(stats))])
+    _final_artifacts(summary, store, config)
     emit_event(event=COMPLETED_EVENT,
                resource={"prefect.resource.id": f"magicseg.dataset.{summary['uri']}",
                          "prefect.resource.name": summary["uri"]},
@@ -179,49 +132,102 @@ def _dated(out_root: str, seed: int | None) -> tuple[str, int]:
     return f"{out_root.rstrip('/')}/{day.isoformat()}", seed if seed is not None else int(day.strftime("%Y%m%d"))
 
 
-def _run_chunks(run_id: str, run: _Run, todo: list[int], began: float) -> dict:
-    size = run.config.shards_per_task
+def _stage_log(logger: logging.LoggerAdapter):
+    """The executor's ``on_log``: a record raised inside a stage worker goes to the flow run's log at its level."""
+    def log(stage: str, levelno: int, message: str) -> None:
+        logger.log(levelno, "[%s] %s", stage, message)
+
+    return log
+
+
+def _run_chunks(config: BuildConfig, spec: PlanSpec, store: DatasetStore, executor, settings: dict,
+                progress: RunProgress, todo: list[int], began: float) -> None:
+    """One task run per chunk of shards; stops at the first chunk that fails (health, bad input, retries spent)."""
+    size = config.shards_per_task
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    planned_rows = sum(plan_shard(run.spec, s).planned for s in todo)
+    planned_rows = sum(plan_shard(spec, s).planned for s in todo)
     progress_id = create_progress_artifact(0.0, key="build-progress", description="planned / done / kept / dropped")
-    futures = [build_shards.submit(run_id, chunk) for chunk in chunks]
+    futures = [build_shards.submit(chunk, spec, quote(store), quote(executor), quote(settings), quote(progress))
+               for chunk in chunks]
     with TerminalProgress("building samples", total=planned_rows) as bar:
-        while not all(f.state.is_final() for f in futures):
-            time.sleep(1.0)
-            _report(progress_id, bar, run, planned_rows, began)
-        for f in futures:
-            f.result()  # raises if a chunk failed after its retries: the flow run fails, committed shards stay
-        _report(progress_id, bar, run, planned_rows, began)
-    return run.executor.stats()
+        try:
+            while not all(f.state.is_final() for f in futures) and not any(f.state.is_failed() for f in futures):
+                time.sleep(1.0)
+                _report(progress_id, bar, progress, planned_rows, began)
+            failure = _cause(futures)
+            if failure is not None:
+                raise failure  # fails the flow run; committed shards stay
+            for f in futures:
+                f.result()
+        except BaseException as err:
+            progress.stop(str(err).splitlines()[0] if str(err) else type(err).__name__)
+            if isinstance(err, MagicSegError):
+                _health_table(progress.figures(prompt_outcomes(_stats_if_alive(executor))), failed=str(err))
+            raise
+        _report(progress_id, bar, progress, planned_rows, began)
 
 
-def _report(progress_id, bar: TerminalProgress, run: _Run, planned_rows: int, began: float) -> None:
-    done = run.kept + run.dropped
+def _cause(futures) -> BaseException | None:
+    """The error of a failed chunk, preferring the cause over the chunks that stopped because of it."""
+    errors = []
+    for f in futures:
+        if f.state.is_failed():
+            try:
+                f.result()
+            except Exception as err:  # noqa: BLE001 - collected, the cause is raised by the caller
+                errors.append(err)
+    return next((e for e in errors if not isinstance(e, RunStopped)), errors[0] if errors else None)
+
+
+def _stats_if_alive(executor) -> dict:
+    """Stage stats for a failure report; a failure that took the actors with it must still show its own error."""
+    try:
+        return executor.stats()
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _report(progress_id, bar: TerminalProgress, progress: RunProgress, planned_rows: int, began: float) -> None:
+    done = progress.rows
     rate = done / max(time.perf_counter() - began, 1e-9)
     update_progress_artifact(progress_id, 100.0 * done / max(planned_rows, 1),
-                             description=f"planned {planned_rows}, done {done}, kept {run.kept}, "
-                                         f"dropped {run.dropped}, {rate:.2f} samples/s")
-    bar.update(done, info=f"kept {run.kept} dropped {run.dropped} {rate:.2f}/s")
+                             description=f"planned {planned_rows}, done {done}, kept {progress.kept}, "
+                                         f"dropped {progress.dropped}, {rate:.2f} samples/s")
+    bar.update(done, info=f"kept {progress.kept} dropped {progress.dropped} {rate:.2f}/s")
 
 
-def _summary(store: DatasetStore, manifest: dict, stats: dict, seconds: float) -> dict:
+def _summary(store: DatasetStore, manifest: dict, stats: dict, seconds: float, notes: list[str],
+             health: list[dict]) -> dict:
+    """The run summary (what ``magicseg build --json`` prints): counts, per-stage figures, rows per Ray node,
+    notes, and every health figure against its limit."""
     counts = manifest["counts"]
     stages = {}
+    nodes: dict[str, int] = {}  # rows per Ray node over every stage: where a multi-node cluster put the work
     for name, actors in stats.items():
         busy = sum(a["busy_s"] for a in actors)
-        nodes: dict[str, int] = {}  # rows per Ray node: where a multi-node cluster put the work
+        stage_nodes: dict[str, int] = {}
         for actor in actors:
+            stage_nodes[actor["node_id"]] = stage_nodes.get(actor["node_id"], 0) + actor["rows"]
             nodes[actor["node_id"]] = nodes.get(actor["node_id"], 0) + actor["rows"]
-        rows = max((a["rows"] for a in actors), default=0) and sum(a["rows"] for a in actors)
+        rows = sum(a["rows"] for a in actors)
         stages[name] = {"actors": len(actors), "rows": rows, "busy_s": round(busy, 3),
                         "rows_per_busy_s": round(rows / busy, 3) if busy else None,
-                        "nodes": nodes,
+                        "nodes": stage_nodes, "gpu": [a.get("gpu") for a in actors],
                         "stage": [a["stage"] for a in actors]}
     return {"uri": store.uri, "planned": counts["planned"], "kept": counts["kept"], "dropped": counts["dropped"],
-            "shards": len(manifest["shards"]), "seconds": round(seconds, 2), "stages": stages}
+            "shards": len(manifest["shards"]), "seconds": round(seconds, 2), "stages": stages, "nodes": nodes,
+            "notes": list(notes), "health": health}
 
 
-def _final_artifacts(summary: dict, store: DatasetStore) -> None:
+def _health_table(figures: list, failed: str | None = None) -> None:
+    rows = [{"figure": f.name, "value": "n/a" if f.value is None else round(f.value, 4),
+             "limit": f"{'<=' if f.bound == 'max' else '>='} {f.limit}",
+             "status": ("ok" if f.ok else "BREACHED") if f.checked else "not checked yet"} for f in figures]
+    create_table_artifact(rows or [{"figure": "(build.health has no figures)"}], key="build-health",
+                          description=failed or "run health against build.health")
+
+
+def _final_artifacts(summary: dict, store: DatasetStore, config: BuildConfig) -> None:
     rows = [{"stage": name, "actors": s["actors"], "rows": s["rows"], "busy_s": s["busy_s"],
              "rows_per_busy_s": s["rows_per_busy_s"]} for name, s in summary["stages"].items()]
     prompt_stats = [st for st in summary["stages"].get("prompts", {}).get("stage", []) if st]
@@ -232,9 +238,36 @@ def _final_artifacts(summary: dict, store: DatasetStore) -> None:
                      "rows_per_busy_s": f"cache hits {st.get('cache_hits', 0)}, misses {st.get('cache_misses', 0)}"})
     for reason, n in summary["dropped"].items():
         rows.append({"stage": f"dropped: {reason}", "actors": "", "rows": n, "busy_s": "", "rows_per_busy_s": ""})
+    for figure in summary["health"]:
+        rows.append({"stage": f"health: {figure['figure']}", "actors": "", "rows": figure["value"],
+                     "busy_s": f"{'<=' if figure['bound'] == 'max' else '>='} {figure['limit']}",
+                     "rows_per_busy_s": ("ok" if figure["ok"] else "BREACHED") if figure["checked"]
+                     else "not checked"})
     create_table_artifact(rows, key="build-summary",
                           description=f"{summary['kept']} of {summary['planned']} kept at {summary['uri']}")
+    notes = "".join(f"\n- {note}" for note in summary["notes"])
     create_markdown_artifact(
         f"## Dataset at `{summary['uri']}`\n\nkept {summary['kept']} of {summary['planned']} planned, "
-        f"{summary['shards']} shards, {summary['seconds']} s.\n\nNext: `magicseg inspect {summary['uri']}` and "
+        f"{summary['shards']} shards, {summary['seconds']} s.{notes and chr(10) + chr(10) + 'Notes:' + notes}"
+        f"\n\nNext: `magicseg inspect {summary['uri']}` and "
         f"`magicseg preview {summary['uri']} --out preview.png`.", key="build-dataset")
+    _preview_artifact(summary, store, config)
+
+
+def _preview_artifact(summary: dict, store: DatasetStore, config: BuildConfig) -> None:
+    """The preview grid, saved under the dataset URI, in a markdown artifact that shows it and names the URI.
+
+    Prefect's image artifact takes an http(s) URL the UI fetches; a dataset on s3:// or a local folder has none
+    (and a presigned URL would be a secret in an artifact), so the grid lives next to the data it shows."""
+    if not summary["kept"]:
+        return
+    from magicseg_models.dataset.preview import render_preview
+
+    uri = f"{summary['uri'].rstrip('/')}/{PREVIEW_FILE}"
+    grid = render_preview(summary["uri"], uri, n=8, storage_options=config.storage.storage_options)
+    link = uri if "://" in uri else f"file://{uri}"
+    create_markdown_artifact(
+        f"## Preview of `{summary['uri']}`\n\n![preview grid: image | counterfactual | masks]({link})\n\n"
+        f"{grid['rows']} samples, {grid['size'][0]}x{grid['size'][1]} px, saved at `{uri}` "
+        f"(image | counterfactual | masks with class names).", key="build-preview",
+        description=f"preview grid of {summary['uri']}")

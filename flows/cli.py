@@ -123,7 +123,10 @@ def cmd_build(args) -> int:
     from flows.build_dataset import build_dataset
 
     summary = build_dataset(config=config, overwrite=args.overwrite)
-    _print_build_summary(summary)
+    if args.json:  # stdout holds the summary alone; logs, progress and everything else go to stderr
+        print(json.dumps(summary, default=str))
+    else:
+        _print_build_summary(summary)
     return 0
 
 
@@ -139,6 +142,12 @@ def _print_build_summary(summary: dict) -> None:
     console.print(table)
     console.print(f"kept {summary['kept']} of {summary['planned']} planned in {summary['shards']} shards, "
                   f"{summary['seconds']} s; dropped: {summary['dropped'] or 'none'}")
+    for note in summary.get("notes", []):
+        console.print(f"note: {note}")
+    breached = [f for f in summary.get("health", []) if not f["ok"]]
+    checked = [f for f in summary.get("health", []) if f["checked"]]
+    if checked:
+        console.print(f"health: {len(checked) - len(breached)} of {len(checked)} figures within build.health")
     console.print(f"next: magicseg inspect {summary['uri']}   |   "
                   f"magicseg preview {summary['uri']} --out preview.png")
 
@@ -459,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write synthetic shapes instead of running models (checks storage and tooling)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again at a URI built with a different config (deletes its shards)")
+    p.add_argument("--json", action="store_true",
+                   help="print the run summary as JSON on stdout (counts, stages, rows per node, notes, health)")
     p.set_defaults(func=cmd_build)
 
     p = command("prompts", "try the prompt stage: N prompt pairs for one class set, JSON lines out", [

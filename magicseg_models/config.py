@@ -265,6 +265,33 @@ class RayConfig(Section):
                                "the next batch travels, more only deepens the queue behind a slow actor")
 
 
+class HealthConfig(Section):
+    """What a healthy build looks like: checked before each shard commits, once ``min_samples`` rows are in.
+
+    A run outside these limits stops as Failed with one line naming the figure and its limit, instead of
+    finishing "Completed" with a dataset of drops or of template prompts. The defaults suit ``sd15`` (real
+    weights, an LLM); random-weight presets and ``tiny`` turn the check off.
+    """
+
+    enabled: bool = Field(True, description="check the run's health live (off for random-weight presets)")
+    min_samples: int = Field(50, ge=1, description="rows processed in this run before any figure is checked")
+    max_drop_rate: dict[str, float] = Field(
+        default_factory=lambda: {"all": 0.7, "prompt_failed": 0.1, "class_not_detected": 0.6,
+                                 "counterfactual_contains_class": 0.3, "nsfw": 0.1, "black": 0.1, "nonfinite": 0.01},
+        description="drop reason -> highest share of processed rows it may drop ('all': every reason together)")
+    min_llm_prompt_share: float | None = Field(
+        0.9, ge=0, le=1, description="lowest share of prompted rows whose prompt came from the LLM rather than a "
+        "template fallback (LLM backends only; None = unchecked)")
+
+    @field_validator("max_drop_rate")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"drop-rate ceilings are shares between 0 and 1, got {bad}")
+        return value
+
+
 class BuildConfig(Section):
     preset: str = "tiny"
     out: str | None = Field(None, description="dataset URI: local path, file://, s3://bucket/prefix, ...")
@@ -279,6 +306,7 @@ class BuildConfig(Section):
     annotate: AnnotateConfig = AnnotateConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+    health: HealthConfig = HealthConfig()
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -703,7 +731,7 @@ if __name__ == "__main__":
 # ------------------------------------------------------------------------------------------ comparing
 # Keys that do not change what a build writes: how big, where, how fast. A rerun may change them freely;
 # any other difference on an existing dataset would mix two datasets in one.
-RERUN_FREE_KEYS = ("preset", "out", "num_samples", "shards_per_task", "ray", "storage", "prompts.concurrency",
+RERUN_FREE_KEYS = ("preset", "out", "num_samples", "shards_per_task", "ray", "storage", "health", "prompts.concurrency",
                    "prompts.timeout_s", "prompts.max_retries", "prompts.cache", "prompts.resources",
                    "prompts.token_parameter", "prompts.max_consecutive_failures",
                    "generator.resources", "annotate.resources", "generator.compile", "generator.attention",

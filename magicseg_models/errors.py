@@ -26,6 +26,10 @@ class ShardError(StorageError):
     """A shard is missing, corrupt, unlisted, or does not match the schema."""
 
 
+class HealthError(MagicSegError):
+    """A build ran outside ``build.health``: the message names the figure, its value and its limit."""
+
+
 def one_line(err: BaseException | str, limit: int = 240) -> str:
     """The first non-blank line of an error (or text), at most ``limit`` characters: what a one-line user error
     quotes of a library's exception. An empty message gives the exception's type name, never an IndexError."""

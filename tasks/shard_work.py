@@ -24,8 +24,12 @@ def job_row(job: Job) -> dict:
 
 
 def build_shard(store: DatasetStore, shard: Shard, executor, *, max_in_flight: int | None = None,
-                settings: dict | None = None, on_rows: Callable[[int, int], None] | None = None) -> ShardInfo:
-    """Run every job of ``shard`` through ``executor`` and commit the shard; ``on_rows(kept, dropped)`` per batch.
+                settings: dict | None = None, on_batch: Callable[[list[dict]], None] | None = None,
+                before_commit: Callable[[], None] | None = None) -> ShardInfo:
+    """Run every job of ``shard`` through ``executor`` and commit the shard.
+
+    ``on_batch(rows)`` sees each batch's rows (kept and dropped) as they are written; ``before_commit()`` runs once
+    all are in and may raise to keep the shard unpublished (the run's health check does).
 
     Up to ``max_in_flight`` batches (default: twice what fills the executor's actors) are out at once, counted from
     the oldest one not yet written: batches are written in job order (the shard is deterministic), and the window is
@@ -49,6 +53,8 @@ def build_shard(store: DatasetStore, shard: Shard, executor, *, max_in_flight: i
                     if row.get("drop_reason"):
                         dropped[row["sample_id"]] = row["drop_reason"]
                 writer.write(kept)
-                if on_rows:
-                    on_rows(len(kept), len(done) - len(kept))
+                if on_batch:
+                    on_batch(done)
+        if before_commit:
+            before_commit()
         return writer.commit(planned=shard.planned, dropped=dropped)

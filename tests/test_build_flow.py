@@ -1,5 +1,6 @@
 """The build flow end to end on the tiny preset: Prefect + local Ray + shards on an S3 server; resume after a
-SIGKILL of the whole process tree; growing a dataset; refusing a different config on the same URI."""
+SIGKILL of the whole process tree; growing a dataset; refusing a different config on the same URI; provenance
+from the stages; run health stopping a run before anything commits; ``magicseg build --json``."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import pytest
 from magicseg_models.config import load_config
 from magicseg_models.dataset.inspect import inspect_dataset
 from magicseg_models.dataset.storage import Storage
-from magicseg_models.errors import ConfigError
+from magicseg_models.errors import ConfigError, HealthError
 from magicseg_models.planning import iter_jobs, spec_from_config
 from magicseg_models.vocabulary import Vocabulary
+from tests.fake_openai import FakeOpenAI
+from tests.helpers import varied_responder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -64,6 +67,7 @@ def test_tiny_build_on_s3_with_prefect_and_ray(s3_bucket, prefect_api, local_ray
     [prompt_stats] = summary["stages"]["prompts"]["stage"]
     assert prompt_stats["llm"]["calls"] > 0  # the tiny local LM was asked (its junk then fell back to templates)
     assert sum(prompt_stats["outcomes"].values()) == 16
+    _assert_provenance_is_the_stages_settings(uri, config)
 
     # a rerun does nothing: every shard is committed
     again = build_dataset(config=config)
@@ -81,6 +85,29 @@ def test_tiny_build_on_s3_with_prefect_and_ray(s3_bucket, prefect_api, local_ray
     # another content-changing config on the same URI is refused, naming the keys
     with pytest.raises(ConfigError, match="generator.steps"):
         build_dataset(config=load_config("build", "tiny", out=uri, overrides=["generator.steps=3"]))
+
+
+def _assert_provenance_is_the_stages_settings(uri: str, config) -> None:
+    """Manifest ``models`` and every shard's ``settings`` are what the stages say they are."""
+    import pyarrow.parquet as pq
+
+    from magicseg_models.dataset.schema import META_SETTINGS
+    from tasks.stage_factories import build_stages
+
+    expected = {spec.name: spec.create().settings for spec in build_stages(config)}
+    assert set(expected) == {"prompts", "pairs", "annotate"}
+    expected = json.loads(json.dumps(expected))  # as stored: JSON
+    storage = Storage(uri)
+    manifest = storage.read_json("manifest.json")
+    assert manifest["models"] == expected
+    # what the old hand-built records held is still there
+    assert manifest["models"]["prompts"]["backend"] == "hf" and manifest["models"]["prompts"]["model"] == "tiny-llama"
+    assert manifest["models"]["pairs"]["weights"] == "tiny" and manifest["models"]["pairs"]["steps"] == 2
+    assert manifest["models"]["annotate"]["detector_weights"] == "tiny"
+    assert manifest["models"]["annotate"]["model_type"] == "vit_b"
+    for shard in manifest["shards"]:
+        meta = pq.read_schema(storage.open(shard["path"])).metadata
+        assert json.loads(meta[META_SETTINGS]) == expected
 
 
 def test_killed_build_resumes_to_the_exact_plan(tmp_path):
@@ -115,8 +142,6 @@ def test_killed_build_resumes_to_the_exact_plan(tmp_path):
 
 def test_llm_server_failing_for_a_while_still_completes(tmp_path, prefect_api, local_ray):
     from flows.build_dataset import build_dataset
-    from tests.fake_openai import FakeOpenAI
-    from tests.test_prompt_stage import varied_responder
 
     with FakeOpenAI(responder=varied_responder()) as srv:
         srv.faults.extend([("429", 1), ("500",), ("503", None), ("500",), ("timeout", 3.0), ("malformed",)])
@@ -138,6 +163,8 @@ def test_llm_server_failing_for_a_while_still_completes(tmp_path, prefect_api, l
 def test_a_killed_ray_actor_is_replaced_and_the_run_completes(tmp_path, prefect_api, local_ray):
     import threading
 
+    import ray
+
     from flows.build_dataset import build_dataset
 
     uri = str(tmp_path / "actor-kill")
@@ -149,17 +176,99 @@ def test_a_killed_ray_actor_is_replaced_and_the_run_completes(tmp_path, prefect_
     deadline = time.time() + 300
     while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
         time.sleep(0.1)
-    import ray
-
-    from flows.build_dataset import _RUNS
-
-    [run] = _RUNS.values()
-    pairs = next(pool for pool in run.executor.pools if pool.name == "pairs")
-    os.kill(ray.get(pairs.actors[0].pid.remote()), signal.SIGKILL)  # a worker crash in the middle of the run
+    # the engine names its actors magicseg/<stage>/<k>/<token>: an operator finds them the same way
+    pairs = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("magicseg/pairs/")]
+    assert pairs, f"no actor named magicseg/pairs/...: {ray.util.list_named_actors(all_namespaces=True)}"
+    victim = ray.get_actor(pairs[0]["name"], namespace=pairs[0]["namespace"])
+    ray.kill(victim, no_restart=False)  # a worker crash in the middle of the run: Ray restarts the actor
     runner.join(timeout=600)
     assert "summary" in result, "the flow did not finish"
     assert len(list(commits.iterdir())) == 8
     _assert_exact(uri, config)
+
+
+def test_prefect_retries_crashes_but_not_user_errors():
+    import asyncio
+
+    from prefect.states import exception_to_failed_state
+
+    from tasks.build_tasks import build_shards
+
+    def retried(err: BaseException) -> bool:
+        state = asyncio.run(exception_to_failed_state(err))
+        return build_shards.retry_condition_fn(build_shards, None, state)
+
+    assert retried(RuntimeError("actor died")) and retried(OSError("storage blip"))
+    assert not retried(HealthError("run health: ...")) and not retried(ConfigError("bad key"))
+
+
+def _sd15_health():
+    return load_config("build", "sd15").health
+
+
+def test_an_llm_failing_every_call_stops_the_run_on_health_with_nothing_committed(tmp_path, prefect_api,
+                                                                                   local_ray):
+    from flows.build_dataset import build_dataset
+
+    uri = str(tmp_path / "llm-down")
+    health = _sd15_health()
+    with FakeOpenAI(responder=varied_responder()) as srv:
+        srv.faults.extend([("500",)] * 100_000)
+        # 64 samples in one shard: past sd15's min_samples, so the first shard is checked before it commits
+        config = load_config("build", "tiny", out=uri, num_samples=64, overrides=[
+            "shard_size=64", "prompts.backend=openai", f"prompts.base_url={srv.base_url}",
+            "prompts.model=fake-llm", "prompts.max_retries=0", "prompts.timeout_s=2", "prompts.on_failure=drop"])
+        config.health = health
+        os.environ["OPENAI_API_KEY"] = "sk-test-health-key"
+        try:
+            state = build_dataset(config=config, return_state=True)
+        finally:
+            os.environ.pop("OPENAI_API_KEY")
+        assert srv.chat_requests, "the LLM was never asked"
+    assert state.is_failed()
+    err = state.result(raise_on_failure=False)
+    assert isinstance(err, HealthError), repr(err)
+    assert "drop_rate.prompt_failed is 1.000" in str(err) and "build.health.max_drop_rate.prompt_failed" in str(err)
+    assert "drop_rate.prompt_failed is 1.000" in (state.message or "")
+    commits = tmp_path / "llm-down" / "_magicseg" / "commits"
+    assert not commits.exists() or not any(commits.iterdir()), "a shard was committed although health failed"
+    assert not (tmp_path / "llm-down" / "shards").exists() or not any((tmp_path / "llm-down" / "shards").iterdir())
+
+
+def _cli_env(tmp_path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_line(tmp_path):
+    env = _cli_env(tmp_path)
+    uri = str(tmp_path / "json")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out", uri,
+                           "--num-samples", "8", "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # nothing else on stdout
+    assert summary["planned"] == 8 and summary["kept"] + sum(summary["dropped"].values()) == 8
+    assert set(summary["stages"]) == {"prompts", "pairs", "annotate"} and summary["notes"] == []
+    assert sum(summary["nodes"].values()) == sum(s["rows"] for s in summary["stages"].values()) == 24
+    figures = {f["figure"]: f for f in summary["health"]}
+    assert {"drop_rate.all", "drop_rate.prompt_failed", "llm_prompt_share"} <= set(figures)
+    assert not any(f["checked"] for f in figures.values())  # tiny: health off, figures still reported
+    assert figures["llm_prompt_share"]["value"] == 0.0  # the tiny LM's junk fell back to templates
+    assert "shard 0 committed: kept" in done.stderr
+
+    # the same templates under sd15's health: one line, exit 2, nothing committed
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out",
+                          str(tmp_path / "unhealthy"), "--num-samples", "8", "--json", "--set", "health.enabled=true",
+                          "--set", "health.min_samples=8"], env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert bad.stdout == ""
+    [line] = [line for line in bad.stderr.splitlines() if line.startswith("magicseg: error:")]
+    assert line.startswith("magicseg: error: run health: llm_prompt_share is 0.000 over 8 rows, below its "
+                           "minimum 0.9 (build.health.min_llm_prompt_share)"), line
+    assert not (tmp_path / "unhealthy" / "shards").exists() or not any((tmp_path / "unhealthy" / "shards").iterdir())
 
 
 TWO_NODE_SCRIPT = """

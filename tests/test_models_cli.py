@@ -160,3 +160,11 @@ def test_build_runs_offline_from_hub_ids_in_a_filled_cache(hub_cache):
     assert inspect.returncode == 0 and report["ok"], report["problems"]
     assert report["planned"] == 4 and report["samples"] + report["dropped_total"] == 4
     assert report["samples"] > 0, report["dropped"]  # the hub models really labelled something
+    # provenance from the generator itself: the fp16 files it loaded, in the manifest and every shard
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["pairs"]["variants"]["unet"] == "fp16", manifest["models"]["pairs"]
+    for shard in manifest["shards"]:
+        settings = json.loads(pq.read_schema(out / shard["path"]).metadata[b"magicseg.settings"])
+        assert settings["pairs"]["variants"]["unet"] == "fp16"

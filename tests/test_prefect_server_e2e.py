@@ -300,7 +300,10 @@ def test_the_build_run_has_its_artifacts_and_emitted_its_event(chain):
     with stack.client() as client:
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[build.id])))
     keys = {a.key for a in artifacts if a.key}
-    assert {"build-summary", "build-dataset"} <= keys, keys
+    assert {"build-summary", "build-dataset", "build-preview"} <= keys, keys
+    [preview] = [a for a in artifacts if a.key == "build-preview"]
+    out = Path(_dated_out(chain, build))
+    assert str(out) in preview.data and (out / "preview.png").stat().st_size > 1000
     assert any(a.type == "progress" for a in artifacts)
     for name, expected in (("train/adhoc", {"train-summary", "train-checkpoint", "train-loss-curve"}),
                            ("evaluate/adhoc", {"eval-metrics"})):
@@ -317,6 +320,25 @@ def test_the_build_run_has_its_artifacts_and_emitted_its_event(chain):
     payload = events[0]["payload"]
     assert payload["flow_run_id"] == str(build.id) and payload["kept"] >= 0
     assert events[0]["resource"]["prefect.resource.id"] == f"magicseg.dataset.{payload['uri']}"
+
+
+def _dated_out(chain, build) -> str:
+    day = build.expected_start_time.astimezone(dt.timezone.utc)
+    return f"{chain['datasets']}/{day:%Y-%m-%d}"
+
+
+def test_the_build_run_logs_hold_a_line_per_shard_and_the_stages_warnings(chain):
+    """Read back from the server: the per-shard line, and a warning raised inside a Ray actor (the tiny LM's
+    junk falls back to template prompts, which the prompt stage warns about)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    stack, build = chain["stack"], chain["runs"]["build-dataset/scheduled"]
+    with stack.client() as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[build.id])), limit=200)
+    messages = [(log.level, log.message) for log in logs]
+    assert any(m.startswith("shard 0 committed: kept ") and "samples/s" in m for _, m in messages), messages
+    actor_warnings = [m for level, m in messages if level == 30 and m.startswith("[prompts] ")]
+    assert any("no valid hf prompt" in m for m in actor_warnings), messages
 
 
 def test_the_flow_run_page_renders_in_headless_chromium(chain, tmp_path):

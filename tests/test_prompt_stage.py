@@ -17,24 +17,9 @@ from magicseg_models.prompts.stage import DROP_PROMPT_FAILED, PromptWriter
 from magicseg_models.prompts.text import find_class
 from magicseg_models.vocabulary import Vocabulary
 from tests.fake_openai import FakeOpenAI
+from tests.helpers import varied_responder
 
 KEY = "sk-test-PROMPT-STAGE-SECRET-42"
-
-
-def varied_responder():
-    """Like a sampling LLM: every answer differs (10 numbered prompts naming the quoted classes)."""
-    import itertools
-    import re
-
-    counter = itertools.count()
-
-    def respond(messages):
-        n = next(counter)
-        names = list(dict.fromkeys(re.findall(r'"([^"]+)"', messages[-1]["content"])))
-        subject = " and a ".join(names)
-        return "\n".join(f"{i}. A {subject} in scene {n}-{i}, with a detailed busy background" for i in range(1, 11))
-
-    return respond
 
 
 @pytest.fixture

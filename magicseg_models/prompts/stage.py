@@ -120,6 +120,18 @@ class PromptWriter:
                  "counterfactual_prompt": None if p is None else counterfactual(p, classes, covering=self.covering)}
                 for p in chosen]
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What wrote the prompts (manifest ``models.prompts`` and shard metadata); never the API key."""
+        from magicseg_models.config import redact
+
+        c = self.config
+        return redact({"backend": c.backend, "model": c.model, "weights": c.weights, "base_url": c.base_url,
+                       "endpoint": self._endpoint() or None, "prompts_per_call": c.prompts_per_call,
+                       "temperature": c.temperature, "max_new_tokens": c.max_new_tokens,
+                       "max_attempts": c.max_attempts, "on_failure": c.on_failure, "template": c.template,
+                       "template_scenes": c.template_scenes, "instruction_version": INSTRUCTION_VERSION})
+
     def stats(self) -> dict[str, Any]:
         """Accounting for the manifest and the Prefect artifact: LLM calls and tokens, cache, rejects, outcomes."""
         llm = self.chat.stats.as_dict() if self.chat is not None and hasattr(self.chat, "stats") else {}
