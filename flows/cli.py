@@ -122,7 +122,15 @@ def cmd_build(args) -> int:
     refuse_storage_secrets(config)  # before the flow: its parameters are stored as given
     from flows.build_dataset import build_dataset
 
-    summary = build_dataset(config=config, overwrite=args.overwrite)
+    if args.json:
+        # stdout holds the JSON alone: whatever else writes to it meanwhile (Ray forwarding its workers' output,
+        # libraries that print) goes to stderr
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = build_dataset(config=config, overwrite=args.overwrite)
+    else:
+        summary = build_dataset(config=config, overwrite=args.overwrite)
     if args.json:  # stdout holds the summary alone; logs, progress and everything else go to stderr
         print(json.dumps(summary, default=str))
     else:

@@ -251,7 +251,9 @@ def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_li
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)  # nothing else on stdout
     assert summary["planned"] == 8 and summary["kept"] + sum(summary["dropped"].values()) == 8
-    assert set(summary["stages"]) == {"prompts", "pairs", "annotate"} and summary["notes"] == []
+    assert set(summary["stages"]) == {"prompts", "pairs", "annotate"}
+    # tiny's GPU stages are optional: on this GPU-less machine they ran on CPU, and the summary says so
+    assert [note.split(":")[0] for note in summary["notes"]] == ["stage pairs runs on CPU", "stage annotate runs on CPU"]
     assert sum(summary["nodes"].values()) == sum(s["rows"] for s in summary["stages"].values()) == 24
     figures = {f["figure"]: f for f in summary["health"]}
     assert {"drop_rate.all", "drop_rate.prompt_failed", "llm_prompt_share"} <= set(figures)
