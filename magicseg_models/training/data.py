@@ -41,6 +41,7 @@ torch's own re-raise would turn the message into a multi-line traceback.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -49,11 +50,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image as PILImage
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as F
 
 from magicseg_models.config import AugmentConfig
-from magicseg_models.dataset.reader import DatasetReader, decode_row
+from magicseg_models.dataset.codecs import decode_mask
+from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.dataset.storage import describe_error
 from magicseg_models.errors import MagicSegError, ShardError, StorageError
 from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment
@@ -140,29 +143,56 @@ def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64) -
         raise ShardError(f"shard {piece.path} could not be read: {_one_line(err)}") from None
 
 
-def decode_sample(row: dict, shard: str = "?") -> dict:
-    """A row (needed columns) -> dict(image, counterfactual_image: uint8 3xHxW, class_ids: int64 K,
-    masks: bool KxHxW (instance masks united per class, classes sorted by id), sample_id)."""
-    sample_id = str(row.get("sample_id", "?"))
+def _open_image(data: Any, key: str, sample_id: str, shard: str) -> PILImage.Image:
+    """The image's header only: pixels are decoded later, by the augmentation (at reduced size where it can)."""
     try:
-        row = decode_row(row)
-    except ShardError as err:  # decode_row names the sample; add where it lives
-        raise ShardError(f"shard {shard}: {_one_line(err)}") from None
-    image, cf = F.pil_to_tensor(row["image"]), F.pil_to_tensor(row["counterfactual_image"])
-    height, width = int(row["height"]), int(row["width"])
-    if tuple(image.shape[1:]) != (height, width) or cf.shape != image.shape:
-        raise ShardError(f"shard {shard}: sample {sample_id}: image is {image.shape[1]}x{image.shape[2]}, "
-                         f"counterfactual {cf.shape[1]}x{cf.shape[2]}, row says {height}x{width}")
-    annotations = row.get("annotations") or []
+        return PILImage.open(io.BytesIO(data))
+    except (OSError, SyntaxError, ValueError, TypeError):  # PIL's ways of saying "not an image I can read"
+        raise ShardError(f"shard {shard}: sample {sample_id}: {key} is not a decodable image") from None
+
+
+def _class_masks(annotations: list[dict], height: int, width: int, sample_id: str,
+                 shard: str) -> tuple[list[int], np.ndarray]:
+    """Instance masks united per class (classes sorted by id), decoded at the image's own size."""
     if any(a.get("class_id") is None for a in annotations):
         raise ShardError(f"shard {shard}: sample {sample_id}: an annotation has no class_id")
     class_ids = sorted({int(a["class_id"]) for a in annotations})
     masks = np.zeros((len(class_ids), height, width), dtype=bool)
     index = {c: k for k, c in enumerate(class_ids)}
-    for a in annotations:
-        masks[index[int(a["class_id"])]] |= a["mask"]
-    return {"image": image, "counterfactual_image": cf, "class_ids": torch.tensor(class_ids, dtype=torch.int64),
-            "masks": torch.from_numpy(masks), "sample_id": sample_id}
+    try:
+        for a in annotations:
+            masks[index[int(a["class_id"])]] |= decode_mask(a["mask_rle"], height, width)
+    except (ValueError, TypeError, AttributeError):
+        raise ShardError(f"shard {shard}: sample {sample_id}: annotations.mask_rle is not a valid COCO RLE of "
+                         f"{height}x{width} pixels") from None
+    return class_ids, masks
+
+
+def decode_sample(row: dict, shard: str = "?", lazy: bool = False) -> dict:
+    """A row (needed columns) -> dict(image, counterfactual_image: uint8 3xHxW, class_ids: int64 K,
+    masks: bool KxHxW (instance masks united per class, classes sorted by id), sample_id).
+
+    ``lazy``: the images stay undecoded PIL images (size checked from their headers), for :class:`JointAugment`
+    to decode only what it needs."""
+    sample_id = str(row.get("sample_id", "?"))
+    height, width = int(row["height"]), int(row["width"])
+    images = [_open_image(row.get(key), key, sample_id, shard) for key in ("image", "counterfactual_image")]
+    if any(im.size != (width, height) for im in images):
+        raise ShardError(f"shard {shard}: sample {sample_id}: image is {images[0].height}x{images[0].width}, "
+                         f"counterfactual {images[1].height}x{images[1].width}, row says {height}x{width}")
+    if not lazy:
+        images = [_to_tensor(im, key, sample_id, shard) for im, key in zip(images, ("image", "counterfactual_image"))]
+    class_ids, masks = _class_masks(row.get("annotations") or [], height, width, sample_id, shard)
+    return {"image": images[0], "counterfactual_image": images[1],
+            "class_ids": torch.tensor(class_ids, dtype=torch.int64), "masks": torch.from_numpy(masks),
+            "sample_id": sample_id}
+
+
+def _to_tensor(image: PILImage.Image, key: str, sample_id: str, shard: str) -> torch.Tensor:
+    try:
+        return F.pil_to_tensor(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError):  # truncated or corrupt pixel data shows only when decoded
+        raise ShardError(f"shard {shard}: sample {sample_id}: {key} is not a decodable image") from None
 
 
 def sample_seed(seed: int, epoch: int, sample_id: str) -> int:
@@ -257,11 +287,14 @@ class TrainDataset(IterableDataset):
         yield from buffer
 
     def _make_sample(self, row: dict, shard: str, epoch: int) -> dict:
-        sample = decode_sample(row, shard)
+        sample = decode_sample(row, shard, lazy=self.augment is not None)
         if self.augment is not None:
             try:
                 out = self.augment(sample["image"], sample["counterfactual_image"], sample["masks"],
                                    seed=sample_seed(self.seed, epoch, sample["sample_id"]))
+            except (OSError, SyntaxError) as err:  # pixel data that fails to decode (the header was readable)
+                raise ShardError(f"shard {shard}: sample {sample['sample_id']}: an image is not decodable: "
+                                 f"{_one_line(err)}") from None
             except ValueError as err:
                 raise ShardError(f"shard {shard}: sample {sample['sample_id']}: {_one_line(err)}") from None
             sample.update(out)
