@@ -64,7 +64,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2._utils import query_size
 
 from magicseg_models.config import AugmentConfig
-from magicseg_models.training.photometric import apply_photometric, draw_photometric
+from magicseg_models.training.photometric import Photometric, apply_photometric, draw_photometric
 
 # OpenAI CLIP's preprocessing statistics, in [0, 1] units (ZegCLIP's img_norm_cfg is the same x 255).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -232,11 +232,38 @@ def _resized_region(image: PILImage.Image, size: tuple[int, int], box: tuple[flo
     return image.resize(size, PILImage.BILINEAR, box=tuple(v * k for v in box))
 
 
-def _planar_float(images: Sequence[PILImage.Image]) -> torch.Tensor:
-    """RGB PIL images of one size -> float32 Nx3xHxW, contiguous: the colour steps then run on planes, not on
+def _planar(images: Sequence[PILImage.Image]) -> torch.Tensor:
+    """RGB PIL images of one size -> uint8 Nx3xHxW, contiguous: the colour steps then run on planes, not on
     interleaved pixels (several times slower per op)."""
     planes = np.stack([np.asarray(band) for im in images for band in im.split()])  # PIL splits bands in C
-    return torch.from_numpy(planes).float().view(len(images), 3, *planes.shape[1:])
+    return torch.from_numpy(planes).view(len(images), 3, *planes.shape[1:])
+
+
+def normalisation(mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> tuple[torch.Tensor, ...]:
+    """(scale, shift), each 3x1x1: ``(x / 255 - mean) / std`` as one multiply-add on [0, 255] floats."""
+    mean, std = _check_stats(mean, std)
+    return (1.0 / (255.0 * torch.tensor(std))).view(3, 1, 1), (-torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
+
+
+def finish_colour(batch: dict, device: torch.device | str | None = None, mean: Sequence[float] = CLIP_MEAN,
+                  std: Sequence[float] = CLIP_STD) -> dict:
+    """The rest of a ``defer_colour`` batch's augmentation, on ``device`` (default: where the images are):
+    each sample's photometric draw over its unpadded crop, normalisation, padding back to 0. Returns the batch
+    with float32 ``image`` and ``counterfactual_image`` on ``device`` and without ``colour``: the same values
+    the workers would have produced (up to float rounding on another device)."""
+    batch = dict(batch)
+    colour = batch.pop("colour").cpu()  # the factors steer Python control flow: read them without a device sync
+    device = torch.device(device) if device is not None else batch["image"].device
+    pair = torch.stack([batch["image"], batch["counterfactual_image"]], 1).to(device, non_blocking=True).float()
+    for i, values in enumerate(colour.tolist()):
+        params, (h, w) = Photometric.from_tensor(values[:5]), (int(values[5]), int(values[6]))
+        if not params.identity:
+            pair[i, :, :, :h, :w] = apply_photometric(pair[i, :, :, :h, :w].contiguous(), params)
+    scale, shift = (t.to(device) for t in normalisation(mean, std))
+    pair.mul_(scale).add_(shift)
+    pair.masked_fill_(batch["ignore"].to(device, non_blocking=True)[:, None, None], 0.0)
+    batch["image"], batch["counterfactual_image"] = pair[:, 0].contiguous(), pair[:, 1].contiguous()
+    return batch
 
 
 def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -258,13 +285,11 @@ class JointAugment:
     """
 
     def __init__(self, cfg: AugmentConfig | None = None, mean: Sequence[float] = CLIP_MEAN,
-                 std: Sequence[float] = CLIP_STD, train: bool = True):
+                 std: Sequence[float] = CLIP_STD, train: bool = True, defer_colour: bool = False):
         self.cfg = cfg or AugmentConfig()
         self.train = train
-        mean, std = _check_stats(mean, std)
-        # (x / 255 - mean) / std as one multiply-add on [0, 255] floats
-        self.scale = (1.0 / (255.0 * torch.tensor(std))).view(3, 1, 1)
-        self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
+        self.defer_colour = defer_colour and train
+        self.scale, self.shift = normalisation(mean, std)
         self.crop = CatMaxRatioCrop(self.cfg.crop_size, self.cfg.cat_max_ratio, self.cfg.cat_count_background,
                                     fallback=self.cfg.crop_fallback)
 
@@ -314,21 +339,28 @@ class JointAugment:
         crops = [_resized_region(x, (w, h), box, factor) for x in (image, cf)]
         if flip:
             crops = [c.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT) for c in crops]
-        pair = _planar_float(crops)
-        if colour is not None:
-            pair = apply_photometric(pair, colour)
-        pair = pair.mul_(self.scale).add_(self.shift)
         size = cfg.crop_size
-        if (h, w) == (size, size):
-            out = pair
+        if self.defer_colour:
+            out = torch.zeros((2, 3, size, size), dtype=torch.uint8)
+            out[:, :, :h, :w] = _planar(crops)
         else:
-            out = torch.zeros((2, 3, size, size))  # padding is 0 after normalisation = the mean colour, as mmseg
-            out[:, :, :h, :w] = pair
+            pair = _planar(crops).float()
+            if colour is not None:
+                pair = apply_photometric(pair, colour)
+            pair = pair.mul_(self.scale).add_(self.shift)
+            if (h, w) == (size, size):
+                out = pair
+            else:
+                out = torch.zeros((2, 3, size, size))  # padding: 0 after normalisation = the mean colour (mmseg)
+                out[:, :, :h, :w] = pair
         out_masks = torch.zeros((masks.shape[0], size, size), dtype=torch.bool)
         out_masks[:, :h, :w] = masks.index_select(1, rows).index_select(2, cols)
         ignore = torch.ones((size, size), dtype=torch.bool)
         ignore[:h, :w] = False
-        return {"image": out[0], "counterfactual_image": out[1], "masks": out_masks, "ignore": ignore}
+        sample = {"image": out[0], "counterfactual_image": out[1], "masks": out_masks, "ignore": ignore}
+        if self.defer_colour:
+            sample["colour"] = torch.cat([(colour or Photometric()).to_tensor(), torch.tensor([h, w])])
+        return sample
 
     def _eval(self, image: PILImage.Image, cf: PILImage.Image, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         height, width = image.height, image.width
@@ -336,7 +368,7 @@ class JointAugment:
         box = (0.0, 0.0, float(width), float(height))
         factor = max(new_h / height, new_w / width)
         crops = [_resized_region(x, (new_w, new_h), box, factor) for x in (image, cf)]
-        pair = _planar_float(crops).mul_(self.scale).add_(self.shift)
+        pair = _planar(crops).float().mul_(self.scale).add_(self.shift)
         out_masks = masks.index_select(1, nearest_index(height, new_h)).index_select(2, nearest_index(width, new_w))
         return {"image": pair[0], "counterfactual_image": pair[1], "masks": out_masks,
                 "ignore": torch.zeros((new_h, new_w), dtype=torch.bool)}

@@ -15,7 +15,9 @@ fraction of torchvision's tensor ops for the same result to 1e-3 levels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -36,6 +38,21 @@ class Photometric:
     saturation: float | None = None
     hue: float | None = None
     contrast_before: bool = True
+
+
+    def to_tensor(self) -> torch.Tensor:
+        """(brightness, contrast, saturation, hue, contrast_before), NaN for a skipped step: batches stack it."""
+        values = (self.brightness, self.contrast, self.saturation, self.hue)
+        return torch.tensor([math.nan if v is None else v for v in values] + [float(self.contrast_before)])
+
+    @classmethod
+    def from_tensor(cls, values: Sequence[float]) -> "Photometric":
+        factors = [None if math.isnan(v) else float(v) for v in values[:4]]
+        return cls(*factors, contrast_before=bool(values[4]))
+
+    @property
+    def identity(self) -> bool:
+        return all(v is None for v in (self.brightness, self.contrast, self.saturation, self.hue))
 
 
 def _maybe(lo: float, hi: float) -> float | None:
