@@ -4,7 +4,12 @@
 1. **Loader, per process**: samples/s of one process streaming the shards through :class:`TrainDataset` (Parquet
    read, shuffle buffer, decode, augmentation), with torch on one thread as in a DataLoader worker, for
    - ``new``: today's :class:`JointAugment` (geometry drawn first, only the crop region resized, masks picked
-     from their source pixels, float32 photometric, JPEG draft decoding for strong downscales);
+     from their source pixels, JPEG draft decoding for strong downscales) with ``defer_colour``: the process
+     stops at uint8 crops and the photometric draws, and :func:`finish_colour` runs the colour steps and
+     normalisation on the training device (``make_train_loader(colour_device=...)``); its cost there is
+     printed separately (``finish_colour_ms_per_sample``, on this machine's device);
+   - ``new_worker_colour``: the same with the colour steps and normalisation in the process (float32), what
+     ``make_train_loader`` does without ``colour_device``;
    - ``legacy``: the path before it, kept below verbatim (:class:`LegacyJointAugment`: full decode, mmseg's order
      of whole-image resize, then crop, flip, torchvision's photometric, Normalize, Pad, all as v2 transforms)
      so both are measured in the same run on the same rows;
@@ -53,8 +58,9 @@ from benchmarks._machine import device_label, load_average, machine, ratio_note,
 from magicseg_models.config import AugmentConfig, load_config  # noqa: E402
 from magicseg_models.dataset.reader import decode_row  # noqa: E402
 from magicseg_models.errors import ShardError  # noqa: E402
-from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, CROP_TRIES, JointAugment, _check_stats  # noqa: E402
-from magicseg_models.training.data import (TrainDataset, _one_line, make_train_loader,  # noqa: E402
+from magicseg_models.training.augment import (CLIP_MEAN, CLIP_STD, CROP_TRIES, JointAugment,  # noqa: E402
+                                              _check_stats, finish_colour)
+from magicseg_models.training.data import (TrainDataset, _one_line, collate, make_train_loader,  # noqa: E402
                                            sample_seed)
 
 CLASSES = ["cat", "dog", "bus (vehicle)", "bicycle", "person", "umbrella", "horse", "bench"]
@@ -306,7 +312,8 @@ def time_stream(dataset: TrainDataset) -> tuple[float, int]:
 
 def time_paths(uri: str, cfg: AugmentConfig, repeats: int) -> dict[str, list[float]]:
     """Seconds per sample of each path, ``repeats`` times in turn so drifting load hits all of them alike."""
-    paths = {"new": TrainDataset(uri, augment=JointAugment(cfg), epochs=1),
+    paths = {"new": TrainDataset(uri, augment=JointAugment(cfg, defer_colour=True), epochs=1),
+             "new_worker_colour": TrainDataset(uri, augment=JointAugment(cfg), epochs=1),
              "legacy": LegacyTrainDataset(uri, augment=LegacyJointAugment(cfg), epochs=1),
              "decode": TrainDataset(uri, augment=_DecodeOnly(), epochs=1)}
     threads = torch.get_num_threads()
@@ -323,8 +330,29 @@ def time_paths(uri: str, cfg: AugmentConfig, repeats: int) -> dict[str, list[flo
     return times
 
 
-def time_loader(uri: str, cfg: AugmentConfig, workers: int) -> tuple[float, int]:
-    loader = make_train_loader(uri, augment_cfg=cfg, batch_size=8, num_workers=workers, epochs=1, seed=0)
+def time_finish(uri: str, cfg: AugmentConfig, device: torch.device, batch_size: int = 8) -> float:
+    """Seconds per sample of :func:`finish_colour` (photometric + normalisation of deferred batches) on
+    ``device``: the work the ``new`` path moves out of the loader process."""
+    samples = list(TrainDataset(uri, augment=JointAugment(cfg, defer_colour=True), epochs=1))
+    batches = [collate(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
+    for batch in batches:
+        batch["image"], batch["counterfactual_image"] = (batch[k].to(device) for k in ("image",
+                                                                                       "counterfactual_image"))
+    finish_colour(batches[0], device)  # warm-up (kernels, allocator)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    began = time.perf_counter()
+    for batch in batches:
+        finish_colour(batch, device)
+    sync()
+    return (time.perf_counter() - began) / len(samples)
+
+
+def time_loader(uri: str, cfg: AugmentConfig, workers: int, device: torch.device) -> tuple[float, int]:
+    """``make_train_loader`` end to end with worker processes; colour on ``device`` when it is a GPU."""
+    colour_device = device if device.type == "cuda" else None
+    loader = make_train_loader(uri, augment_cfg=cfg, batch_size=8, num_workers=workers, epochs=1, seed=0,
+                               colour_device=colour_device)
     began, n = time.perf_counter(), 0
     for batch in loader:
         n += batch["image"].shape[0]
@@ -371,17 +399,25 @@ def main(argv: list[str] | None = None) -> None:
         speedup = rate["new"] / rate["legacy"]
         note = ratio_note(stats["new"], stats["legacy"], speedup)
         print(f"  loader per process, best of {args.repeats} (median, spread of the repeats):")
-        for name, label in (("new", "new (crop first)"), ("legacy", "legacy (resize first)"),
-                            ("decode", "decode only")):
+        for name, label in (("new", "new, colour on device"), ("new_worker_colour", "new, colour in worker"),
+                            ("legacy", "legacy (resize first)"), ("decode", "decode only")):
             s = stats[name]
             print(f"    {label:24s} {rate[name]:8.2f} samples/s  {1e3 * s['best']:7.2f} ms/sample "
                   f"(median {1e3 * s['median']:.2f} ms, spread {s['spread']:.0%})")
-        print(f"  loader_speedup new/legacy {speedup:.2f}x: {note}")
+        worker_speedup = rate["new_worker_colour"] / rate["legacy"]
+        worker_note = ratio_note(stats["new_worker_colour"], stats["legacy"], worker_speedup)
+        finish_s = time_finish(uri, loader_cfg, device)
+        print(f"  loader_speedup new/legacy {speedup:.2f}x: {note}; with the colour steps in the worker too "
+              f"{worker_speedup:.2f}x: {worker_note}")
+        print(f"  finish_colour on {device.type} (the deferred photometric + normalisation, batch 8): "
+              f"{1e3 * finish_s:.2f} ms/sample")
         fields = (f"loader_speedup={speedup:.3f} loader_samples_per_s={rate['new']:.2f} "
-                  f"legacy_samples_per_s={rate['legacy']:.2f} decode_samples_per_s={rate['decode']:.2f} "
-                  f"speedup_note={note.split('(')[0]}")
+                  f"legacy_samples_per_s={rate['legacy']:.2f} speedup_note={note.split('(')[0]} "
+                  f"worker_colour_speedup={worker_speedup:.3f} worker_colour_samples_per_s="
+                  f"{rate['new_worker_colour']:.2f} decode_samples_per_s={rate['decode']:.2f} "
+                  f"finish_colour_ms_per_sample={1e3 * finish_s:.2f}")
         if args.loader_workers > 0:
-            loader_s, m = time_loader(uri, loader_cfg, args.loader_workers)
+            loader_s, m = time_loader(uri, loader_cfg, args.loader_workers, device)
             print(f"  DataLoader, {args.loader_workers} workers: {m} samples {loader_s:.2f} s "
                   f"{m / loader_s:.2f} samples/s")
             fields += f" dataloader_samples_per_s={m / loader_s:.2f}"
