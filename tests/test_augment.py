@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
+from PIL import Image as PILImage
+from torchvision import tv_tensors
 
 from magicseg_models.config import AugmentConfig
-from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment
+from magicseg_models.dataset.codecs import encode_image
+from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, CatMaxRatioCrop, JointAugment, nearest_index
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -171,3 +176,48 @@ def test_no_masks_and_bad_inputs():
         JointAugment()(image, torch.zeros(3, 20, 40, dtype=torch.uint8), torch.zeros(0, 40, 40))
     with pytest.raises(ValueError, match="masks"):
         JointAugment()(image, image, torch.zeros(1, 20, 40))
+
+
+def test_crop_rule_class_defaults_are_zegclips():
+    # the class and the config default alike: background ignored (reduce_zero_label), mmseg's unchecked 11th draw
+    crop, defaults = CatMaxRatioCrop(24), AugmentConfig()
+    assert (crop.count_background, crop.fallback) == (defaults.cat_count_background, defaults.crop_fallback)
+    assert (crop.count_background, crop.fallback) == (False, "draw")
+    # one object only: with background ignored no crop has two categories, so all 10 draws fail and the crop is
+    # the 11th draw of the same generator sequence
+    masks = torch.zeros(1, 48, 48, dtype=torch.bool)
+    masks[0, 10:30, 12:28] = True
+    stacked = tv_tensors.Mask(torch.cat([torch.ones(1, 48, 48, dtype=torch.bool), masks]).to(torch.uint8))
+    for seed in range(5):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            params = crop.make_params([tv_tensors.Image(torch.zeros(3, 48, 48, dtype=torch.uint8)), stacked])
+            g = torch.Generator().manual_seed(seed)
+            draws = [(int(torch.randint(0, 25, (), generator=g)), int(torch.randint(0, 25, (), generator=g)))
+                     for _ in range(11)]
+        assert (params["top"], params["left"]) == draws[10]
+    with pytest.raises(ValueError, match="fallback"):
+        CatMaxRatioCrop(24, fallback="first")
+
+
+@pytest.mark.parametrize("in_size,out_size", [(48, 48), (48, 96), (512, 1023), (480, 256), (97, 61), (333, 500)])
+def test_mask_pixels_are_picked_as_torchs_nearest_resize_picks_them(in_size, out_size):
+    g = torch.Generator().manual_seed(in_size)
+    mask = torch.rand(2, in_size, in_size + 7, generator=g) > 0.5
+    resized = torch.nn.functional.interpolate(mask[None].to(torch.uint8), size=(out_size, out_size + 3),
+                                              mode="nearest")[0].bool()
+    picked = mask.index_select(1, nearest_index(in_size, out_size)).index_select(
+        2, nearest_index(in_size + 7, out_size + 3))
+    assert torch.equal(picked, resized)
+
+
+def test_a_strongly_shrunk_jpeg_is_decoded_at_reduced_size_and_stays_aligned():
+    image, cf, masks = _marked_pair(height=720, width=960, top=200, left=300, size=240)
+    jpeg = encode_image(image.permute(1, 2, 0).numpy())
+    cfg = AugmentConfig(crop_size=256, scale=(2048, 512), ratio_range=(0.5, 0.6), photometric=False)
+    opened = PILImage.open(io.BytesIO(jpeg))
+    out = JointAugment(cfg)(opened, PILImage.open(io.BytesIO(jpeg)), masks, seed=3)
+    assert opened.size[0] < 960  # factor 512 * 0.5-0.6 / 720 < 0.5: PIL's draft decoded at half size or less
+    assert out["image"].shape == (3, 256, 256) and out["masks"].shape == (1, 256, 256)
+    assert out["masks"].any()
+    assert _iou((_unnormalize(out["image"]) > 0.6).all(0), out["masks"][0]) > 0.8
