@@ -9,18 +9,31 @@ ZegCLIP (mmseg 0.24) trains with::
     Normalize(CLIP mean/std)
     Pad(size=crop_size, pad_val=0, seg_pad_val=255)          # after Normalize: padded pixels are 0 = the mean
 
-Here every step is a torchvision transforms v2 transform in ONE ``v2.Compose`` call over three tv_tensors: the
-image and the counterfactual image (``tv_tensors.Image``) and the class masks (one ``tv_tensors.Mask``). v2 draws
-each step's random parameters once per call and applies them to every input, so the two images and the masks
-always get the same resize, crop and flip; masks use nearest-neighbour resizing; photometric and Normalize
-touch Images only, so masks stay binary.
+Crop first. mmseg resizes the whole image (up to 4x the pixels at ratio 2) and then keeps a 512 crop; here all
+random parameters are drawn first - resize ratio, crop offsets, flip, photometric factors, in that order and
+from torch's global generator exactly as the torchvision v2 pipeline this replaced drew them, so a seed gives
+the same geometry and colours as before - and only the crop is produced:
+
+- images: PIL resamples just the crop's source box to the crop size (``Image.resize(box=...)`` filters from the
+  box's source coordinates, so the pixels are those of the whole resized image's window); a JPEG shrunk to half
+  or less decodes at a reduced DCT scale first (PIL ``draft``), when it is handed over still undecoded;
+- masks: decoded at the image's own size and never resized: the crop's pixels are picked by the indices torch's
+  nearest-neighbour resize would use (:func:`nearest_index`), so they equal the resize-then-crop masks exactly,
+  and a flip is the same pick reversed;
+- the ``cat_max_ratio`` rule counts each tried window's category pixels from the source masks through those
+  indices (two matrix-vector products per window) instead of on resized masks.
+
+The image and its counterfactual go through every step together (the same geometry and the SAME photometric
+draw: the counterfactual loss compares their class tokens, and independent colour draws would add a difference
+between the pair that is not the object). ``tests/test_augment_distribution.py`` checks the geometry against the
+previous pipeline (kept in ``benchmarks/bench_train.py``), seed by seed and as distributions.
 
 Choices (and where they differ from mmseg):
 
 - Resize: mmseg's keep-ratio rule. The base is the image scaled to fit ``scale`` = (long, short) = (2048, 512)
   keeping its aspect ratio, i.e. factor = min(2048 * r / long_side, 512 * r / short_side) with r uniform in
-  ``ratio_range``; for any image less elongated than 4:1 that is "short side = 512 * r". Bilinear with antialias
-  for images (mmseg/cv2 does not antialias; antialias is the better downscale and torchvision's default).
+  ``ratio_range``; for any image less elongated than 4:1 that is "short side = 512 * r". Bilinear, antialiased
+  when shrinking (PIL's filter; mmseg/cv2 does not antialias; antialias is the better downscale).
 - Crop: mmseg's rule on the multi-label masks (no label map is built, so overlapping instances of different
   classes each count for their class): draw a crop of ``min(crop_size, side)`` uniformly; accept it when at
   least two categories are present and none covers ``cat_max_ratio`` or more of the crop's labelled pixels;
@@ -31,21 +44,20 @@ Choices (and where they differ from mmseg):
   one more category (``cat_count_background``: crops that are more than 75 % empty background are rejected too)
   and keeps the draw with the smallest largest-category share (``crop_fallback="best"``).
 - Flip: horizontal with ``flip_prob``.
-- Photometric (``photometric``): torchvision's ``RandomPhotometricDistort`` - the v2 port of the same SSD/mmdet
-  PhotoMetricDistortion mmseg copies: each of brightness, contrast (before or after the colour steps, at random),
-  saturation and hue applied with probability 0.5, ranges contrast/saturation 0.5-1.5, hue +-0.1 of the hue
-  circle (mmseg: +-18 on OpenCV's 0-180 hue scale), brightness x0.875-1.125 (torchvision's multiplicative
-  reading of mmseg's additive +-32). Its random channel permutation is switched off: mmseg has none, and a
-  red bus turning blue would contradict colour words in the prompts CLIP reads.
-  The image and its counterfactual get the SAME photometric parameters (they are two Images in the same call):
-  the counterfactual loss compares their class tokens, and independent colour draws would add a difference
-  between the pair that is not the object, which the loss would then learn to see.
+- Photometric (``photometric``; ``photometric.py``): torchvision's ``RandomPhotometricDistort`` draws - the v2
+  port of the SSD/mmdet PhotoMetricDistortion mmseg copies: each of brightness, contrast (before or after the
+  colour steps, at random), saturation and hue applied with probability 0.5, ranges contrast/saturation 0.5-1.5,
+  hue +-0.1 of the hue circle (mmseg: +-18 on OpenCV's 0-180 scale), brightness x0.875-1.125 (torchvision's
+  multiplicative reading of mmseg's additive +-32), computed in float32. No channel permutation: mmseg has none,
+  and a red bus turning blue would contradict colour words in the prompts CLIP reads.
 - Normalize with ``mean``/``std`` in [0, 1] units (CLIP's by default), then pad bottom/right to ``crop_size``
-  with 0 (the mean colour after normalisation, as mmseg pads after Normalize). Padding is tracked by a
-  "valid" channel stacked in front of the class masks (1 everywhere, padded with 0): ``ignore = ~valid``.
-- Determinism: v2 transforms draw from torch's global CPU generator; with ``seed`` or ``generator`` the call runs
-  inside ``torch.random.fork_rng`` seeded from it, so the same seed gives the same output and the caller's
-  global RNG state is left untouched (CUDA generators are never touched).
+  with 0 (the mean colour after normalisation, as mmseg pads after Normalize); ``ignore`` marks the padding.
+- ``defer_colour``: stop after the geometry and return uint8 crops plus ``colour`` (the photometric draw and the
+  crop's height and width); :func:`finish_colour` does the rest on a batch, on the training GPU. The loader
+  process then skips its most expensive steps and sends a quarter of the bytes.
+- Determinism: with ``seed`` or ``generator`` the call runs inside ``torch.random.fork_rng`` seeded from it, so the
+  same seed gives the same output and the caller's global RNG state is left untouched (CUDA generators are never
+  touched).
 
 Eval mode (``train=False``): keep-ratio resize to ``scale`` (ratio 1) and Normalize only; no randomness, no crop,
 no padding (``ignore`` all False), output size follows the image's aspect ratio.
