@@ -338,13 +338,19 @@ def time_finish(uri: str, cfg: AugmentConfig, device: torch.device, batch_size: 
     for batch in batches:
         batch["image"], batch["counterfactual_image"] = (batch[k].to(device) for k in ("image",
                                                                                        "counterfactual_image"))
-    finish_colour(batches[0], device)  # warm-up (kernels, allocator)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    began = time.perf_counter()
-    for batch in batches:
-        finish_colour(batch, device)
-    sync()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # comparable with the loader paths (and free of thread contention on a busy VM)
+    try:
+        finish_colour(batches[0], device)  # warm-up (kernels, allocator)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        began = time.perf_counter()
+        for batch in batches:
+            finish_colour(batch, device)
+        sync()
+    finally:
+        torch.set_num_threads(threads)
     return (time.perf_counter() - began) / len(samples)
 
 

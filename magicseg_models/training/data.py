@@ -28,6 +28,11 @@ Storage is opened lazily in the process that iterates (each DataLoader worker op
 :class:`DatasetReader`; nothing open is pickled). Only the columns needed are read: ``sample_id``, ``image``,
 ``counterfactual_image``, ``height``, ``width`` and the ``class_id`` and ``mask_rle`` fields of ``annotations``.
 
+Decoding is split so the augmentation decodes only what it needs: the dataset opens the images (headers only,
+sizes checked) and decodes the masks at the image's size; :class:`JointAugment` decodes the pixels (at reduced
+size for strong downscales) and picks the crop. An image whose pixel data fails to decode raises the same
+one-line :class:`ShardError` as one whose header does.
+
 Samples without annotations are KEPT as all-negative samples (``class_ids`` empty, ``masks`` 0xSxS): every
 sampled class is then a negative for every pixel, and the counterfactual loss still applies. Builds drop
 images where a named class is not found, so such rows come from other tools or hand-edited data.
@@ -207,8 +212,9 @@ class TrainDataset(IterableDataset):
 
     Each sample: ``image``, ``counterfactual_image`` (3xSxS float32, normalised), ``class_ids`` (int64 K),
     ``masks`` (bool KxSxS), ``ignore`` (bool SxS, padding), ``sample_id`` (str), ``epoch`` (int).
-    ``augment`` is any callable like :class:`JointAugment` (called with ``seed=``); None yields decoded samples
-    unaugmented (uint8 images at their own size, no ``ignore``).
+    ``augment`` is any callable like :class:`JointAugment` (called with ``seed=``; the images arrive as undecoded
+    PIL images, the masks decoded); None yields decoded samples unaugmented (uint8 images at their own size, no
+    ``ignore``).
     """
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None,
