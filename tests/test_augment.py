@@ -12,6 +12,7 @@ from torchvision import tv_tensors
 from magicseg_models.config import AugmentConfig
 from magicseg_models.dataset.codecs import encode_image
 from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, CatMaxRatioCrop, JointAugment, nearest_index
+from magicseg_models.training.photometric import Photometric, apply_photometric, draw_photometric
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -221,3 +222,36 @@ def test_a_strongly_shrunk_jpeg_is_decoded_at_reduced_size_and_stays_aligned():
     assert out["image"].shape == (3, 256, 256) and out["masks"].shape == (1, 256, 256)
     assert out["masks"].any()
     assert _iou((_unnormalize(out["image"]) > 0.6).all(0), out["masks"][0]) > 0.8
+
+
+def test_photometric_steps_are_torchvisions_kernels_in_float():
+    from torchvision.transforms.v2 import RandomPhotometricDistort
+    from torchvision.transforms.v2 import functional as F
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 40, 50, generator=g)
+    steps = [(Photometric(brightness=1.1), lambda x: F.adjust_brightness(x, 1.1)),
+             (Photometric(contrast=0.6), lambda x: F.adjust_contrast(x, 0.6)),
+             (Photometric(saturation=1.4), lambda x: F.adjust_saturation(x, 1.4)),
+             (Photometric(hue=-0.08), lambda x: F.adjust_hue(x, -0.08)),
+             (Photometric(1.05, 1.3, 0.7, 0.03, contrast_before=False),
+              lambda x: F.adjust_contrast(F.adjust_hue(F.adjust_saturation(F.adjust_brightness(x, 1.05), 0.7),
+                                                       0.03), 1.3))]
+    for params, reference in steps:
+        ours = apply_photometric(image.clone() * 255, params) / 255
+        assert torch.allclose(ours, reference(image), atol=1e-5), params
+    # the same draws as torchvision's transform from the same generator state
+    distort = RandomPhotometricDistort(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5),
+                                       hue=(-0.1, 0.1), p=0.5)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        expected = distort.make_params([image])
+        torch.manual_seed(seed)
+        drawn = draw_photometric()
+        follow = torch.rand(())  # both consumed the generator alike, channel-permutation draw included
+        torch.manual_seed(seed)
+        distort.make_params([image])
+        assert follow == torch.rand(())
+        assert (drawn.brightness, drawn.contrast, drawn.saturation, drawn.hue, drawn.contrast_before) == (
+            expected["brightness_factor"], expected["contrast_factor"], expected["saturation_factor"],
+            expected["hue_factor"], expected["contrast_before"])

@@ -78,7 +78,10 @@ def _blend_(images: torch.Tensor, other: torch.Tensor, factor: float) -> torch.T
 
 
 def _contrast_(images: torch.Tensor, factor: float) -> torch.Tensor:
-    return _blend_(images, _grey(images).mean(dim=(-3, -2, -1), keepdim=True), factor)
+    # the grey image's mean is the grey of the channel means (grey is linear): no grey plane needed
+    means = images.mean(dim=(-2, -1), keepdim=True)
+    weights = torch.tensor(GREY, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return _blend_(images, (means * weights).sum(dim=-3, keepdim=True), factor)
 
 
 def _hue(images: torch.Tensor, factor: float) -> torch.Tensor:
