@@ -190,3 +190,19 @@ def test_only_needed_columns_are_read(tmp_path):
     row = next(iter_piece_rows(reader, piece))
     assert set(row) == {"sample_id", "image", "counterfactual_image", "height", "width", "annotations"}
     assert set(row["annotations"][0]) == {"class_id", "mask_rle"}
+
+
+def test_an_image_with_a_readable_header_but_broken_pixels_names_the_sample(tmp_path):
+    # images are decoded by the augmentation (the dataset reads headers only): the error still says where
+    uri = str(tmp_path / "truncated")
+    store = DatasetStore(uri)
+    store.write_run_header(planned=1, classes=["cat"])
+    row = synthetic_row("s-cut", [0], ["cat"], seed=1, height=64, width=64)
+    with store.open_shard(0) as writer:
+        writer.write([{**row, "counterfactual_image": row["counterfactual_image"][: len(row["image"]) // 3]}])
+        writer.commit()
+    dataset = TrainDataset(uri, augment=JointAugment(SMALL), epochs=1)
+    with pytest.raises(ShardError) as err:
+        next(iter(dataset))
+    message = str(err.value)
+    assert "part-00000" in message and "s-cut" in message and "not decodable" in message and "\n" not in message
