@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Training throughput: the shard loader per process against the previous loader path, and train steps per second.
 
-1. **Loader, per process**: samples/s of one process streaming the shards through :class:`TrainDataset` (Parquet
-   read, shuffle buffer, decode, augmentation), with torch on one thread as in a DataLoader worker, for
+1. **Loader, per process**: samples/s of one process turning shard rows into samples the way
+   :class:`TrainDataset` does (Parquet read, decode, augmentation; the paths take turns row by row, so load
+   changes on a shared machine hit them alike), with torch on one thread as in a DataLoader worker, for
    - ``new``: today's :class:`JointAugment` (geometry drawn first, only the crop region resized, masks picked
      from their source pixels, JPEG draft decoding for strong downscales) with ``defer_colour``: the process
      stops at uint8 crops and the photometric draws, and :func:`finish_colour` runs the colour steps and
@@ -14,8 +15,8 @@
      of whole-image resize, then crop, flip, torchvision's photometric, Normalize, Pad, all as v2 transforms)
      so both are measured in the same run on the same rows;
    - ``decode``: decoding only (no augmentation), the floor.
-   Each is repeated ``--repeats`` times in turn (new, legacy, decode, new, ...); the best is reported with the
-   spread of its repeats, and ``loader_speedup`` = best new / best legacy samples/s is flagged
+   Each is repeated ``--repeats`` passes; the best pass is reported with the spread of the passes, and
+   ``loader_speedup`` = best new / best legacy samples/s is flagged
    ``not-meaningful`` when the repeats spread wider than the ratio's distance from 1.
 2. **DataLoader** (``--loader-workers`` > 0): ``make_train_loader`` end to end with worker processes, samples/s.
 3. **Train step**: optimizer steps/s and samples/s of the real worker loop (``train_worker``: sampling, text
@@ -56,12 +57,12 @@ from torchvision.transforms.v2._utils import query_size  # noqa: E402
 
 from benchmarks._machine import device_label, load_average, machine, ratio_note, spread  # noqa: E402
 from magicseg_models.config import AugmentConfig, load_config  # noqa: E402
-from magicseg_models.dataset.reader import decode_row  # noqa: E402
+from magicseg_models.dataset.reader import DatasetReader, decode_row  # noqa: E402
 from magicseg_models.errors import ShardError  # noqa: E402
 from magicseg_models.training.augment import (CLIP_MEAN, CLIP_STD, CROP_TRIES, JointAugment,  # noqa: E402
                                               _check_stats, finish_colour)
-from magicseg_models.training.data import (TrainDataset, _one_line, collate, make_train_loader,  # noqa: E402
-                                           sample_seed)
+from magicseg_models.training.data import (TrainDataset, _one_line, collate, epoch_pieces,  # noqa: E402
+                                           iter_piece_rows, make_train_loader, sample_seed)
 
 CLASSES = ["cat", "dog", "bus (vehicle)", "bicycle", "person", "umbrella", "horse", "bench"]
 
@@ -303,28 +304,39 @@ class _DecodeOnly:
                 "counterfactual_image": F.pil_to_tensor(counterfactual_image.convert("RGB"))}
 
 
-def time_stream(dataset: TrainDataset) -> tuple[float, int]:
-    began, n = time.perf_counter(), 0
-    for _ in dataset:
-        n += 1
-    return time.perf_counter() - began, n
+def read_rows(uri: str) -> tuple[list[tuple[dict, str]], float]:
+    """Every row (undecoded, the loader's columns) with its shard, and the seconds per row of reading them."""
+    reader = DatasetReader(uri)
+    began = time.perf_counter()
+    rows = [(row, piece.path) for piece in epoch_pieces(reader.shards, 0, 0, 0, 1, shuffle=False)
+            for row in iter_piece_rows(reader, piece)]
+    return rows, (time.perf_counter() - began) / max(len(rows), 1)
 
 
 def time_paths(uri: str, cfg: AugmentConfig, repeats: int) -> dict[str, list[float]]:
-    """Seconds per sample of each path, ``repeats`` times in turn so drifting load hits all of them alike."""
-    paths = {"new": TrainDataset(uri, augment=JointAugment(cfg, defer_colour=True), epochs=1),
-             "new_worker_colour": TrainDataset(uri, augment=JointAugment(cfg), epochs=1),
-             "legacy": LegacyTrainDataset(uri, augment=LegacyJointAugment(cfg), epochs=1),
-             "decode": TrainDataset(uri, augment=_DecodeOnly(), epochs=1)}
+    """Seconds per sample of each path (its per-sample work plus the shared Parquet read), ``repeats`` passes.
+
+    The paths take turns row by row - each row goes through every path before the next row - so a load change
+    on a shared machine hits all of them alike and their ratio holds even when the passes' totals drift."""
+    paths = {"new": TrainDataset(uri, augment=JointAugment(cfg, defer_colour=True)),
+             "new_worker_colour": TrainDataset(uri, augment=JointAugment(cfg)),
+             "legacy": LegacyTrainDataset(uri, augment=LegacyJointAugment(cfg)),
+             "decode": TrainDataset(uri, augment=_DecodeOnly())}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a DataLoader worker runs with
     try:
-        time_stream(paths["decode"])  # warm the page cache and imports: every path then reads from memory
+        read_rows(uri)  # warm the page cache and imports
         times: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(repeats):
-            for name, dataset in paths.items():
-                seconds, n = time_stream(dataset)
-                times[name].append(seconds / n)
+            rows, read_s = read_rows(uri)
+            spent = dict.fromkeys(paths, 0.0)
+            for row, shard in rows:
+                for name, dataset in paths.items():
+                    began = time.perf_counter()
+                    dataset._make_sample(row, shard, 0)
+                    spent[name] += time.perf_counter() - began
+            for name in paths:
+                times[name].append(spent[name] / len(rows) + read_s)
     finally:
         torch.set_num_threads(threads)
     return times
