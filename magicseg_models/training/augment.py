@@ -251,6 +251,16 @@ def _planar(images: Sequence[PILImage.Image]) -> torch.Tensor:
     return torch.from_numpy(planes).view(len(images), 3, *planes.shape[1:])
 
 
+def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad the last two dimensions bottom/right to ``size`` (mmseg ``Pad``); no copy when already there."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    out = x.new_zeros((*x.shape[:-2], size, size))
+    out[..., :h, :w] = x
+    return out
+
+
 def normalisation(mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> tuple[torch.Tensor, ...]:
     """(scale, shift), each 3x1x1: ``(x / 255 - mean) / std`` as one multiply-add on [0, 255] floats."""
     mean, std = _check_stats(mean, std)
@@ -353,20 +363,13 @@ class JointAugment:
             crops = [c.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT) for c in crops]
         size = cfg.crop_size
         if self.defer_colour:
-            out = torch.zeros((2, 3, size, size), dtype=torch.uint8)
-            out[:, :, :h, :w] = _planar(crops)
+            out = _pad_to(_planar(crops), size)
         else:
             pair = _planar(crops).float()
             if colour is not None:
                 pair = apply_photometric(pair, colour)
-            pair = pair.mul_(self.scale).add_(self.shift)
-            if (h, w) == (size, size):
-                out = pair
-            else:
-                out = torch.zeros((2, 3, size, size))  # padding: 0 after normalisation = the mean colour (mmseg)
-                out[:, :, :h, :w] = pair
-        out_masks = torch.zeros((masks.shape[0], size, size), dtype=torch.bool)
-        out_masks[:, :h, :w] = masks.index_select(1, rows).index_select(2, cols)
+            out = _pad_to(pair.mul_(self.scale).add_(self.shift), size)  # 0 after normalisation: the mean colour
+        out_masks = _pad_to(masks.index_select(1, rows).index_select(2, cols), size)
         ignore = torch.ones((size, size), dtype=torch.bool)
         ignore[:h, :w] = False
         sample = {"image": out[0], "counterfactual_image": out[1], "masks": out_masks, "ignore": ignore}
