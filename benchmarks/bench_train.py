@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> None:
         finish_s = time_finish(uri, loader_cfg, device)
         print(f"  loader_speedup new/legacy {speedup:.2f}x: {note}; with the colour steps in the worker too "
               f"{worker_speedup:.2f}x: {worker_note}")
+        for name in ("new", "new_worker_colour"):  # each pass ran the paths on the same rows at the same time
+            passes = ", ".join(f"{old / new:.2f}" for new, old in zip(times[name], times["legacy"]))
+            print(f"    {name}/legacy pass by pass: {passes}")
         print(f"  finish_colour on {device.type} (the deferred photometric + normalisation, batch 8): "
               f"{1e3 * finish_s:.2f} ms/sample")
         fields = (f"loader_speedup={speedup:.3f} loader_samples_per_s={rate['new']:.2f} "
