@@ -5,12 +5,13 @@
    :class:`TrainDataset` does (Parquet read, decode, augmentation; the paths take turns row by row, so load
    changes on a shared machine hit them alike), with torch on one thread as in a DataLoader worker, for
    - ``new``: today's :class:`JointAugment` (geometry drawn first, only the crop region resized, masks picked
-     from their source pixels, JPEG draft decoding for strong downscales) with ``defer_colour``: the process
-     stops at uint8 crops and the photometric draws, and :func:`finish_colour` runs the colour steps and
-     normalisation on the training device (``make_train_loader(colour_device=...)``); its cost there is
-     printed separately (``finish_colour_ms_per_sample``, on this machine's device);
-   - ``new_worker_colour``: the same with the colour steps and normalisation in the process (float32), what
-     ``make_train_loader`` does without ``colour_device``;
+     from their source pixels, JPEG draft decoding for strong downscales) with ``defer_pixels``: the process
+     stops after decoding the images and masks and drawing the augmentation, and :func:`finish_pixels` does the
+     image resampling, crop, flip, colour and normalisation on the training GPU
+     (``make_train_loader(pixel_device=...)``); its cost on this machine's device is printed separately
+     (``finish_pixels_ms_per_sample``: negligible on a GPU, about the legacy path's cost on a CPU);
+   - ``new_worker_pixels``: everything in the process (only the crop region resampled, float32 photometric), what
+     ``make_train_loader`` does without ``pixel_device``;
    - ``legacy``: the path before it, kept below verbatim (:class:`LegacyJointAugment`: full decode, mmseg's order
      of whole-image resize, then crop, flip, torchvision's photometric, Normalize, Pad, all as v2 transforms)
      so both are measured in the same run on the same rows;
@@ -60,7 +61,7 @@ from magicseg_models.config import AugmentConfig, load_config  # noqa: E402
 from magicseg_models.dataset.reader import DatasetReader, decode_row  # noqa: E402
 from magicseg_models.errors import ShardError  # noqa: E402
 from magicseg_models.training.augment import (CLIP_MEAN, CLIP_STD, CROP_TRIES, JointAugment,  # noqa: E402
-                                              _check_stats, finish_colour)
+                                              _check_stats, finish_pixels)
 from magicseg_models.training.data import (TrainDataset, _one_line, collate, epoch_pieces,  # noqa: E402
                                            iter_piece_rows, make_train_loader, sample_seed)
 
@@ -318,8 +319,8 @@ def time_paths(uri: str, cfg: AugmentConfig, repeats: int) -> dict[str, list[flo
 
     The paths take turns row by row - each row goes through every path before the next row - so a load change
     on a shared machine hits all of them alike and their ratio holds even when the passes' totals drift."""
-    paths = {"new": TrainDataset(uri, augment=JointAugment(cfg, defer_colour=True)),
-             "new_worker_colour": TrainDataset(uri, augment=JointAugment(cfg)),
+    paths = {"new": TrainDataset(uri, augment=JointAugment(cfg, defer_pixels=True)),
+             "new_worker_pixels": TrainDataset(uri, augment=JointAugment(cfg)),
              "legacy": LegacyTrainDataset(uri, augment=LegacyJointAugment(cfg)),
              "decode": TrainDataset(uri, augment=_DecodeOnly())}
     threads = torch.get_num_threads()
@@ -343,23 +344,23 @@ def time_paths(uri: str, cfg: AugmentConfig, repeats: int) -> dict[str, list[flo
 
 
 def time_finish(uri: str, cfg: AugmentConfig, device: torch.device, batch_size: int = 8) -> float:
-    """Seconds per sample of :func:`finish_colour` (photometric + normalisation of deferred batches) on
-    ``device``: the work the ``new`` path moves out of the loader process."""
-    samples = list(TrainDataset(uri, augment=JointAugment(cfg, defer_colour=True), epochs=1))
+    """Seconds per sample of :func:`finish_pixels` on ``device``: the work the ``new`` path moves out of the loader
+    process."""
+    samples = list(TrainDataset(uri, augment=JointAugment(cfg, defer_pixels=True), epochs=1))
     batches = [collate(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
     for batch in batches:
-        batch["image"], batch["counterfactual_image"] = (batch[k].to(device) for k in ("image",
-                                                                                       "counterfactual_image"))
+        for key in ("image", "counterfactual_image"):
+            batch[key] = [x.to(device) for x in batch[key]]
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)  # comparable with the loader paths (and free of thread contention on a busy VM)
     try:
-        finish_colour(batches[0], device)  # warm-up (kernels, allocator)
+        finish_pixels(batches[0], device)  # warm-up (kernels, allocator)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
         began = time.perf_counter()
         for batch in batches:
-            finish_colour(batch, device)
+            finish_pixels(batch, device)
         sync()
     finally:
         torch.set_num_threads(threads)
@@ -367,10 +368,10 @@ def time_finish(uri: str, cfg: AugmentConfig, device: torch.device, batch_size: 
 
 
 def time_loader(uri: str, cfg: AugmentConfig, workers: int, device: torch.device) -> tuple[float, int]:
-    """``make_train_loader`` end to end with worker processes; colour on ``device`` when it is a GPU."""
-    colour_device = device if device.type == "cuda" else None
+    """``make_train_loader`` end to end with worker processes; pixel work on ``device`` when it is a GPU."""
+    pixel_device = device if device.type == "cuda" else None
     loader = make_train_loader(uri, augment_cfg=cfg, batch_size=8, num_workers=workers, epochs=1, seed=0,
-                               colour_device=colour_device)
+                               pixel_device=pixel_device)
     began, n = time.perf_counter(), 0
     for batch in loader:
         n += batch["image"].shape[0]
@@ -417,26 +418,26 @@ def main(argv: list[str] | None = None) -> None:
         speedup = rate["new"] / rate["legacy"]
         note = ratio_note(stats["new"], stats["legacy"], speedup)
         print(f"  loader per process, best of {args.repeats} (median, spread of the repeats):")
-        for name, label in (("new", "new, colour on device"), ("new_worker_colour", "new, colour in worker"),
+        for name, label in (("new", "new, pixels on device"), ("new_worker_pixels", "new, all in process"),
                             ("legacy", "legacy (resize first)"), ("decode", "decode only")):
             s = stats[name]
             print(f"    {label:24s} {rate[name]:8.2f} samples/s  {1e3 * s['best']:7.2f} ms/sample "
                   f"(median {1e3 * s['median']:.2f} ms, spread {s['spread']:.0%})")
-        worker_speedup = rate["new_worker_colour"] / rate["legacy"]
-        worker_note = ratio_note(stats["new_worker_colour"], stats["legacy"], worker_speedup)
+        worker_speedup = rate["new_worker_pixels"] / rate["legacy"]
+        worker_note = ratio_note(stats["new_worker_pixels"], stats["legacy"], worker_speedup)
         finish_s = time_finish(uri, loader_cfg, device)
-        print(f"  loader_speedup new/legacy {speedup:.2f}x: {note}; with the colour steps in the worker too "
+        print(f"  loader_speedup new/legacy {speedup:.2f}x: {note}; with the pixel work in the process too "
               f"{worker_speedup:.2f}x: {worker_note}")
-        for name in ("new", "new_worker_colour"):  # each pass ran the paths on the same rows at the same time
+        for name in ("new", "new_worker_pixels"):  # each pass ran the paths on the same rows at the same time
             passes = ", ".join(f"{old / new:.2f}" for new, old in zip(times[name], times["legacy"]))
             print(f"    {name}/legacy pass by pass: {passes}")
-        print(f"  finish_colour on {device.type} (the deferred photometric + normalisation, batch 8): "
+        print(f"  finish_pixels on {device.type} (the deferred resample, crop, flip, colour, normalisation; batch 8): "
               f"{1e3 * finish_s:.2f} ms/sample")
         fields = (f"loader_speedup={speedup:.3f} loader_samples_per_s={rate['new']:.2f} "
                   f"legacy_samples_per_s={rate['legacy']:.2f} speedup_note={note.split('(')[0]} "
-                  f"worker_colour_speedup={worker_speedup:.3f} worker_colour_samples_per_s="
-                  f"{rate['new_worker_colour']:.2f} decode_samples_per_s={rate['decode']:.2f} "
-                  f"finish_colour_ms_per_sample={1e3 * finish_s:.2f}")
+                  f"in_process_speedup={worker_speedup:.3f} in_process_samples_per_s="
+                  f"{rate['new_worker_pixels']:.2f} decode_samples_per_s={rate['decode']:.2f} "
+                  f"finish_pixels_ms_per_sample={1e3 * finish_s:.2f}")
         if args.loader_workers > 0:
             loader_s, m = time_loader(uri, loader_cfg, args.loader_workers, device)
             print(f"  DataLoader, {args.loader_workers} workers: {m} samples {loader_s:.2f} s "

@@ -52,9 +52,10 @@ Choices (and where they differ from mmseg):
   and a red bus turning blue would contradict colour words in the prompts CLIP reads.
 - Normalize with ``mean``/``std`` in [0, 1] units (CLIP's by default), then pad bottom/right to ``crop_size``
   with 0 (the mean colour after normalisation, as mmseg pads after Normalize); ``ignore`` marks the padding.
-- ``defer_colour``: stop after the geometry and return uint8 crops plus ``colour`` (the photometric draw and the
-  crop's height and width); :func:`finish_colour` does the rest on a batch, on the training GPU. The loader
-  process then skips its most expensive steps and sends a quarter of the bytes.
+- ``defer_pixels``: stop after decoding and the random draws: return the decoded uint8 images, the finished
+  masks and ``ignore``, and ``pixels`` (resized size, crop, flip, photometric draw); :func:`finish_pixels` does
+  the rest on a batch on the training GPU, in mmseg's order (whole-image resize, crop, flip, colour): the loader
+  process is left with the JPEG and mask decoding.
 - Determinism: with ``seed`` or ``generator`` the call runs inside ``torch.random.fork_rng`` seeded from it, so the
   same seed gives the same output and the caller's global RNG state is left untouched (CUDA generators are never
   touched).
@@ -229,18 +230,22 @@ def _as_pil(x: Any) -> PILImage.Image:
     return PILImage.fromarray(x)
 
 
+def _decoded(image: PILImage.Image, factor: float) -> PILImage.Image:
+    """The image's RGB pixels; a JPEG about to shrink to half or less decodes at the smallest DCT scale still at
+    least as large as the target (PIL ``draft``; a no-op for decoded images and other formats)."""
+    if factor <= 0.5:
+        image.draft("RGB", (math.ceil(image.width * factor), math.ceil(image.height * factor)))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def _resized_region(image: PILImage.Image, size: tuple[int, int], box: tuple[float, float, float, float],
                     factor: float) -> PILImage.Image:
     """``box`` (left, top, right, bottom, source pixels) resampled to ``size`` (w, h): the same pixels as the
     window of the whole image resized by ``factor`` (PIL filters from the box's source coordinates), without
-    resizing the rest. A JPEG shrunk to half or less is decoded at the smallest DCT scale still at least as
-    large as the target (PIL ``draft``)."""
+    resizing the rest."""
     width = image.width
-    if factor <= 0.5:  # a no-op for decoded images and formats without reduced decoding
-        image.draft("RGB", (math.ceil(image.width * factor), math.ceil(image.height * factor)))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    k = image.width / width
+    image = _decoded(image, factor)
+    k = image.width / width  # < 1 after a draft decode
     return image.resize(size, PILImage.BILINEAR, box=tuple(v * k for v in box))
 
 
@@ -267,24 +272,28 @@ def normalisation(mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP
     return (1.0 / (255.0 * torch.tensor(std))).view(3, 1, 1), (-torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
 
 
-def finish_colour(batch: dict, device: torch.device | str | None = None, mean: Sequence[float] = CLIP_MEAN,
+def finish_pixels(batch: dict, device: torch.device | str | None = None, mean: Sequence[float] = CLIP_MEAN,
                   std: Sequence[float] = CLIP_STD) -> dict:
-    """The rest of a ``defer_colour`` batch's augmentation, on ``device`` (default: where the images are):
-    each sample's photometric draw over its unpadded crop, normalisation, padding back to 0. Returns the batch
-    with float32 ``image`` and ``counterfactual_image`` on ``device`` and without ``colour``: the same values
-    the workers would have produced (up to float rounding on another device)."""
+    """The rest of a ``defer_pixels`` batch's augmentation, on ``device`` (default: where the images are): per
+    sample, mmseg's order on the decoded images - resize the whole image (bilinear, antialiased), crop, flip -
+    then the photometric draw, normalisation and padding. Returns the batch with float32 ``image`` and
+    ``counterfactual_image`` (Bx3xSxS) on ``device`` and without ``pixels``."""
     batch = dict(batch)
-    colour = batch.pop("colour").cpu()  # the factors steer Python control flow: read them without a device sync
-    device = torch.device(device) if device is not None else batch["image"].device
-    pair = torch.stack([batch["image"], batch["counterfactual_image"]], 1).to(device, non_blocking=True).float()
-    for i, values in enumerate(colour.tolist()):
-        params, (h, w) = Photometric.from_tensor(values[:5]), (int(values[5]), int(values[6]))
-        if not params.identity:
-            pair[i, :, :, :h, :w] = apply_photometric(pair[i, :, :, :h, :w].contiguous(), params)
+    params = batch.pop("pixels").cpu()  # they steer Python control flow: read them without a device sync
+    device = torch.device(device) if device is not None else batch["image"][0].device
+    size = batch["ignore"].shape[-1]
     scale, shift = (t.to(device) for t in normalisation(mean, std))
-    pair.mul_(scale).add_(shift)
-    pair.masked_fill_(batch["ignore"].to(device, non_blocking=True)[:, None, None], 0.0)
-    batch["image"], batch["counterfactual_image"] = pair[:, 0].contiguous(), pair[:, 1].contiguous()
+    out = torch.zeros((len(params), 2, 3, size, size), device=device)
+    for i, values in enumerate(params.tolist()):
+        new_h, new_w, top, left, h, w, flip = (int(v) for v in values[:7])
+        pair = torch.stack([batch["image"][i], batch["counterfactual_image"][i]]).to(device, non_blocking=True)
+        pair = v2.functional.resize(pair.float(), [new_h, new_w], antialias=True)[..., top:top + h, left:left + w]
+        pair = pair.flip(-1) if flip else pair.contiguous()
+        colour = Photometric.from_tensor(values[7:12])
+        if not colour.identity:
+            pair = apply_photometric(pair.clamp_(0, 255), colour)
+        out[i, :, :, :h, :w] = pair.mul_(scale).add_(shift)
+    batch["image"], batch["counterfactual_image"] = out[:, 0].contiguous(), out[:, 1].contiguous()
     return batch
 
 
@@ -307,10 +316,10 @@ class JointAugment:
     """
 
     def __init__(self, cfg: AugmentConfig | None = None, mean: Sequence[float] = CLIP_MEAN,
-                 std: Sequence[float] = CLIP_STD, train: bool = True, defer_colour: bool = False):
+                 std: Sequence[float] = CLIP_STD, train: bool = True, defer_pixels: bool = False):
         self.cfg = cfg or AugmentConfig()
         self.train = train
-        self.defer_colour = defer_colour and train
+        self.defer_pixels = defer_pixels and train
         self.scale, self.shift = normalisation(mean, std)
         self.crop = CatMaxRatioCrop(self.cfg.crop_size, self.cfg.cat_max_ratio, self.cfg.cat_count_background,
                                     fallback=self.cfg.crop_fallback)
@@ -355,27 +364,26 @@ class JointAugment:
         rows, cols = rows[top:top + h], cols[left:left + w]
         if flip:
             cols = cols.flip(0)
-        fy, fx = height / new_h, width / new_w
-        box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
-        factor = max(new_h / height, new_w / width)
-        crops = [_resized_region(x, (w, h), box, factor) for x in (image, cf)]
-        if flip:
-            crops = [c.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT) for c in crops]
         size = cfg.crop_size
-        if self.defer_colour:
-            out = _pad_to(_planar(crops), size)
-        else:
-            pair = _planar(crops).float()
-            if colour is not None:
-                pair = apply_photometric(pair, colour)
-            out = _pad_to(pair.mul_(self.scale).add_(self.shift), size)  # 0 after normalisation: the mean colour
         out_masks = _pad_to(masks.index_select(1, rows).index_select(2, cols), size)
         ignore = torch.ones((size, size), dtype=torch.bool)
         ignore[:h, :w] = False
-        sample = {"image": out[0], "counterfactual_image": out[1], "masks": out_masks, "ignore": ignore}
-        if self.defer_colour:
-            sample["colour"] = torch.cat([(colour or Photometric()).to_tensor(), torch.tensor([h, w])])
-        return sample
+        factor = max(new_h / height, new_w / width)
+        if self.defer_pixels:  # the decoded images and what finish_pixels needs to do the rest
+            geometry = torch.tensor([new_h, new_w, top, left, h, w, flip], dtype=torch.float32)
+            pair = _planar([_decoded(x, factor) for x in (image, cf)])
+            return {"image": pair[0], "counterfactual_image": pair[1], "masks": out_masks, "ignore": ignore,
+                    "pixels": torch.cat([geometry, (colour or Photometric()).to_tensor()])}
+        fy, fx = height / new_h, width / new_w
+        box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+        crops = [_resized_region(x, (w, h), box, factor) for x in (image, cf)]
+        if flip:
+            crops = [c.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+        pair = _planar(crops).float()
+        if colour is not None:
+            pair = apply_photometric(pair, colour)
+        out = _pad_to(pair.mul_(self.scale).add_(self.shift), size)  # 0 after normalisation: the mean colour
+        return {"image": out[0], "counterfactual_image": out[1], "masks": out_masks, "ignore": ignore}
 
     def _eval(self, image: PILImage.Image, cf: PILImage.Image, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         height, width = image.height, image.width

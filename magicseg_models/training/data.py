@@ -64,7 +64,7 @@ from magicseg_models.dataset.codecs import decode_mask
 from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.dataset.storage import describe_error
 from magicseg_models.errors import MagicSegError, ShardError, StorageError
-from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment, finish_colour
+from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment, finish_pixels
 
 ROW_COLUMNS = ("sample_id", "image", "counterfactual_image", "height", "width")
 ANNOTATION_FIELDS = ("class_id", "mask_rle")
@@ -312,38 +312,42 @@ def collate(samples: Sequence[dict]) -> dict:
     """Stack what has a fixed shape; K varies per image, so ``class_ids`` and ``masks`` stay lists.
 
     Returns ``image``, ``counterfactual_image`` (Bx3xSxS), ``ignore`` (BxSxS), ``class_ids`` (list of int64 K_i),
-    ``masks`` (list of bool K_ixSxS), ``sample_id`` (list of str), ``epoch`` (int64 B); and ``colour`` (Bx7) from
-    a ``defer_colour`` augmentation (images are then uint8 until :func:`finish_colour`).
+    ``masks`` (list of bool K_ixSxS), ``sample_id`` (list of str), ``epoch`` (int64 B). From a ``defer_pixels``
+    augmentation: ``image`` and ``counterfactual_image`` are lists of decoded uint8 images (sizes vary) and
+    ``pixels`` (Bx12) says what :func:`finish_pixels` has left to do.
     """
     for s in samples:
         if ERROR_KEY in s:
             return {ERROR_KEY: s[ERROR_KEY]}
-    batch = {key: torch.stack([s[key] for s in samples]) for key in ("image", "counterfactual_image", "ignore")}
+    deferred = "pixels" in samples[0]
+    batch = {key: [s[key] for s in samples] if deferred and key != "ignore" else torch.stack([s[key] for s in samples])
+             for key in ("image", "counterfactual_image", "ignore")}
     batch["class_ids"] = [s["class_ids"] for s in samples]
     batch["masks"] = [s["masks"] for s in samples]
     batch["sample_id"] = [s["sample_id"] for s in samples]
     batch["epoch"] = torch.tensor([s["epoch"] for s in samples], dtype=torch.int64)
-    if "colour" in samples[0]:
-        batch["colour"] = torch.stack([s["colour"] for s in samples])
+    if deferred:
+        batch["pixels"] = torch.stack([s["pixels"] for s in samples])
     return batch
 
 
 class TrainLoader(DataLoader):
     """A DataLoader that re-raises a worker's MagicSegError (ShardError, StorageError) in the main process with its
-    one-line message, and finishes ``defer_colour`` batches (photometric + normalisation) on ``colour_device``."""
+    one-line message, and finishes ``defer_pixels`` batches (resize, crop, flip, colour, normalisation) on
+    ``pixel_device``."""
 
-    def __init__(self, *args: Any, colour_device: torch.device | str | None = None,
+    def __init__(self, *args: Any, pixel_device: torch.device | str | None = None,
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.colour_device, self.mean, self.std = colour_device, mean, std
+        self.pixel_device, self.mean, self.std = pixel_device, mean, std
 
     def __iter__(self):
         for batch in super().__iter__():
             if isinstance(batch, dict) and ERROR_KEY in batch:
                 error_type, message = batch[ERROR_KEY]
                 raise error_type(message)
-            if "colour" in batch:
-                batch = finish_colour(batch, self.colour_device, self.mean, self.std)
+            if "pixels" in batch:
+                batch = finish_pixels(batch, self.pixel_device, self.mean, self.std)
             yield batch
 
 
@@ -353,15 +357,16 @@ def make_train_loader(uri: str, storage_options: dict[str, Any] | None = None,
                       mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, epoch_start: int = 0, *,
                       epochs: int | None = None, shuffle_buffer: int = 256, pin_memory: bool | None = None,
                       prefetch_factor: int | None = None, multiprocessing_context: Any = None,
-                      colour_device: torch.device | str | None = None) -> TrainLoader:
+                      pixel_device: torch.device | str | None = None) -> TrainLoader:
     """Batches (see :func:`collate`) of rank ``rank``'s share of the data, endless unless ``epochs`` is given.
 
-    Iterate it once for the whole run: a new iterator restarts at ``epoch_start``. ``colour_device`` (a GPU):
-    workers stop after the geometry and send uint8 crops with their photometric draws; the photometric
-    distortion and normalisation run there, in the iterating process, and ``image``/``counterfactual_image``
-    arrive as float32 on that device. None: the workers do everything (float32 CPU tensors).
+    Iterate it once for the whole run: a new iterator restarts at ``epoch_start``. ``pixel_device`` (the training
+    GPU): the workers only decode (images, masks) and draw the augmentation; resampling, crop, flip, photometric
+    distortion and normalisation of the images run there, in the iterating process, batched, and ``image`` /
+    ``counterfactual_image`` arrive as float32 on that device (masks and ignore as usual, on the CPU). None: the
+    workers do everything (float32 CPU tensors).
     """
-    augment = JointAugment(augment_cfg, mean, std, train=True, defer_colour=colour_device is not None)
+    augment = JointAugment(augment_cfg, mean, std, train=True, defer_pixels=pixel_device is not None)
     dataset = TrainDataset(uri, storage_options, augment, rank=rank, world_size=world_size, seed=seed,
                            epoch_start=epoch_start, epochs=epochs, shuffle_buffer=shuffle_buffer)
     kwargs: dict[str, Any] = {}
@@ -370,7 +375,7 @@ def make_train_loader(uri: str, storage_options: dict[str, Any] | None = None,
         kwargs["multiprocessing_context"] = multiprocessing_context
     return TrainLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-                       colour_device=colour_device, mean=mean, std=std, **kwargs)
+                       pixel_device=pixel_device, mean=mean, std=std, **kwargs)
 
 
 def iter_decoded(uri: str, storage_options: dict[str, Any] | None = None, limit: int | None = None,
