@@ -312,7 +312,9 @@ class JointAugment:
     strong downscale decode at reduced size); masks KxHxW bool (K may be 0).
     Output (train): ``image`` and ``counterfactual_image`` 3xSxS float32 normalised, ``masks`` KxSxS bool,
     ``ignore`` SxS bool (True on padding), S = ``cfg.crop_size``. Eval mode: HxW follows the resize, ignore all False.
-    Picklable (DataLoader workers get a copy).
+    ``defer_pixels`` (train): ``image`` and ``counterfactual_image`` are the decoded uint8 3xH'xW' images (H'xW'
+    smaller than HxW after a draft decode) and ``pixels`` (12 floats) the rest for :func:`finish_pixels`; masks
+    and ignore are final. Picklable (DataLoader workers get a copy).
     """
 
     def __init__(self, cfg: AugmentConfig | None = None, mean: Sequence[float] = CLIP_MEAN,
