@@ -84,6 +84,10 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 CROP_TRIES = 10  # mmseg RandomCrop's retry count for cat_max_ratio
+# Up to this resize factor, resizing the whole pair with torch's vectorised uint8 kernel and cropping beats PIL
+# resampling only the crop's box (measured on a 512-px pair: 0.7 vs 2 ms at 0.6x, 2.2 vs 2.5 ms at 1.6x,
+# 3.6 vs 2.6 ms at 2x); both give the same window of the resized image to a level or two.
+WHOLE_RESIZE_MAX = 1.75
 
 
 def keep_ratio_size(height: int, width: int, scale: Sequence[int], ratio: float) -> tuple[int, int]:
@@ -238,6 +242,13 @@ def _decoded(image: PILImage.Image, factor: float) -> PILImage.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _resized_whole(image: PILImage.Image, cf: PILImage.Image, size: tuple[int, int], factor: float) -> torch.Tensor:
+    """Both images resized whole to ``size`` (h, w) by torch's uint8 antialiased bilinear kernel, 2x3xhxw in
+    channels-last memory (the layout that kernel is vectorised for)."""
+    pair = torch.from_numpy(np.stack([np.array(_decoded(x, factor)) for x in (image, cf)]))
+    return torch.nn.functional.interpolate(pair.permute(0, 3, 1, 2), size=size, mode="bilinear", antialias=True)
+
+
 def _resized_region(image: PILImage.Image, size: tuple[int, int], box: tuple[float, float, float, float],
                     factor: float) -> PILImage.Image:
     """``box`` (left, top, right, bottom, source pixels) resampled to ``size`` (w, h): the same pixels as the
@@ -376,12 +387,17 @@ class JointAugment:
             pair = _planar([_decoded(x, factor) for x in (image, cf)])
             return {"image": pair[0], "counterfactual_image": pair[1], "masks": out_masks, "ignore": ignore,
                     "pixels": torch.cat([geometry, (colour or Photometric()).to_tensor()])}
-        fy, fx = height / new_h, width / new_w
-        box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
-        crops = [_resized_region(x, (w, h), box, factor) for x in (image, cf)]
-        if flip:
-            crops = [c.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT) for c in crops]
-        pair = _planar(crops).float()
+        if factor <= WHOLE_RESIZE_MAX:
+            pair = _resized_whole(image, cf, (new_h, new_w), factor)[..., top:top + h, left:left + w]
+            pair = (pair.flip(-1) if flip else pair).contiguous()
+        else:
+            fy, fx = height / new_h, width / new_w
+            box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+            crops = [_resized_region(x, (w, h), box, factor) for x in (image, cf)]
+            if flip:
+                crops = [c.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+            pair = _planar(crops)
+        pair = pair.float()
         if colour is not None:
             pair = apply_photometric(pair, colour)
         out = _pad_to(pair.mul_(self.scale).add_(self.shift), size)  # 0 after normalisation: the mean colour
