@@ -14,9 +14,10 @@ random parameters are drawn first - resize ratio, crop offsets, flip, photometri
 from torch's global generator exactly as the torchvision v2 pipeline this replaced drew them, so a seed gives
 the same geometry and colours as before - and only the crop is produced:
 
-- images: PIL resamples just the crop's source box to the crop size (``Image.resize(box=...)`` filters from the
-  box's source coordinates, so the pixels are those of the whole resized image's window); a JPEG shrunk to half
-  or less decodes at a reduced DCT scale first (PIL ``draft``), when it is handed over still undecoded;
+- images: above ``WHOLE_RESIZE_MAX`` PIL resamples just the crop's source box to the crop size
+  (``Image.resize(box=...)`` filters from the box's source coordinates, so the pixels are those of the whole
+  resized image's window); below it torch's vectorised uint8 kernel resizes the whole pair faster than that; a
+  JPEG shrunk to half or less decodes at a reduced DCT scale first (PIL ``draft``), when handed over undecoded;
 - masks: decoded at the image's own size and never resized: the crop's pixels are picked by the indices torch's
   nearest-neighbour resize would use (:func:`nearest_index`), so they equal the resize-then-crop masks exactly,
   and a flip is the same pick reversed;
@@ -33,7 +34,7 @@ Choices (and where they differ from mmseg):
 - Resize: mmseg's keep-ratio rule. The base is the image scaled to fit ``scale`` = (long, short) = (2048, 512)
   keeping its aspect ratio, i.e. factor = min(2048 * r / long_side, 512 * r / short_side) with r uniform in
   ``ratio_range``; for any image less elongated than 4:1 that is "short side = 512 * r". Bilinear, antialiased
-  when shrinking (PIL's filter; mmseg/cv2 does not antialias; antialias is the better downscale).
+  when shrinking (mmseg/cv2 does not antialias; antialias is the better downscale).
 - Crop: mmseg's rule on the multi-label masks (no label map is built, so overlapping instances of different
   classes each count for their class): draw a crop of ``min(crop_size, side)`` uniformly; accept it when at
   least two categories are present and none covers ``cat_max_ratio`` or more of the crop's labelled pixels;
