@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
+from PIL import Image as PILImage
+from torchvision import tv_tensors
 
 from magicseg_models.config import AugmentConfig
-from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment
+from magicseg_models.dataset.codecs import encode_image
+from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, CatMaxRatioCrop, JointAugment, nearest_index
+from magicseg_models.training.photometric import Photometric, apply_photometric, draw_photometric
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -171,3 +177,81 @@ def test_no_masks_and_bad_inputs():
         JointAugment()(image, torch.zeros(3, 20, 40, dtype=torch.uint8), torch.zeros(0, 40, 40))
     with pytest.raises(ValueError, match="masks"):
         JointAugment()(image, image, torch.zeros(1, 20, 40))
+
+
+def test_crop_rule_class_defaults_are_zegclips():
+    # the class and the config default alike: background ignored (reduce_zero_label), mmseg's unchecked 11th draw
+    crop, defaults = CatMaxRatioCrop(24), AugmentConfig()
+    assert (crop.count_background, crop.fallback) == (defaults.cat_count_background, defaults.crop_fallback)
+    assert (crop.count_background, crop.fallback) == (False, "draw")
+    # one object only: with background ignored no crop has two categories, so all 10 draws fail and the crop is
+    # the 11th draw of the same generator sequence
+    masks = torch.zeros(1, 48, 48, dtype=torch.bool)
+    masks[0, 10:30, 12:28] = True
+    stacked = tv_tensors.Mask(torch.cat([torch.ones(1, 48, 48, dtype=torch.bool), masks]).to(torch.uint8))
+    for seed in range(5):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            params = crop.make_params([tv_tensors.Image(torch.zeros(3, 48, 48, dtype=torch.uint8)), stacked])
+            g = torch.Generator().manual_seed(seed)
+            draws = [(int(torch.randint(0, 25, (), generator=g)), int(torch.randint(0, 25, (), generator=g)))
+                     for _ in range(11)]
+        assert (params["top"], params["left"]) == draws[10]
+    with pytest.raises(ValueError, match="fallback"):
+        CatMaxRatioCrop(24, fallback="first")
+
+
+@pytest.mark.parametrize("in_size,out_size", [(48, 48), (48, 96), (512, 1023), (480, 256), (97, 61), (333, 500)])
+def test_mask_pixels_are_picked_as_torchs_nearest_resize_picks_them(in_size, out_size):
+    g = torch.Generator().manual_seed(in_size)
+    mask = torch.rand(2, in_size, in_size + 7, generator=g) > 0.5
+    resized = torch.nn.functional.interpolate(mask[None].to(torch.uint8), size=(out_size, out_size + 3),
+                                              mode="nearest")[0].bool()
+    picked = mask.index_select(1, nearest_index(in_size, out_size)).index_select(
+        2, nearest_index(in_size + 7, out_size + 3))
+    assert torch.equal(picked, resized)
+
+
+def test_a_strongly_shrunk_jpeg_is_decoded_at_reduced_size_and_stays_aligned():
+    image, cf, masks = _marked_pair(height=720, width=960, top=200, left=300, size=240)
+    jpeg = encode_image(image.permute(1, 2, 0).numpy())
+    cfg = AugmentConfig(crop_size=256, scale=(2048, 512), ratio_range=(0.5, 0.6), photometric=False)
+    opened = PILImage.open(io.BytesIO(jpeg))
+    out = JointAugment(cfg)(opened, PILImage.open(io.BytesIO(jpeg)), masks, seed=3)
+    assert opened.size[0] < 960  # factor 512 * 0.5-0.6 / 720 < 0.5: PIL's draft decoded at half size or less
+    assert out["image"].shape == (3, 256, 256) and out["masks"].shape == (1, 256, 256)
+    assert out["masks"].any()
+    assert _iou((_unnormalize(out["image"]) > 0.6).all(0), out["masks"][0]) > 0.8
+
+
+def test_photometric_steps_are_torchvisions_kernels_in_float():
+    from torchvision.transforms.v2 import RandomPhotometricDistort
+    from torchvision.transforms.v2 import functional as F
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 40, 50, generator=g)
+    steps = [(Photometric(brightness=1.1), lambda x: F.adjust_brightness(x, 1.1)),
+             (Photometric(contrast=0.6), lambda x: F.adjust_contrast(x, 0.6)),
+             (Photometric(saturation=1.4), lambda x: F.adjust_saturation(x, 1.4)),
+             (Photometric(hue=-0.08), lambda x: F.adjust_hue(x, -0.08)),
+             (Photometric(1.05, 1.3, 0.7, 0.03, contrast_before=False),
+              lambda x: F.adjust_contrast(F.adjust_hue(F.adjust_saturation(F.adjust_brightness(x, 1.05), 0.7),
+                                                       0.03), 1.3))]
+    for params, reference in steps:
+        ours = apply_photometric(image.clone() * 255, params) / 255
+        assert torch.allclose(ours, reference(image), atol=1e-5), params
+    # the same draws as torchvision's transform from the same generator state
+    distort = RandomPhotometricDistort(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5),
+                                       hue=(-0.1, 0.1), p=0.5)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        expected = distort.make_params([image])
+        torch.manual_seed(seed)
+        drawn = draw_photometric()
+        follow = torch.rand(())  # both consumed the generator alike, channel-permutation draw included
+        torch.manual_seed(seed)
+        distort.make_params([image])
+        assert follow == torch.rand(())
+        assert (drawn.brightness, drawn.contrast, drawn.saturation, drawn.hue, drawn.contrast_before) == (
+            expected["brightness_factor"], expected["contrast_factor"], expected["saturation_factor"],
+            expected["hue_factor"], expected["contrast_before"])

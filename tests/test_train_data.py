@@ -190,3 +190,34 @@ def test_only_needed_columns_are_read(tmp_path):
     row = next(iter_piece_rows(reader, piece))
     assert set(row) == {"sample_id", "image", "counterfactual_image", "height", "width", "annotations"}
     assert set(row["annotations"][0]) == {"class_id", "mask_rle"}
+
+
+def test_an_image_with_a_readable_header_but_broken_pixels_names_the_sample(tmp_path):
+    # images are decoded by the augmentation (the dataset reads headers only): the error still says where
+    uri = str(tmp_path / "truncated")
+    store = DatasetStore(uri)
+    store.write_run_header(planned=1, classes=["cat"])
+    row = synthetic_row("s-cut", [0], ["cat"], seed=1, height=64, width=64)
+    with store.open_shard(0) as writer:
+        writer.write([{**row, "counterfactual_image": row["counterfactual_image"][: len(row["image"]) // 3]}])
+        writer.commit()
+    dataset = TrainDataset(uri, augment=JointAugment(SMALL), epochs=1)
+    with pytest.raises(ShardError) as err:
+        next(iter(dataset))
+    message = str(err.value)
+    assert "part-00000" in message and "s-cut" in message and "not decodable" in message and "\n" not in message
+
+
+def test_pixel_device_batches_match_the_in_worker_batches(tmp_path):
+    # pixel work moved out of the workers ("cpu" stands in for the training GPU): same samples, same masks and
+    # padding, float images of the crop size, values within the two resamplers' rounding
+    uri = _one_shard_dataset(str(tmp_path / "dev"), num_samples=6)
+    kwargs = dict(batch_size=3, num_workers=1, epochs=1, seed=2)
+    plain = list(make_train_loader(uri, None, SMALL, **kwargs))
+    moved = list(make_train_loader(uri, None, SMALL, pixel_device="cpu", **kwargs))
+    assert [b["sample_id"] for b in plain] == [b["sample_id"] for b in moved]
+    for a, b in zip(plain, moved):
+        assert "pixels" not in b and b["image"].dtype == torch.float32 and b["image"].shape == a["image"].shape
+        assert torch.equal(a["ignore"], b["ignore"]) and all(torch.equal(x, y) for x, y in zip(a["masks"], b["masks"]))
+        assert (a["image"] - b["image"]).abs().mean() < 0.1 and (a["counterfactual_image"] - b[
+            "counterfactual_image"]).abs().mean() < 0.1

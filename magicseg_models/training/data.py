@@ -28,6 +28,11 @@ Storage is opened lazily in the process that iterates (each DataLoader worker op
 :class:`DatasetReader`; nothing open is pickled). Only the columns needed are read: ``sample_id``, ``image``,
 ``counterfactual_image``, ``height``, ``width`` and the ``class_id`` and ``mask_rle`` fields of ``annotations``.
 
+Decoding is split so the augmentation decodes only what it needs: the dataset opens the images (headers only,
+sizes checked) and decodes the masks at the image's size; :class:`JointAugment` decodes the pixels (at reduced
+size for strong downscales) and picks the crop. An image whose pixel data fails to decode raises the same
+one-line :class:`ShardError` as one whose header does.
+
 Samples without annotations are KEPT as all-negative samples (``class_ids`` empty, ``masks`` 0xSxS): every
 sampled class is then a negative for every pixel, and the counterfactual loss still applies. Builds drop
 images where a named class is not found, so such rows come from other tools or hand-edited data.
@@ -41,6 +46,7 @@ torch's own re-raise would turn the message into a multi-line traceback.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -49,14 +55,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image as PILImage
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as F
 
 from magicseg_models.config import AugmentConfig
-from magicseg_models.dataset.reader import DatasetReader, decode_row
+from magicseg_models.dataset.codecs import decode_mask
+from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.dataset.storage import describe_error
 from magicseg_models.errors import MagicSegError, ShardError, StorageError
-from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment
+from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment, finish_pixels
 
 ROW_COLUMNS = ("sample_id", "image", "counterfactual_image", "height", "width")
 ANNOTATION_FIELDS = ("class_id", "mask_rle")
@@ -140,29 +148,56 @@ def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64) -
         raise ShardError(f"shard {piece.path} could not be read: {_one_line(err)}") from None
 
 
-def decode_sample(row: dict, shard: str = "?") -> dict:
-    """A row (needed columns) -> dict(image, counterfactual_image: uint8 3xHxW, class_ids: int64 K,
-    masks: bool KxHxW (instance masks united per class, classes sorted by id), sample_id)."""
-    sample_id = str(row.get("sample_id", "?"))
+def _open_image(data: Any, key: str, sample_id: str, shard: str) -> PILImage.Image:
+    """The image's header only: pixels are decoded later, by the augmentation (at reduced size where it can)."""
     try:
-        row = decode_row(row)
-    except ShardError as err:  # decode_row names the sample; add where it lives
-        raise ShardError(f"shard {shard}: {_one_line(err)}") from None
-    image, cf = F.pil_to_tensor(row["image"]), F.pil_to_tensor(row["counterfactual_image"])
-    height, width = int(row["height"]), int(row["width"])
-    if tuple(image.shape[1:]) != (height, width) or cf.shape != image.shape:
-        raise ShardError(f"shard {shard}: sample {sample_id}: image is {image.shape[1]}x{image.shape[2]}, "
-                         f"counterfactual {cf.shape[1]}x{cf.shape[2]}, row says {height}x{width}")
-    annotations = row.get("annotations") or []
+        return PILImage.open(io.BytesIO(data))
+    except (OSError, SyntaxError, ValueError, TypeError):  # PIL's ways of saying "not an image I can read"
+        raise ShardError(f"shard {shard}: sample {sample_id}: {key} is not a decodable image") from None
+
+
+def _class_masks(annotations: list[dict], height: int, width: int, sample_id: str,
+                 shard: str) -> tuple[list[int], np.ndarray]:
+    """Instance masks united per class (classes sorted by id), decoded at the image's own size."""
     if any(a.get("class_id") is None for a in annotations):
         raise ShardError(f"shard {shard}: sample {sample_id}: an annotation has no class_id")
     class_ids = sorted({int(a["class_id"]) for a in annotations})
     masks = np.zeros((len(class_ids), height, width), dtype=bool)
     index = {c: k for k, c in enumerate(class_ids)}
-    for a in annotations:
-        masks[index[int(a["class_id"])]] |= a["mask"]
-    return {"image": image, "counterfactual_image": cf, "class_ids": torch.tensor(class_ids, dtype=torch.int64),
-            "masks": torch.from_numpy(masks), "sample_id": sample_id}
+    try:
+        for a in annotations:
+            masks[index[int(a["class_id"])]] |= decode_mask(a["mask_rle"], height, width)
+    except (ValueError, TypeError, AttributeError):
+        raise ShardError(f"shard {shard}: sample {sample_id}: annotations.mask_rle is not a valid COCO RLE of "
+                         f"{height}x{width} pixels") from None
+    return class_ids, masks
+
+
+def decode_sample(row: dict, shard: str = "?", lazy: bool = False) -> dict:
+    """A row (needed columns) -> dict(image, counterfactual_image: uint8 3xHxW, class_ids: int64 K,
+    masks: bool KxHxW (instance masks united per class, classes sorted by id), sample_id).
+
+    ``lazy``: the images stay undecoded PIL images (size checked from their headers), for :class:`JointAugment`
+    to decode only what it needs."""
+    sample_id = str(row.get("sample_id", "?"))
+    height, width = int(row["height"]), int(row["width"])
+    images = [_open_image(row.get(key), key, sample_id, shard) for key in ("image", "counterfactual_image")]
+    if any(im.size != (width, height) for im in images):
+        raise ShardError(f"shard {shard}: sample {sample_id}: image is {images[0].height}x{images[0].width}, "
+                         f"counterfactual {images[1].height}x{images[1].width}, row says {height}x{width}")
+    if not lazy:
+        images = [_to_tensor(im, key, sample_id, shard) for im, key in zip(images, ("image", "counterfactual_image"))]
+    class_ids, masks = _class_masks(row.get("annotations") or [], height, width, sample_id, shard)
+    return {"image": images[0], "counterfactual_image": images[1],
+            "class_ids": torch.tensor(class_ids, dtype=torch.int64), "masks": torch.from_numpy(masks),
+            "sample_id": sample_id}
+
+
+def _to_tensor(image: PILImage.Image, key: str, sample_id: str, shard: str) -> torch.Tensor:
+    try:
+        return F.pil_to_tensor(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError):  # truncated or corrupt pixel data shows only when decoded
+        raise ShardError(f"shard {shard}: sample {sample_id}: {key} is not a decodable image") from None
 
 
 def sample_seed(seed: int, epoch: int, sample_id: str) -> int:
@@ -177,8 +212,9 @@ class TrainDataset(IterableDataset):
 
     Each sample: ``image``, ``counterfactual_image`` (3xSxS float32, normalised), ``class_ids`` (int64 K),
     ``masks`` (bool KxSxS), ``ignore`` (bool SxS, padding), ``sample_id`` (str), ``epoch`` (int).
-    ``augment`` is any callable like :class:`JointAugment` (called with ``seed=``); None yields decoded samples
-    unaugmented (uint8 images at their own size, no ``ignore``).
+    ``augment`` is any callable like :class:`JointAugment` (called with ``seed=``; the images arrive as undecoded
+    PIL images, the masks decoded); None yields decoded samples unaugmented (uint8 images at their own size, no
+    ``ignore``).
     """
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None,
@@ -257,11 +293,14 @@ class TrainDataset(IterableDataset):
         yield from buffer
 
     def _make_sample(self, row: dict, shard: str, epoch: int) -> dict:
-        sample = decode_sample(row, shard)
+        sample = decode_sample(row, shard, lazy=self.augment is not None)
         if self.augment is not None:
             try:
                 out = self.augment(sample["image"], sample["counterfactual_image"], sample["masks"],
                                    seed=sample_seed(self.seed, epoch, sample["sample_id"]))
+            except (OSError, SyntaxError) as err:  # pixel data that fails to decode (the header was readable)
+                raise ShardError(f"shard {shard}: sample {sample['sample_id']}: an image is not decodable: "
+                                 f"{_one_line(err)}") from None
             except ValueError as err:
                 raise ShardError(f"shard {shard}: sample {sample['sample_id']}: {_one_line(err)}") from None
             sample.update(out)
@@ -273,28 +312,42 @@ def collate(samples: Sequence[dict]) -> dict:
     """Stack what has a fixed shape; K varies per image, so ``class_ids`` and ``masks`` stay lists.
 
     Returns ``image``, ``counterfactual_image`` (Bx3xSxS), ``ignore`` (BxSxS), ``class_ids`` (list of int64 K_i),
-    ``masks`` (list of bool K_ixSxS), ``sample_id`` (list of str), ``epoch`` (int64 B).
+    ``masks`` (list of bool K_ixSxS), ``sample_id`` (list of str), ``epoch`` (int64 B). From a ``defer_pixels``
+    augmentation: ``image`` and ``counterfactual_image`` are lists of decoded uint8 images (sizes vary) and
+    ``pixels`` (Bx12) says what :func:`finish_pixels` has left to do.
     """
     for s in samples:
         if ERROR_KEY in s:
             return {ERROR_KEY: s[ERROR_KEY]}
-    batch = {key: torch.stack([s[key] for s in samples]) for key in ("image", "counterfactual_image", "ignore")}
+    deferred = "pixels" in samples[0]
+    batch = {key: [s[key] for s in samples] if deferred and key != "ignore" else torch.stack([s[key] for s in samples])
+             for key in ("image", "counterfactual_image", "ignore")}
     batch["class_ids"] = [s["class_ids"] for s in samples]
     batch["masks"] = [s["masks"] for s in samples]
     batch["sample_id"] = [s["sample_id"] for s in samples]
     batch["epoch"] = torch.tensor([s["epoch"] for s in samples], dtype=torch.int64)
+    if deferred:
+        batch["pixels"] = torch.stack([s["pixels"] for s in samples])
     return batch
 
 
 class TrainLoader(DataLoader):
     """A DataLoader that re-raises a worker's MagicSegError (ShardError, StorageError) in the main process with its
-    one-line message."""
+    one-line message, and finishes ``defer_pixels`` batches (resize, crop, flip, colour, normalisation) on
+    ``pixel_device``."""
+
+    def __init__(self, *args: Any, pixel_device: torch.device | str | None = None,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pixel_device, self.mean, self.std = pixel_device, mean, std
 
     def __iter__(self):
         for batch in super().__iter__():
             if isinstance(batch, dict) and ERROR_KEY in batch:
                 error_type, message = batch[ERROR_KEY]
                 raise error_type(message)
+            if "pixels" in batch:
+                batch = finish_pixels(batch, self.pixel_device, self.mean, self.std)
             yield batch
 
 
@@ -303,20 +356,26 @@ def make_train_loader(uri: str, storage_options: dict[str, Any] | None = None,
                       world_size: int = 1, num_workers: int = 2, seed: int = 0,
                       mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, epoch_start: int = 0, *,
                       epochs: int | None = None, shuffle_buffer: int = 256, pin_memory: bool | None = None,
-                      prefetch_factor: int | None = None, multiprocessing_context: Any = None) -> TrainLoader:
+                      prefetch_factor: int | None = None, multiprocessing_context: Any = None,
+                      pixel_device: torch.device | str | None = None) -> TrainLoader:
     """Batches (see :func:`collate`) of rank ``rank``'s share of the data, endless unless ``epochs`` is given.
 
-    Iterate it once for the whole run: a new iterator restarts at ``epoch_start``.
+    Iterate it once for the whole run: a new iterator restarts at ``epoch_start``. ``pixel_device`` (the training
+    GPU): the workers only decode (images, masks) and draw the augmentation; resampling, crop, flip, photometric
+    distortion and normalisation of the images run there, in the iterating process, batched, and ``image`` /
+    ``counterfactual_image`` arrive as float32 on that device (masks and ignore as usual, on the CPU). None: the
+    workers do everything (float32 CPU tensors).
     """
-    dataset = TrainDataset(uri, storage_options, JointAugment(augment_cfg, mean, std, train=True), rank=rank,
-                           world_size=world_size, seed=seed, epoch_start=epoch_start, epochs=epochs,
-                           shuffle_buffer=shuffle_buffer)
+    augment = JointAugment(augment_cfg, mean, std, train=True, defer_pixels=pixel_device is not None)
+    dataset = TrainDataset(uri, storage_options, augment, rank=rank, world_size=world_size, seed=seed,
+                           epoch_start=epoch_start, epochs=epochs, shuffle_buffer=shuffle_buffer)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor or 2
         kwargs["multiprocessing_context"] = multiprocessing_context
     return TrainLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
-                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
+                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+                       pixel_device=pixel_device, mean=mean, std=std, **kwargs)
 
 
 def iter_decoded(uri: str, storage_options: dict[str, Any] | None = None, limit: int | None = None,
