@@ -409,6 +409,10 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(2000, ge=1)
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept under OUT/checkpoints")
     data_workers: int = Field(2, ge=0, description="DataLoader worker processes per training worker")
+    pixel_work: Literal["auto", "device", "workers"] = Field(
+        "auto", description="where images are resized, cropped, colour-jittered and normalised: workers = the "
+        "DataLoader processes; device = batched on the training device (the workers only decode and draw); "
+        "auto = device when training on a GPU")
     max_failures: int = Field(2, ge=0, description="Ray Train restarts of the worker group (from the latest "
                               "checkpoint) before the run fails")
     model: ZegCLIPConfig = ZegCLIPConfig()

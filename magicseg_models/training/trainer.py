@@ -199,7 +199,8 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
 
     loader = make_train_loader(config.data, config.storage.storage_options, config.augment, batch_size=micro,
                                rank=ctx.rank, world_size=ctx.world_size, num_workers=config.data_workers,
-                               seed=config.seed, mean=bundle.image_mean, std=bundle.image_std, epoch_start=epoch)
+                               seed=config.seed, mean=bundle.image_mean, std=bundle.image_std, epoch_start=epoch,
+                               pixel_device=_pixel_device(config, ctx.device))
     batches = iter(loader)
     meta = {"model": public_config(config.model), "train": public_config(config), "classes": len(classes),
             "dataset": reader.uri, "init_seed": config.seed}
@@ -265,3 +266,10 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
     curve = metrics.write_curve() if metrics is not None else None
     return {"step": step, "out": out.uri, "checkpoint": out.url(ckpt.step_dir(step)), "loss_curve": curve,
             "metrics": out.url("metrics.jsonl"), "last": last, "classes": len(classes)}
+
+
+def _pixel_device(config: TrainConfig, device: torch.device) -> torch.device | None:
+    """Where the loader finishes the images (``pixel_work``): on a GPU, batched there frees the loader workers."""
+    if config.pixel_work == "device" or (config.pixel_work == "auto" and torch.device(device).type == "cuda"):
+        return torch.device(device)
+    return None
