@@ -39,7 +39,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -143,11 +143,15 @@ def conv_predict_fn(device: torch.device, num_classes: int = 21) -> tuple[Callab
     return predict, num_classes, f"conv (random 3-layer, {num_classes} classes)"
 
 
-def tiny_predict_fn(device: torch.device) -> tuple[Callable, int, str]:
+def zegclip_predict_fn(device: torch.device, preset: str = "tiny",
+                      overrides: Sequence[str] = ()) -> tuple[Callable, int, str]:
+    """ZegCLIP of the eval ``preset``'s model (``model.weights=random`` for ViT-B/16 without a download) scoring
+    the 20 VOC class names."""
     from magicseg_models.config import load_config
     from magicseg_models.zegclip import build_zegclip
 
-    bundle = build_zegclip(load_config("eval", "tiny").model, device=device)
+    config = load_config("eval", preset, overrides=list(overrides)).model
+    bundle = build_zegclip(config, device=device)
     bundle.model.eval()
     with torch.inference_mode():
         text = bundle.class_embeddings(VOC_NAMES).to(device)
@@ -155,13 +159,13 @@ def tiny_predict_fn(device: torch.device) -> tuple[Callable, int, str]:
     def predict(batch: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(bundle.model(bundle.normalize(batch / 255.0), text)["mask_logits"])
 
-    return predict, len(VOC_NAMES), f"ZegCLIP tiny preset (random tiny CLIP, {len(VOC_NAMES)} classes)"
+    return predict, len(VOC_NAMES), f"ZegCLIP {preset} preset ({config.weights} weights, {len(VOC_NAMES)} classes)"
 
 
 def pick_model(choice: str, device: torch.device) -> tuple[Callable, int, str]:
     if choice in ("auto", "tiny"):
         try:
-            return tiny_predict_fn(device)
+            return zegclip_predict_fn(device)
         except Exception as err:  # any failure of the optional model falls back to the conv net, said aloud
             print(f"note: ZegCLIP tiny unavailable ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}); "
                   f"using the conv model")
