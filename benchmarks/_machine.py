@@ -75,3 +75,11 @@ def print_load(when: str) -> str:
     load = load_average()
     print(f"load average at {when}: {load}", flush=True)
     return load
+
+
+def noise_fields(numerator_times, denominator_times, ratio: float) -> str:
+    """``spread=0.050 meaningful=yes`` for a RESULT line: the wider spread of the two sides' repeats, and whether
+    the ratio stands out of it (see :func:`ratio_note`)."""
+    a, b = spread(numerator_times), spread(denominator_times)
+    ok = ratio_note(a, b, ratio) == "meaningful"
+    return f"spread={max(a['spread'], b['spread']):.3f} meaningful={'yes' if ok else 'no'}"

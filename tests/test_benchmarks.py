@@ -20,7 +20,11 @@ def test_bench_store_prints_its_result_line():
          "--repeats", "1", "--warmup", "0", "--backend", "both"],
         capture_output=True, text=True, timeout=300, env=env, check=True,
     ).stdout.strip().splitlines()
-    assert re.fullmatch(r"RESULT store write_ratio=[\d.]+ read_ratio=[\d.]+ MBps=[\d.]+", out[-1]), out[-3:]
+    assert re.fullmatch(r"RESULT store write_ratio=[\d.]+ read_ratio=[\d.]+ MBps=[\d.]+ write_spread=[\d.]+ "
+                        r"write_meaningful=(yes|no) read_spread=[\d.]+ read_meaningful=(yes|no) load=\S+",
+                        out[-1]), out[-3:]
+    assert out[0].startswith("load average at start: load=")
+    assert re.search(r"write_ratio \(raw/ours time\) = [\d.]+: (meaningful|not-meaningful)", "\n".join(out))
 
 
 def test_bench_train_prints_its_result_line():
@@ -31,6 +35,31 @@ def test_bench_train_prints_its_result_line():
         capture_output=True, text=True, timeout=300, env=env, check=True,
     ).stdout.strip().splitlines()
     assert re.match(r"RESULT train loader_ratio=[\d.]+ steps_per_s=[\d.]+ device=\S+", out[-1]), out[-3:]
+
+
+LOADED_RESULT = r" spread=[\d.]+ meaningful=(yes|no) load=[\d.]+/[\d.]+/[\d.]+"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, result", [
+    ("bench_pairs.py", ["--pairs", "2", "--batch", "2", "--steps", "2", "--size", "32", "--repeats", "2"],
+     r"RESULT pairs speedup=[\d.]+ unet_calls_per_pair=\d+ steps=2 pairs_per_s=[\d.]+ device=\S+"),
+    ("bench_annotate.py", ["--samples", "4", "--repeats", "2"],
+     r"RESULT annotate speedup=[\d.]+ images_per_s=[\d.]+ device=\S+"),
+    ("bench_eval.py", ["--maps", "8", "--map-size", "64", "--images", "1", "--size", "64", "--crop", "64",
+                       "--stride", "48", "--repeats", "2"],
+     r"RESULT eval metric_speedup=[\d.]+ windows_per_s=[\d.]+ device=\S+"),
+])
+def test_benchmarks_report_load_and_the_spread_of_their_repeats(script, args, result):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                         timeout=300, env=env, check=True).stdout.strip().splitlines()
+    assert out[0].startswith("load average at start: load="), out[:2]
+    assert out[-2].startswith("load average at end: load="), out[-3:]
+    assert re.fullmatch(result + LOADED_RESULT, out[-1]), out[-3:]
+    # the best figure comes with its spread, and the ratio says whether the spread lets it mean anything
+    assert re.search(r"best [\d.e+-]+ s \(median [\d.e+-]+, spread \d+% over 2\)", "\n".join(out))
+    assert script == "bench_eval.py" or re.search(r"speedup [\d.]+: (meaningful|not-meaningful)", "\n".join(out))
 
 
 # ------------------------------------------------------------------------------------------- the GPU suite
