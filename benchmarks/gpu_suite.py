@@ -613,8 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_suite: no CUDA GPU that torch can use (torch.cuda.is_available() is False); "
-              "--smoke runs the same script on the CPU", file=sys.stderr)
+        print("gpu_suite: this suite needs an NVIDIA GPU that torch can use (torch.cuda.is_available() is "
+              "False); --smoke runs the same script on the CPU", file=sys.stderr)
         return 2
     budget = args.budget_s if args.budget_s is not None else sizes.budget_s
     out_dir = args.out or os.path.join("out", "gpu-suite-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))

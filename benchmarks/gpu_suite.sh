@@ -20,7 +20,10 @@ OUT_DIR=${OUT_DIR:-$ROOT/out/gpu-suite-$(date -u +%Y%m%dT%H%M%SZ)}
 case " $* " in
   *" -h "*|*" --help "*) sed -n '2,12p' "$0"; exec "$PYTHON" benchmarks/gpu_suite.py --help ;;
 esac
-mkdir -p "$OUT_DIR"
-PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" benchmarks/gpu_suite.py --out "$OUT_DIR" "$@" 2>&1 \
-  | tee "$OUT_DIR/gpu_suite.log"
-exit "${PIPESTATUS[0]}"
+LOG=$(mktemp)
+PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" benchmarks/gpu_suite.py --out "$OUT_DIR" "$@" \
+  2> >(tee -a "$LOG" >&2) | tee -a "$LOG"
+rc=${PIPESTATUS[0]}
+# the suite makes OUT_DIR once it has a figure to write: a run refused at once (no GPU) leaves nothing behind
+if [ -d "$OUT_DIR" ]; then mv "$LOG" "$OUT_DIR/gpu_suite.log"; else rm -f "$LOG"; fi
+exit "$rc"
