@@ -12,7 +12,8 @@ and SAM objects, and produce the same labels (checked):
 
 Images are random noise at the preset's generator size (detection quality does not matter here; the work per
 image does). Times are the best of ``--repeats`` after ``--warmup`` untimed rounds, alternating the order.
-Last line: ``RESULT annotate speedup=<loop_time/batched_time> images_per_s=<samples/s batched> device=<...>``,
+Last line: ``RESULT annotate speedup=<loop_time/batched_time> images_per_s=<samples/s batched> device=<...>
+spread=<x> meaningful=yes|no load=<1m/5m/15m>``,
 where a sample is one image plus its counterfactual (what the generator produces per job).
 
     .venv/bin/python benchmarks/bench_annotate.py                       # tiny preset, CPU, seconds

@@ -26,6 +26,7 @@ resized short side, so two windows each at crop 512 / stride 426) go through
 ``windows_per_s`` = windows run / best time over the images (one untimed image first). The last line is::
 
     RESULT eval metric_speedup=<reference/ours time> windows_per_s=<...> device=<cpu|cuda device name>
+        spread=<x> meaningful=yes|no load=<1m/5m/15m>
 
 Usage: ``.venv/bin/python benchmarks/bench_eval.py [--device auto|cpu|cuda] [--maps 200] [--map-size 512]
 [--classes 21,150] [--images 4] [--size 512] [--crop 512] [--stride 426] [--batch-size 8]

@@ -19,6 +19,7 @@ evaluation of its multistep method), in both paths.
 Last line::
 
     RESULT pairs speedup=<time_b/time_a> unet_calls_per_pair=<n> steps=<s> pairs_per_s=<(a) pairs/s> device=<...>
+        spread=<x> meaningful=yes|no load=<1m/5m/15m>
 
 Usage: ``.venv/bin/python benchmarks/bench_pairs.py [--preset tiny|sd15-random|sd15] [--pairs 8] [--batch 4]
 [--steps 20] [--size PX] [--scheduler NAME] [--repeats 3] [--warmup 1] [--device auto|cpu|cuda]

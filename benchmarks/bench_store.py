@@ -17,6 +17,7 @@ The raw baseline uses ``pyarrow.fs.LocalFileSystem`` for the local folder and
 MB is the size of the Parquet files on storage (10^6 bytes); MB/s is that size over the time. The last line is::
 
     RESULT store write_ratio=<raw/ours write time> read_ratio=<raw/ours read time> MBps=<our write MB/s>
+        write_spread=<x> write_meaningful=yes|no read_spread=<x> read_meaningful=yes|no load=<1m/5m/15m>
 
 Ratios are raw time / our time (1.0 = as fast as plain pyarrow, higher = faster). With ``--backend both``
 each ratio is the worse of the two backends and MBps is the local backend's.

@@ -120,8 +120,8 @@ def test_gpu_suite_smoke_runs_every_item_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert wall < 240, wall  # the budget (150 s) holds with start-up
     assert re.fullmatch(r"RESULT gpu_suite card=cpu\S* pairs_per_s=[\d.]+ flop_ratio=na annotate_samples_per_s="
-                        r"[\d.]+ gpu_share=[\d.]+ train_steps_per_s=[\d.]+ eval_windows_per_s=[\d.]+ "
-                        r"skipped=\d+ wall_s=[\d.]+", out[-1]), out[-3:]
+                        r"[\d.]+ gpu_share=na keep_up_share=[\d.]+ train_steps_per_s=[\d.]+ "
+                        r"eval_windows_per_s=[\d.]+ skipped=\d+ wall_s=[\d.]+", out[-1]), out[-3:]
     assert out[0].startswith("load average at start: load=") and out[-2].startswith("load average at end: load=")
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert (tmp_path / "gpu_suite.log").read_text().strip().splitlines()[-1] == out[-1]
