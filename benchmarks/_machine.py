@@ -62,3 +62,24 @@ def ratio_note(numerator: dict, denominator: dict, ratio: float) -> str:
     case the ratio cannot tell the two paths apart on this machine at this load."""
     noise = max(numerator["spread"], denominator["spread"])
     return "meaningful" if abs(ratio - 1.0) > noise else f"not-meaningful(spread {noise:.0%} >= |ratio-1|)"
+
+
+def describe(values, unit: str = "s") -> str:
+    """``best 1.234 s (median 1.300, spread 12% over 3)``: the best repeat and how far the repeats spread."""
+    s = spread(values)
+    return f"best {s['best']:.4g} {unit} (median {s['median']:.4g}, spread {s['spread']:.0%} over {s['n']})"
+
+
+def print_load(when: str) -> str:
+    """Prints and returns the load average, ``when`` = ``start`` or ``end``: a figure from a busy machine says so."""
+    load = load_average()
+    print(f"load average at {when}: {load}", flush=True)
+    return load
+
+
+def noise_fields(numerator_times, denominator_times, ratio: float) -> str:
+    """``spread=0.050 meaningful=yes`` for a RESULT line: the wider spread of the two sides' repeats, and whether
+    the ratio stands out of it (see :func:`ratio_note`)."""
+    a, b = spread(numerator_times), spread(denominator_times)
+    ok = ratio_note(a, b, ratio) == "meaningful"
+    return f"spread={max(a['spread'], b['spread']):.3f} meaningful={'yes' if ok else 'no'}"

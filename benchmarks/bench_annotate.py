@@ -12,7 +12,8 @@ and SAM objects, and produce the same labels (checked):
 
 Images are random noise at the preset's generator size (detection quality does not matter here; the work per
 image does). Times are the best of ``--repeats`` after ``--warmup`` untimed rounds, alternating the order.
-Last line: ``RESULT annotate speedup=<loop_time/batched_time> images_per_s=<samples/s batched> device=<...>``,
+Last line: ``RESULT annotate speedup=<loop_time/batched_time> images_per_s=<samples/s batched> device=<...>
+spread=<x> meaningful=yes|no load=<1m/5m/15m>``,
 where a sample is one image plus its counterfactual (what the generator produces per job).
 
     .venv/bin/python benchmarks/bench_annotate.py                       # tiny preset, CPU, seconds
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._machine import machine  # noqa: E402
+from benchmarks._machine import describe, machine, noise_fields, print_load, ratio_note, spread  # noqa: E402
 
 from magicseg_models.annotation import Annotator, SamSegmenter, not_detected_reason  # noqa: E402
 from magicseg_models.annotation.stage import decide_drop  # noqa: E402
@@ -150,12 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. annotate.segmenter.model_type=vit_b")
     args = parser.parse_args(argv)
+    print_load("start")
 
     config = load_config("build", args.preset, overrides=args.overrides)
     c = config.annotate
     if c.segmenter.backend != "segment-anything":
         raise SystemExit("the loop baseline uses segment-anything's SamPredictor: segmenter.backend must be "
                          "segment-anything")
+    if c.segmenter.encoder_dtype != "float32":
+        raise SystemExit("the loop baseline's SamPredictor feeds the image encoder float32: "
+                         "segmenter.encoder_dtype must be float32 here (benchmarks/gpu_suite.py measures bfloat16)")
     vocab = Vocabulary.load(config.vocabulary.file, config.vocabulary.classes)
     t0 = time.perf_counter()
     annotator = Annotator(c, vocab, device=args.device)
@@ -189,9 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     best = {name: min(values) for name, values in times.items()}
     for name in ("batched", "loop"):
         print(f"  {name:8s} best {best[name]:8.3f} s   {len(rows) / best[name]:8.2f} samples/s   "
-              f"(all: {', '.join(f'{t:.3f}' for t in times[name])})")
-    print(f"RESULT annotate speedup={best['loop'] / best['batched']:.3f} "
-          f"images_per_s={len(rows) / best['batched']:.2f} device={machine(device)}")
+              f"({describe(times[name])}; all: {', '.join(f'{t:.3f}' for t in times[name])})")
+    ratio = best["loop"] / best["batched"]
+    print(f"speedup {ratio:.3f}: {ratio_note(spread(times['loop']), spread(times['batched']), ratio)}")
+    load = print_load("end")
+    print(f"RESULT annotate speedup={ratio:.3f} images_per_s={len(rows) / best['batched']:.2f} "
+          f"device={machine(device)} {noise_fields(times['loop'], times['batched'], ratio)} {load}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ resized short side, so two windows each at crop 512 / stride 426) go through
 ``windows_per_s`` = windows run / best time over the images (one untimed image first). The last line is::
 
     RESULT eval metric_speedup=<reference/ours time> windows_per_s=<...> device=<cpu|cuda device name>
+        spread=<x> meaningful=yes|no load=<1m/5m/15m>
 
 Usage: ``.venv/bin/python benchmarks/bench_eval.py [--device auto|cpu|cuda] [--maps 200] [--map-size 512]
 [--classes 21,150] [--images 4] [--size 512] [--crop 512] [--stride 426] [--batch-size 8]
@@ -39,7 +40,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +48,15 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._machine import cpu_model, device_label  # noqa: E402
+from benchmarks._machine import (  # noqa: E402
+    cpu_model,
+    describe,
+    device_label,
+    noise_fields,
+    print_load,
+    ratio_note,
+    spread,
+)
 
 from magicseg_models.config import InferenceConfig  # noqa: E402
 from magicseg_models.evaluation.inference import infer_scores, slide_windows  # noqa: E402
@@ -65,17 +74,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(fn: Callable[[], object], device: torch.device, repeats: int,
-              warmup: Callable[[], object] | None = None) -> tuple[float, object]:
+def repeat_times(fn: Callable[[], object], device: torch.device, repeats: int,
+                 warmup: Callable[[], object] | None = None) -> tuple[list[float], object]:
+    """(seconds of each of ``repeats`` calls after one untimed warm-up call, the last call's result)."""
     (warmup or fn)()  # untimed round: allocator, kernels, caches
-    best, result = float("inf"), None
+    times, result = [], None
     for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
         result = fn()
         sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        times.append(time.perf_counter() - start)
+    return times, result
 
 
 # ------------------------------------------------------------------------------------------- (a) metric
@@ -111,24 +121,32 @@ def reference_metric(preds: list, targets: list, num_classes: int) -> np.ndarray
         return (inter / union).numpy()
 
 
-def bench_metric(args, device: torch.device) -> float:
+def bench_metric(args, device: torch.device) -> tuple[float, str]:
+    """(histc time / our time over all class counts, the RESULT fields saying how far the repeats spread)."""
     total_ours = total_ref = 0.0
+    rounds_ours, rounds_ref = [0.0] * args.repeats, [0.0] * args.repeats  # each repeat summed over class counts
     print(f"\n(a) metric: {args.maps} label maps of {args.map_size}x{args.map_size}, best of {args.repeats}")
     print(f"  {'classes':>7} {'ours s':>9} {'histc s':>9} {'ours img/s':>11} {'histc img/s':>12} {'speedup':>8}")
     for num_classes in args.classes:
         preds, targets = make_maps(args.maps, args.map_size, num_classes, device, seed=num_classes)
         # warm-up on a few maps only: a full untimed round of the histc loop would double the run time
-        t_ours, iou_ours = best_time(lambda: ours_metric(preds, targets, num_classes, device), device, args.repeats,
-                                     warmup=lambda: ours_metric(preds[:8], targets[:8], num_classes, device))
-        t_ref, iou_ref = best_time(lambda: reference_metric(preds, targets, num_classes), device, args.repeats,
-                                   warmup=lambda: reference_metric(preds[:8], targets[:8], num_classes))
+        times_ours, iou_ours = repeat_times(lambda: ours_metric(preds, targets, num_classes, device), device,
+                                            args.repeats,
+                                            warmup=lambda: ours_metric(preds[:8], targets[:8], num_classes, device))
+        times_ref, iou_ref = repeat_times(lambda: reference_metric(preds, targets, num_classes), device, args.repeats,
+                                          warmup=lambda: reference_metric(preds[:8], targets[:8], num_classes))
         np.testing.assert_allclose(iou_ours, iou_ref, rtol=0, atol=1e-12, equal_nan=True)
+        t_ours, t_ref = min(times_ours), min(times_ref)
         total_ours += t_ours
         total_ref += t_ref
+        rounds_ours = [a + b for a, b in zip(rounds_ours, times_ours)]
+        rounds_ref = [a + b for a, b in zip(rounds_ref, times_ref)]
+        note = ratio_note(spread(times_ref), spread(times_ours), t_ref / t_ours)
         print(f"  {num_classes:>7} {t_ours:>9.3f} {t_ref:>9.3f} {args.maps / t_ours:>11.1f} "
-              f"{args.maps / t_ref:>12.1f} {t_ref / t_ours:>8.2f}   (IoUs equal, mIoU {np.nanmean(iou_ours):.4f})")
+              f"{args.maps / t_ref:>12.1f} {t_ref / t_ours:>8.2f}   (IoUs equal, mIoU {np.nanmean(iou_ours):.4f}; "
+              f"ours {describe(times_ours)}, histc {describe(times_ref)}; {note})")
         del preds, targets
-    return total_ref / total_ours
+    return total_ref / total_ours, noise_fields(rounds_ref, rounds_ours, total_ref / total_ours)
 
 
 # ------------------------------------------------------------------------------------------- (b) inference
@@ -143,11 +161,15 @@ def conv_predict_fn(device: torch.device, num_classes: int = 21) -> tuple[Callab
     return predict, num_classes, f"conv (random 3-layer, {num_classes} classes)"
 
 
-def tiny_predict_fn(device: torch.device) -> tuple[Callable, int, str]:
+def zegclip_predict_fn(device: torch.device, preset: str = "tiny",
+                      overrides: Sequence[str] = ()) -> tuple[Callable, int, str]:
+    """ZegCLIP of the eval ``preset``'s model (``model.weights=random`` for ViT-B/16 without a download) scoring
+    the 20 VOC class names."""
     from magicseg_models.config import load_config
     from magicseg_models.zegclip import build_zegclip
 
-    bundle = build_zegclip(load_config("eval", "tiny").model, device=device)
+    config = load_config("eval", preset, overrides=list(overrides)).model
+    bundle = build_zegclip(config, device=device)
     bundle.model.eval()
     with torch.inference_mode():
         text = bundle.class_embeddings(VOC_NAMES).to(device)
@@ -155,16 +177,16 @@ def tiny_predict_fn(device: torch.device) -> tuple[Callable, int, str]:
     def predict(batch: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(bundle.model(bundle.normalize(batch / 255.0), text)["mask_logits"])
 
-    return predict, len(VOC_NAMES), f"ZegCLIP tiny preset (random tiny CLIP, {len(VOC_NAMES)} classes)"
+    return predict, len(VOC_NAMES), f"ZegCLIP {preset} preset ({config.weights} weights, {len(VOC_NAMES)} classes)"
 
 
 def pick_model(choice: str, device: torch.device) -> tuple[Callable, int, str]:
     if choice in ("auto", "tiny"):
         try:
-            return tiny_predict_fn(device)
+            return zegclip_predict_fn(device)
         except Exception as err:  # any failure of the optional model falls back to the conv net, said aloud
-            print(f"note: ZegCLIP tiny unavailable ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}); "
-                  f"using the conv model")
+            first = str(err).splitlines()[0][:120] if str(err) else ""
+            print(f"note: ZegCLIP tiny unavailable ({type(err).__name__}: {first}); using the conv model")
     return conv_predict_fn(device)
 
 
@@ -183,11 +205,13 @@ def bench_inference(args, device: torch.device) -> float:
             infer_scores(image, predict, num_classes, cfg)
 
     infer_scores(images[0], predict, num_classes, cfg)  # warm-up image
-    t, _ = best_time(run, device, args.repeats)
+    times, _ = repeat_times(run, device, args.repeats)
+    t = min(times)
     windows = per_image * args.images
     print(f"\n(b) inference: {name}; {args.images} images {h}x{w}, crop {args.crop} stride {args.stride}, "
           f"{per_image} windows/image, batch {args.batch_size}, {cfg.dtype if device.type == 'cuda' else 'float32'}")
-    print(f"  {t:.3f} s for {windows} windows: {windows / t:.1f} windows/s, {args.images / t:.2f} images/s")
+    print(f"  {t:.3f} s for {windows} windows: {windows / t:.1f} windows/s, {args.images / t:.2f} images/s "
+          f"({describe(times)})")
     return windows / t
 
 
@@ -216,14 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda asked but CUDA is not available")
 
+    print_load("start")
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); device {device_label(device)}; python {platform.python_version()}")
     start = time.perf_counter()
-    speedup = bench_metric(args, device)
+    speedup, noise = bench_metric(args, device)
     middle = time.perf_counter()
     windows_per_s = bench_inference(args, device)
     print(f"\nwall: metric part {middle - start:.1f} s, inference part {time.perf_counter() - middle:.1f} s")
-    print(f"RESULT eval metric_speedup={speedup:.3f} windows_per_s={windows_per_s:.2f} device={device_label(device)}")
+    load = print_load("end")
+    print(f"RESULT eval metric_speedup={speedup:.3f} windows_per_s={windows_per_s:.2f} device={device_label(device)} "
+          f"{noise} {load}")
     return 0
 
 

@@ -19,6 +19,7 @@ evaluation of its multistep method), in both paths.
 Last line::
 
     RESULT pairs speedup=<time_b/time_a> unet_calls_per_pair=<n> steps=<s> pairs_per_s=<(a) pairs/s> device=<...>
+        spread=<x> meaningful=yes|no load=<1m/5m/15m>
 
 Usage: ``.venv/bin/python benchmarks/bench_pairs.py [--preset tiny|sd15-random|sd15] [--pairs 8] [--batch 4]
 [--steps 20] [--size PX] [--scheduler NAME] [--repeats 3] [--warmup 1] [--device auto|cpu|cuda]
@@ -36,7 +37,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._machine import cpu_model, device_label  # noqa: E402
+from benchmarks._machine import (  # noqa: E402
+    cpu_model,
+    describe,
+    device_label,
+    noise_fields,
+    print_load,
+    ratio_note,
+    spread,
+)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -83,6 +92,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
+    print_load("start")
 
     overrides = [f"generator.steps={args.steps}", f"generator.resources.batch_size={args.batch}",
                  "generator.image_format=jpeg", *args.overrides]
@@ -177,11 +187,16 @@ def main() -> None:
           f"{gen.settings['dtype']}; {args.pairs} pairs, (a) {args.batch} pairs per UNet batch; "
           f"load {load_s:.1f} s")
     print(f"max |ours - plain| pixel difference on pair 0: {diff:.2e} (images in [0, 1])")
-    print(f"{'path':<8}{'best s':>10}{'pairs/s':>10}{'UNet calls':>12}{'calls/pair':>12}")
-    print(f"{'ours':<8}{t_a:>10.3f}{args.pairs / t_a:>10.2f}{calls['ours']:>12}{calls_a:>12.1f}")
-    print(f"{'plain':<8}{t_b:>10.3f}{args.pairs / t_b:>10.2f}{calls['plain']:>12}{calls_b:>12.1f}")
+    print(f"{'path':<8}{'best s':>10}{'pairs/s':>10}{'UNet calls':>12}{'calls/pair':>12}   repeats")
+    print(f"{'ours':<8}{t_a:>10.3f}{args.pairs / t_a:>10.2f}{calls['ours']:>12}{calls_a:>12.1f}   "
+          f"{describe(times['ours'])}")
+    print(f"{'plain':<8}{t_b:>10.3f}{args.pairs / t_b:>10.2f}{calls['plain']:>12}{calls_b:>12.1f}   "
+          f"{describe(times['plain'])}")
+    print(f"speedup {t_b / t_a:.3f}: {ratio_note(spread(times['plain']), spread(times['ours']), t_b / t_a)}")
+    load = print_load("end")
     print(f"RESULT pairs speedup={t_b / t_a:.3f} unet_calls_per_pair={calls_a:g} steps={config.steps} "
-          f"pairs_per_s={args.pairs / t_a:.3f} device={device_label(device)}")
+          f"pairs_per_s={args.pairs / t_a:.3f} device={device_label(device)} "
+          f"{noise_fields(times['plain'], times['ours'], t_b / t_a)} {load}")
 
 
 if __name__ == "__main__":

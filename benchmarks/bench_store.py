@@ -17,6 +17,7 @@ The raw baseline uses ``pyarrow.fs.LocalFileSystem`` for the local folder and
 MB is the size of the Parquet files on storage (10^6 bytes); MB/s is that size over the time. The last line is::
 
     RESULT store write_ratio=<raw/ours write time> read_ratio=<raw/ours read time> MBps=<our write MB/s>
+        write_spread=<x> write_meaningful=yes|no read_spread=<x> read_meaningful=yes|no load=<1m/5m/15m>
 
 Ratios are raw time / our time (1.0 = as fast as plain pyarrow, higher = faster). With ``--backend both``
 each ratio is the worse of the two backends and MBps is the local backend's.
@@ -46,7 +47,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._machine import cpu_model  # noqa: E402
+from benchmarks._machine import cpu_model, describe, noise_fields, print_load, ratio_note, spread  # noqa: E402
 
 from magicseg_models.dataset.reader import DatasetReader  # noqa: E402
 from magicseg_models.dataset.schema import SCHEMA  # noqa: E402
@@ -221,15 +222,18 @@ def timed(fn: Callable[[], int | None], size: Callable[[], int] | None = None) -
 
 
 def bench_backend(backend, table: pa.Table, shard_rows: int, repeats: int,
-                  warmup: int = 1) -> dict[str, tuple[float, int]]:
-    """Best time (and bytes) per operation over ``repeats`` after ``warmup`` untimed rounds.
+                  warmup: int = 1) -> tuple[dict[str, tuple[float, int]], dict[str, list[float]]]:
+    """Best time (and bytes) per operation over ``repeats`` after ``warmup`` untimed rounds, and every repeat's
+    time per operation (their spread says how far the best can be trusted).
 
     The ours/raw order alternates each round, so neither side always runs on a colder cache.
     """
     chunks = split(table, shard_rows)
     best: dict[str, tuple[float, int]] = {}
+    times: dict[str, list[float]] = {op: [] for op in OPS}
 
     def keep(op: str, result: tuple[float, int]) -> None:
+        times[op].append(result[0])
         if op not in best or result[0] < best[op][0]:
             best[op] = result
 
@@ -256,21 +260,22 @@ def bench_backend(backend, table: pa.Table, shard_rows: int, repeats: int,
             print(f"  [{backend.name}] repeat {rep + 1}/{repeats}: {this}", flush=True)
         backend.cleanup(ours_key)
         backend.cleanup(raw_key)
-    return best
+    return best, times
 
 
 # ------------------------------------------------------------------------------------------- report
 
-def print_table(name: str, best: dict[str, tuple[float, int]]) -> None:
+def print_table(name: str, best: dict[str, tuple[float, int]], times: dict[str, list[float]]) -> None:
     print(f"\n{name}:")
-    print(f"  {'operation':<12} {'seconds':>9} {'MB':>9} {'MB/s':>9}")
+    print(f"  {'operation':<12} {'seconds':>9} {'MB':>9} {'MB/s':>9}   repeats")
     for op in OPS:
         seconds, nbytes = best[op]
         mb = nbytes / 1e6
-        print(f"  {op:<12} {seconds:>9.3f} {mb:>9.1f} {mb / seconds:>9.1f}")
-    write_ratio = best["raw-write"][0] / best["ours-write"][0]
-    read_ratio = best["raw-read"][0] / best["ours-read"][0]
-    print(f"  write_ratio (raw/ours time) = {write_ratio:.3f}   read_ratio (raw/ours time) = {read_ratio:.3f}")
+        print(f"  {op:<12} {seconds:>9.3f} {mb:>9.1f} {mb / seconds:>9.1f}   {describe(times[op])}")
+    for kind in ("write", "read"):
+        ratio = best[f"raw-{kind}"][0] / best[f"ours-{kind}"][0]
+        note = ratio_note(spread(times[f"raw-{kind}"]), spread(times[f"ours-{kind}"]), ratio)
+        print(f"  {kind}_ratio (raw/ours time) = {ratio:.3f}: {note}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-dir", default=None, help="parent folder for the local backend (default: $TMPDIR)")
     args = parser.parse_args(argv)
     shard_rows = args.shard_rows or args.samples
+    print_load("start")
 
     print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.platform()}, "
           f"Python {platform.python_version()}, pyarrow {pa.__version__}")
@@ -297,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
     names = ["local", "s3"] if args.backend == "both" else [args.backend]
     results: dict[str, dict[str, tuple[float, int]]] = {}
+    repeats: dict[str, dict[str, list[float]]] = {}
     for name in names:
         if name == "local":
             backend = LocalBackend(tempfile.mkdtemp(prefix="bench_store_", dir=args.local_dir))
@@ -304,12 +311,13 @@ def main(argv: list[str] | None = None) -> int:
             backend = S3Backend()
         try:
             print(f"\nbackend {name}: {backend.describe()}", flush=True)
-            results[name] = bench_backend(backend, table, shard_rows, args.repeats, args.warmup)
+            results[name], repeats[name] = bench_backend(backend, table, shard_rows, args.repeats, args.warmup)
         finally:
             backend.close()
 
     for name in names:
-        print_table(f"{name} (seconds = best of {args.repeats}; MB = Parquet bytes on storage)", results[name])
+        print_table(f"{name} (seconds = best of {args.repeats}; MB = Parquet bytes on storage)", results[name],
+                    repeats[name])
 
     write_ratios = {n: r["raw-write"][0] / r["ours-write"][0] for n, r in results.items()}
     read_ratios = {n: r["raw-read"][0] / r["ours-read"][0] for n, r in results.items()}
@@ -320,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     mbps = ours_b / 1e6 / ours_t
     print(f"\nwrite_ratio = worst over backends ({w_worst}); read_ratio = worst over backends ({r_worst}); "
           f"MBps = our write MB/s on {mb_backend}. Ratios are raw pyarrow time / our time (goal >= 0.8).")
+    write_noise = noise_fields(repeats[w_worst]["raw-write"], repeats[w_worst]["ours-write"], write_ratios[w_worst])
+    read_noise = noise_fields(repeats[r_worst]["raw-read"], repeats[r_worst]["ours-read"], read_ratios[r_worst])
+    load = print_load("end")
     print(f"RESULT store write_ratio={write_ratios[w_worst]:.3f} read_ratio={read_ratios[r_worst]:.3f} "
-          f"MBps={mbps:.1f}")
+          f"MBps={mbps:.1f} write_{write_noise.replace(' ', ' write_')} read_{read_noise.replace(' ', ' read_')} "
+          f"{load}")
     return 0
 
 

@@ -167,8 +167,13 @@ class GeneratorConfig(Section):
     scheduler: str = Field("default", description="'default' = the model's own (PNDM for SD 1.5), or a class name")
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     attention: Literal["sdpa", "default"] = "sdpa"
-    compile: bool = False
-    channels_last: bool = False
+    # speed switches, each measured on and off by benchmarks/gpu_suite.sh; today's behaviour stays the default
+    # until a GPU figure says otherwise
+    compile: bool = Field(False, description="torch.compile the UNet and the VAE decoder (first batch compiles)")
+    channels_last: bool = Field(False, description="UNet and VAE weights and activations in channels_last")
+    vae_decode_batch: int = Field(
+        16, ge=1, description="images per VAE decode call (1 = one image at a time; bounds activation memory)")
+    tf32: bool = Field(False, description="TF32 tensor cores for float32 matmuls (GPU; fp16/bf16 are unaffected)")
     safety_checker: bool = Field(False, description="off for dataset building; flagged images dropped as 'nsfw'")
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -206,6 +211,7 @@ class DetectorConfig(Section):
     batch_size: int = Field(8, ge=1, description="images per detector forward pass")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype on a GPU (a CPU runs float32)")
+    tf32: bool = Field(False, description="TF32 tensor cores for the detector's float32 matmuls (GPU)")
 
     _local_paths = field_validator("model", "text_encoder")(lambda value: resolve_local_path(value))
     _local_files = field_validator("config_file", "checkpoint")(
@@ -223,6 +229,10 @@ class SegmenterConfig(Section):
     batch_size: int = Field(4, ge=1, description="images per SAM image-encoder pass (each image embedded once)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype on a GPU (a CPU runs float32)")
+    encoder_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="weights of the SAM image encoder (its embeddings go on to the mask decoder in "
+        "float32); bfloat16 applies on any device")
+    tf32: bool = Field(False, description="TF32 tensor cores for SAM's float32 matmuls (GPU)")
 
     @field_validator("checkpoint")
     @classmethod

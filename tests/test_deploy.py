@@ -712,23 +712,12 @@ def test_gpu_suite_is_valid_bash():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_suite.sh")], check=True)
 
 
-def test_gpu_suite_runs_every_benchmark_with_flags_the_scripts_accept():
-    text = _suite()
-    scripts = re.search(r"^SCRIPTS=\(([^)]*)\)", text, re.M).group(1).split()
-    args = dict(re.findall(r'^\s*\[(\w+)\]="([^"]*)"', text, re.M))
-    on_disk = {p.stem for p in (ROOT / "benchmarks").glob("bench_*.py")}
-    assert on_disk <= set(scripts), f"benchmarks the suite does not run: {sorted(on_disk - set(scripts))}"
-    assert set(args) == set(scripts)
-    for name in scripts:
-        path = ROOT / "benchmarks" / f"{name}.py"
-        if not path.exists():
-            assert name in {"bench_train", "bench_eval"}, f"gpu_suite.sh runs {name}, which does not exist"
-            continue
-        flags = {a for a in args[name].split() if a.startswith("--")}
-        unknown = flags - _argparse_flags(path)
-        assert not unknown, f"gpu_suite.sh passes {sorted(unknown)} to {name}.py, whose argparse lacks them"
-    presets = " ".join(args.values())
-    assert "--preset sd15-random" in presets and "--preset zegclip-vitb16" in presets
+def test_gpu_suite_wrapper_documents_only_flags_gpu_suite_py_accepts():
+    # the wrapper passes its arguments through: every flag its usage lines show must exist in the script
+    usage = [line for line in _suite().splitlines() if line.startswith("#   bash")]
+    flags = {f for line in usage for f in re.findall(r"(--[a-z][a-z-]*)", line)}
+    assert {"--smoke", "--only", "--budget-s"} <= flags
+    assert not flags - _argparse_flags(ROOT / "benchmarks" / "gpu_suite.py")
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has nvidia-smi: it would run the suite")

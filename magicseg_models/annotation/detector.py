@@ -67,6 +67,26 @@ def autocast_context(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
+@contextlib.contextmanager
+def matmul_tf32(enabled: bool):
+    """TF32 for float32 matmuls inside the block only. torch's switch is process-wide, and stages that share a
+    process (the generator and the annotator in a plain loop) must each keep their own setting; cuBLAS reads it
+    when a matmul is launched, so scoping the calls is enough."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@contextlib.contextmanager
+def model_context(device: torch.device, config):
+    """One detector or SAM call: autocast to ``config.dtype`` on a GPU, TF32 matmuls when ``config.tf32``."""
+    with autocast_context(device, config.dtype), matmul_tf32(config.tf32):
+        yield
+
+
 # ------------------------------------------------------------------------------------------- tokenizer
 def _vocabulary_words() -> list[str]:
     from magicseg_models.vocabulary import Vocabulary
@@ -476,7 +496,7 @@ class GroundingDinoDetector(BaseDetector):
         return {**self.source, "detector_backend": "transformers", "box_threshold": c.box_threshold,
                 "text_threshold": c.text_threshold, "max_text_tokens": self.max_text_tokens,
                 "image_size": list(self.resize_limits(c)), "nms_iou": c.nms_iou, "max_boxes": c.max_boxes,
-                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32"}
+                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32", "detector_tf32": c.tf32}
 
     def _forward(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = self.image_processor(images=images, return_tensors="pt")
@@ -485,7 +505,7 @@ class GroundingDinoDetector(BaseDetector):
                   "input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
                   "token_type_ids": text["token_type_ids"]}
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with torch.inference_mode(), autocast_context(self.device, self.config.dtype):
+        with torch.inference_mode(), model_context(self.device, self.config):
             out = self.model(**inputs)
         return out.logits.float(), out.pred_boxes.float()
 

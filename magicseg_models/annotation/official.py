@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from magicseg_models.annotation.detector import (
-    TINY_INIT_SEED, BaseDetector, DetectorWeightsError, autocast_context, build_detector_tokenizer, resolve_device,
+    TINY_INIT_SEED, BaseDetector, DetectorWeightsError, build_detector_tokenizer, model_context, resolve_device,
 )
 from magicseg_models.config import DetectorConfig
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
@@ -178,14 +178,14 @@ class OfficialGroundingDino(BaseDetector):
         return {**self.source, "detector_backend": "official", "box_threshold": c.box_threshold,
                 "text_threshold": c.text_threshold, "max_text_tokens": self.max_text_tokens,
                 "image_size": list(self.resize_limits(c)), "nms_iou": c.nms_iou, "max_boxes": c.max_boxes,
-                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32"}
+                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32", "detector_tf32": c.tf32}
 
     def _forward(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         from groundingdino.util.misc import nested_tensor_from_tensor_list
 
         tensors = [self.transform(image.convert("RGB"), None)[0] for image in images]
         samples = nested_tensor_from_tensor_list(tensors).to(self.device)
-        with torch.inference_mode(), autocast_context(self.device, self.config.dtype), _quiet():
+        with torch.inference_mode(), model_context(self.device, self.config), _quiet():
             out = self.model(samples, captions=list(texts))
         return out["pred_logits"].float(), out["pred_boxes"].float()
 

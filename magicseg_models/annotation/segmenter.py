@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from magicseg_models.annotation.detector import TINY_INIT_SEED, autocast_context, resolve_device
+from magicseg_models.annotation.detector import TINY_INIT_SEED, model_context, resolve_device
 from magicseg_models.config import SegmenterConfig
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights.fetch import Checkpoint, CheckpointFetchError, local_checkpoint
@@ -104,6 +104,8 @@ class SamSegmenter:
         self.device = resolve_device(device)
         sam, self.source, self.checkpoint = _load_sam(config)
         self.sam = sam.to(self.device)
+        self.encoder_dtype = getattr(torch, config.encoder_dtype)
+        self.sam.image_encoder.to(self.encoder_dtype)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
         self.images_embedded = 0
         self.decoder_calls = 0
@@ -113,7 +115,8 @@ class SamSegmenter:
         c = self.config
         return {"segmenter": self.source, "segmenter_backend": "segment-anything", "model_type": c.model_type,
                 "segmenter_weights": c.weights, "multimask_output": False,
-                "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32"}
+                "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32",
+                "segmenter_encoder_dtype": c.encoder_dtype, "segmenter_tf32": c.tf32}
 
     def _prepare(self, image: np.ndarray) -> torch.Tensor:
         resized = self.transform.apply_image(image)  # exactly SamPredictor.set_image's resize
@@ -130,8 +133,8 @@ class SamSegmenter:
             inputs = [self._prepare(images[i]) for i in chunk]
             input_sizes = [tuple(t.shape[-2:]) for t in inputs]
             batch = torch.stack([self.sam.preprocess(t) for t in inputs])
-            with autocast_context(self.device, self.config.dtype):
-                embeddings = self.sam.image_encoder(batch)
+            with model_context(self.device, self.config):
+                embeddings = self.sam.image_encoder(batch.to(self.encoder_dtype)).float()
             self.images_embedded += len(chunk)
             for i, embedding, input_size in zip(chunk, embeddings, input_sizes):
                 out[i] = self._decode(embedding[None], np.asarray(boxes[i], dtype=np.float32), input_size,
@@ -145,7 +148,7 @@ class SamSegmenter:
         prompts = self.transform.apply_boxes_torch(torch.as_tensor(boxes, device=self.device), original_size)
         for start in range(0, len(prompts), PROMPTS_PER_CALL):
             part = prompts[start:start + PROMPTS_PER_CALL]
-            with autocast_context(self.device, self.config.dtype):
+            with model_context(self.device, self.config):
                 sparse, dense = sam.prompt_encoder(points=None, boxes=part, masks=None)
                 low_res, _ = sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
@@ -208,6 +211,8 @@ class HFSamSegmenter:
                 mask_size={"longest_edge": size // 4}, mask_pad_size={"height": size // 4, "width": size // 4}))
             self.source = f"transformers SamModel ({config.weights} weights)"
         self.model = model.to(self.device).eval()
+        self.encoder_dtype = getattr(torch, config.encoder_dtype)
+        self.model.vision_encoder.to(self.encoder_dtype)
         self.images_embedded = 0
         self.decoder_calls = 0
 
@@ -216,7 +221,8 @@ class HFSamSegmenter:
         c = self.config
         return {"segmenter": self.source, "segmenter_backend": "transformers", "model_type": c.model_type,
                 "segmenter_weights": c.weights, "multimask_output": False,
-                "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32"}
+                "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32",
+                "segmenter_encoder_dtype": c.encoder_dtype, "segmenter_tf32": c.tf32}
 
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -224,9 +230,9 @@ class HFSamSegmenter:
         for start in range(0, len(todo), self.config.batch_size):
             chunk = todo[start:start + self.config.batch_size]
             inputs = self.processor(images=[images[i] for i in chunk], return_tensors="pt")
-            pixel_values = inputs["pixel_values"].to(self.device)
-            with autocast_context(self.device, self.config.dtype):
-                embeddings = self.model.get_image_embeddings(pixel_values)
+            pixel_values = inputs["pixel_values"].to(self.device, self.encoder_dtype)
+            with model_context(self.device, self.config):
+                embeddings = self.model.get_image_embeddings(pixel_values).float()
             self.images_embedded += len(chunk)
             for j, i in enumerate(chunk):
                 image_boxes = [[list(map(float, b)) for b in np.asarray(boxes[i])]]
@@ -234,7 +240,7 @@ class HFSamSegmenter:
                 masks = []
                 for s in range(0, len(image_boxes[0]), PROMPTS_PER_CALL):
                     part = prompt["input_boxes"][:, s:s + PROMPTS_PER_CALL].to(self.device)
-                    with autocast_context(self.device, self.config.dtype):
+                    with model_context(self.device, self.config):
                         result = self.model(image_embeddings=embeddings[j:j + 1], input_boxes=part,
                                             multimask_output=False)
                     self.decoder_calls += 1
