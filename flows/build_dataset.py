@@ -46,7 +46,7 @@ def _check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> N
         for rel in store.storage.list("shards"):
             store.storage.remove(f"shards/{rel}")
         return
-    differing = config_differences(header.get("config", {}), public_config(config))
+    differing = config_differences(_with_new_defaults(header.get("config", {})), public_config(config))
     if differing:
         raise ConfigError(f"{store.uri} was built with a different config ({', '.join(differing[:6])}"
                           f"{' ...' if len(differing) > 6 else ''}); use another --out, or --overwrite")
@@ -54,6 +54,17 @@ def _check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> N
     if config.num_samples < old_planned:
         raise ConfigError(f"{store.uri} already plans {old_planned} samples; num_samples={config.num_samples} "
                           "would shrink it (use --overwrite to start again)")
+
+
+def _with_new_defaults(old: dict) -> dict:
+    """A run header's config with the fields added to the schema since then at their defaults, so a newer
+    release resumes an older dataset unless a value that exists in both really differs."""
+    from pydantic import ValidationError
+
+    try:
+        return public_config(BuildConfig.model_validate(old))
+    except ValidationError:  # a header this release cannot read: compare it as written
+        return old
 
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True,

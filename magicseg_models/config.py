@@ -749,7 +749,8 @@ RERUN_FREE_KEYS = ("preset", "out", "num_samples", "shards_per_task", "ray", "st
                    "prompts.timeout_s", "prompts.max_retries", "prompts.cache", "prompts.resources",
                    "prompts.token_parameter", "prompts.max_consecutive_failures",
                    "generator.resources", "annotate.resources", "generator.compile", "generator.attention",
-                   "generator.channels_last")
+                   "generator.channels_last", "generator.vae_decode_batch", "generator.tf32",
+                   "annotate.detector.tf32", "annotate.segmenter.tf32")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

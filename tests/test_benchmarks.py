@@ -34,7 +34,7 @@ def test_bench_train_prints_its_result_line():
          "--steps", "2", "--loader-workers", "1"],
         capture_output=True, text=True, timeout=300, env=env, check=True,
     ).stdout.strip().splitlines()
-    assert re.match(r"RESULT train loader_ratio=[\d.]+ steps_per_s=[\d.]+ device=\S+", out[-1]), out[-3:]
+    assert re.match(r"RESULT train loader_speedup=[\d.]+ loader_samples_per_s=[\d.]+ .*steps_per_s=[\d.]+ .*device=\S+", out[-1]), out[-3:]
 
 
 LOADED_RESULT = r" spread=[\d.]+ meaningful=(yes|no) load=[\d.]+/[\d.]+/[\d.]+"
