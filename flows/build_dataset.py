@@ -23,7 +23,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from flows.params import resolve_config
+from flows.artifacts import picture_artifact
+from flows.params import BuildPreset, resolve_config
 from flows.progress import TerminalProgress
 from magicseg_models.config import BuildConfig, config_differences, public_config
 from magicseg_models.dataset.store import DatasetStore
@@ -69,7 +70,7 @@ def _with_new_defaults(old: dict) -> dict:
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True,
       validate_parameters=True)
-def build_dataset(config: BuildConfig | None = None, preset: str | None = None, out: str | None = None,
+def build_dataset(config: BuildConfig | None = None, preset: BuildPreset | None = None, out: str | None = None,
                   num_samples: int | None = None, seed: int | None = None, overwrite: bool = False,
                   out_root: str | None = None) -> dict:
     """Build (or resume, or grow) the dataset at ``out``. Returns the run summary.
@@ -77,6 +78,16 @@ def build_dataset(config: BuildConfig | None = None, preset: str | None = None, 
     ``out_root`` (scheduled runs): without ``out``, the dataset goes to ``out_root/YYYY-MM-DD`` of the run's
     scheduled date, and an unset ``seed`` becomes that date (``YYYYMMDD``), so each night builds new samples and a
     retry or late start of the same night resumes the same URI.
+
+    Args:
+        config: a whole build config (every key of docs/configuration.md); overrides the preset when given.
+        preset: the preset to start from: sd15 (the paper's setup), sd15-random (GPU throughput, random
+            weights), tiny (CPU plumbing test).
+        out: dataset URI (a folder or s3://bucket/prefix); a rerun resumes it.
+        num_samples: planned samples; a larger number grows an existing dataset.
+        seed: plan seed (classes, prompts, noise); unset with out_root: the scheduled date.
+        overwrite: start again at a URI built with a different config (deletes its shards).
+        out_root: for scheduled runs without out: the dataset goes to out_root/YYYY-MM-DD.
     """
     import ray
 
@@ -268,17 +279,14 @@ def _final_artifacts(summary: dict, store: DatasetStore, config: BuildConfig) ->
 def _preview_artifact(summary: dict, store: DatasetStore, config: BuildConfig) -> None:
     """The preview grid, saved under the dataset URI, in a markdown artifact that shows it and names the URI.
 
-    Prefect's image artifact takes an http(s) URL the UI fetches; a dataset on s3:// or a local folder has none
-    (and a presigned URL would be a secret in an artifact), so the grid lives next to the data it shows."""
+    A presigned URL would be a secret in an artifact, so the grid lives next to the data it shows and the artifact
+    links it (flows/artifacts.py)."""
     if not summary["kept"]:
         return
     from magicseg_models.dataset.preview import render_preview
 
     uri = f"{summary['uri'].rstrip('/')}/{PREVIEW_FILE}"
     grid = render_preview(summary["uri"], uri, n=8, storage_options=config.storage.storage_options)
-    link = uri if "://" in uri else f"file://{uri}"
-    create_markdown_artifact(
-        f"## Preview of `{summary['uri']}`\n\n![preview grid: image | counterfactual | masks]({link})\n\n"
-        f"{grid['rows']} samples, {grid['size'][0]}x{grid['size'][1]} px, saved at `{uri}` "
-        f"(image | counterfactual | masks with class names).", key="build-preview",
-        description=f"preview grid of {summary['uri']}")
+    picture_artifact(uri, key="build-preview", title=f"Preview of {summary['uri']}",
+                     caption=f"{grid['rows']} samples, {grid['size'][0]}x{grid['size'][1]} px (image | "
+                     "counterfactual | masks with class names).", description=f"preview grid of {summary['uri']}")

@@ -8,16 +8,16 @@ that the ``evaluate/adhoc`` deployment's trigger listens for (``prefect.yaml``).
 
 from __future__ import annotations
 
-import base64
 import threading
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_progress_artifact, \
+from prefect.artifacts import create_link_artifact, create_progress_artifact, \
     create_table_artifact, update_progress_artifact
 from prefect.events import emit_event
 
-from flows.params import resolve_config
+from flows.artifacts import picture_artifact
+from flows.params import TrainPreset, resolve_config
 from flows.progress import TerminalProgress
 from magicseg_models.config import TrainConfig
 from magicseg_models.dataset.storage import Storage
@@ -72,10 +72,20 @@ class _Follower:
 
 
 @flow(name="train", log_prints=True, validate_parameters=True)
-def train_flow(config: TrainConfig | None = None, preset: str | None = None, data: str | None = None,
+def train_flow(config: TrainConfig | None = None, preset: TrainPreset | None = None, data: str | None = None,
                out: str | None = None, steps: int | None = None, workers: int | None = None,
                resume: bool = False) -> dict[str, Any]:
-    """Train (``resume``: continue) ZegCLIP on the dataset at ``data``; checkpoints and metrics under ``out``."""
+    """Train (``resume``: continue) ZegCLIP on the dataset at ``data``; checkpoints and metrics under ``out``.
+
+    Args:
+        config: a whole train config; overrides the preset when given.
+        preset: zegclip-vitb16 (the authors' recipe), zegclip-vitb16-plus, or tiny (CPU plumbing test).
+        data: a dataset URI that build-dataset wrote.
+        out: where checkpoints, metrics.jsonl and the loss curve go.
+        steps: training iterations (the preset's otherwise).
+        workers: Ray Train workers, one GPU each where GPUs can be had.
+        resume: continue from the latest checkpoint under out.
+    """
     from tasks.train_ray import run_training
 
     logger = get_run_logger()
@@ -107,8 +117,5 @@ def _artifacts(outcome: dict[str, Any], config: TrainConfig) -> None:
         create_link_artifact(outcome["checkpoint"], link_text="latest checkpoint", key="train-checkpoint",
                              description="evaluate it with: magicseg eval --checkpoint " + outcome["out"])
     if outcome.get("loss_curve"):
-        # inline, so the curve shows in the UI wherever the output lives (local folder or a private bucket)
-        storage = Storage(config.out, config.storage.storage_options)
-        png = base64.b64encode(storage.read_bytes("loss_curve.png")).decode()
-        create_markdown_artifact(f"## Loss curve\n\n![loss curve](data:image/png;base64,{png})\n\n"
-                                 f"File: `{outcome['loss_curve']}`", key="train-loss-curve")
+        picture_artifact(outcome["loss_curve"], key="train-loss-curve", title="Loss curve",
+                         caption=f"Training at `{outcome['out']}`, step {outcome['step']}.")

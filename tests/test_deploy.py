@@ -183,9 +183,7 @@ def test_prefect_yaml_has_the_three_deployments_on_the_magicseg_process_pool():
         assert dep["entrypoint"] == EXPECTED[full], (full, dep["entrypoint"])
         assert dep["work_pool"]["name"] == POOL, full
     steps = _prefect_yaml()["pull"]
-    directories = [s["prefect.deployments.steps.set_working_directory"]["directory"] for s in steps
-                   if "prefect.deployments.steps.set_working_directory" in s]
-    assert directories == ["{{ $MAGICSEG_WORKDIR }}"], steps
+    assert steps == [{"flows.deploy_steps.enter_project": {"directory": "{{ $MAGICSEG_WORKDIR }}"}}], steps
 
 
 def test_prefect_yaml_validates_with_prefects_own_models():
@@ -741,3 +739,37 @@ def test_deploy_readme_has_the_commands_and_operations_doc_points_to_it():
         assert command in readme, command
     ops = (ROOT / "docs" / "operations.md").read_text()
     assert "issue #9" not in ops and "deploy/README.md" in ops
+
+
+# ------------------------------------------------------------------------------------------- the pull step
+def test_the_pull_step_enters_a_project_without_any_environment(tmp_path, monkeypatch):
+    from flows.deploy_steps import enter_project, installed_root
+
+    monkeypatch.chdir(tmp_path)  # where a process worker starts a flow run: a fresh temporary folder
+    monkeypatch.delenv("MAGICSEG_WORKDIR", raising=False)
+    assert enter_project("") == {"directory": installed_root()}  # "{{ $MAGICSEG_WORKDIR }}" unset at deploy
+    assert (Path.cwd() / "flows" / "build_dataset.py").is_file()
+
+
+def test_the_pull_step_prefers_the_workers_workdir_then_the_deploy_time_one(tmp_path, monkeypatch):
+    from flows.deploy_steps import enter_project
+
+    image, deployed = tmp_path / "opt-magicseg", tmp_path / "checkout"
+    for root in (image, deployed):
+        (root / "flows").mkdir(parents=True)
+        (root / "flows" / "build_dataset.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAGICSEG_WORKDIR", str(image))
+    assert enter_project(str(deployed)) == {"directory": str(image)}
+    monkeypatch.delenv("MAGICSEG_WORKDIR")
+    assert enter_project(str(deployed)) == {"directory": str(deployed)}
+
+
+def test_the_pull_step_says_where_it_looked(tmp_path, monkeypatch):
+    from flows.deploy_steps import enter_project
+    from magicseg_models.errors import ConfigError
+
+    monkeypatch.setenv("MAGICSEG_WORKDIR", str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match=r"^no flows/build_dataset.py to run: looked in MAGICSEG_WORKDIR \(") as err:
+        enter_project("", installed=str(tmp_path / "site"))  # an installation without the flows
+    assert "\n" not in str(err.value) and "set MAGICSEG_WORKDIR on the worker" in str(err.value)

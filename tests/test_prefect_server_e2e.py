@@ -63,8 +63,9 @@ class PrefectStack:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = f"{self.url}/api"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PREFECT_", "RAY_")) or k == "PREFECT_SERVER_ANALYTICS_ENABLED"}
+        # the commands of prefect.yaml as written, with no extra environment: no MAGICSEG_WORKDIR either
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_", "MAGICSEG_WORKDIR"))
+               or k == "PREFECT_SERVER_ANALYTICS_ENABLED"}
         env.update({
             "PREFECT_HOME": str(tmp / "prefect-home"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -72,7 +73,6 @@ class PrefectStack:
             "PREFECT_SERVER_API_PORT": str(self.port),
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PREFECT_LOGGING_LEVEL": "INFO",
-            "MAGICSEG_WORKDIR": str(workdir),
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         })

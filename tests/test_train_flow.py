@@ -14,16 +14,20 @@ from magicseg_models.training import checkpoints as ckpt
 pytestmark = pytest.mark.slow
 
 
-def _artifact_keys() -> set[str]:
+def _artifacts() -> dict[str, object]:
     import asyncio
 
     from prefect.client.orchestration import get_client
 
     async def read():
         async with get_client() as client:
-            return {a.key for a in await client.read_artifacts()}
+            return {a.key: a for a in await client.read_artifacts()}
 
     return asyncio.run(read())
+
+
+def _artifact_keys() -> set[str]:
+    return set(_artifacts())
 
 
 def test_ray_train_two_workers_checkpoint_to_s3_and_resume(s3_bucket, local_ray, prefect_api, tiny_plan):
@@ -39,6 +43,8 @@ def test_ray_train_two_workers_checkpoint_to_s3_and_resume(s3_bucket, local_ray,
     storage = Storage(out)
     assert ckpt.list_checkpoints(storage) == [2]
     assert {"train-summary", "train-checkpoint", "train-loss-curve", "train-progress"} <= _artifact_keys()
+    curve = _artifacts()["train-loss-curve"]  # the PNG's location on the bucket, not the PNG inlined as base64
+    assert "base64" not in curve.data and f"{out}/loss_curve.png" in curve.data
 
     with pytest.raises(ConfigError, match="--resume"):
         train_flow(config=load_config("train", "tiny", overrides=[*base, "steps=4"], data=data, out=out))
