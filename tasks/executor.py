@@ -195,9 +195,10 @@ class RayExecutor:
         return out
 
     def stats(self) -> dict[str, list[dict]]:
-        with self._lock:
-            return {pool.name: [dict(record, on_cpu=pool.on_cpu) for record in pool.stats()]
-                    for pool in self.pools}
+        with self._lock:  # which actors exist; their answers are awaited outside, the dispatcher goes on meanwhile
+            snapshot = [(pool, list(pool.slots), list(pool.retired)) for pool in self.pools]
+        return {pool.name: [dict(record, on_cpu=pool.on_cpu) for record in retired + pool.live_stats(slots)]
+                for pool, slots, retired in snapshot}
 
     def shutdown(self) -> None:
         self._stop.set()

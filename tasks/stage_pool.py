@@ -43,7 +43,9 @@ class _Collect(logging.Handler):
         return records
 
 
-@ray.remote
+# stats/settings/pid answer on their own thread: behind two queued batches of SD they would stall whoever asks
+# (the run's health check asks after every shard); the stage itself runs one call at a time
+@ray.remote(concurrency_groups={"control": 1})
 class StageActor:
     """One stage's model, loaded once per actor (and again after a crash: Ray restarts the actor)."""
 
@@ -83,14 +85,17 @@ class StageActor:
         self.rows += len(rows)
         return {"rows": len(rows), "seconds": seconds, "logs": self.logs.take()}, out
 
+    @ray.method(concurrency_group="control")
     def settings(self) -> dict:
         if self.error is not None:
             raise self.error
         return dict(getattr(self.stage, "settings", {}) or {})
 
+    @ray.method(concurrency_group="control")
     def pid(self) -> int:
         return os.getpid()
 
+    @ray.method(concurrency_group="control")
     def stats(self) -> dict:
         stage_stats = self.stage.stats() if self.error is None and hasattr(self.stage, "stats") else {}
         return {"busy_s": self.busy_s, "rows": self.rows, "stage": stage_stats,
@@ -184,15 +189,17 @@ class StagePool:
         ray.kill(slot.handle)
         self.slots.remove(slot)
 
-    def stats(self) -> list[dict]:
-        """One record per actor this pool ever ran (stopped ones included)."""
+    @staticmethod
+    def live_stats(slots: list[ActorSlot]) -> list[dict]:
+        """One record per actor of ``slots`` (the pool's ``retired`` holds those already stopped)."""
+        refs = [slot.handle.stats.remote() for slot in slots]  # asked all at once
         live = []
-        for slot in self.slots:
+        for slot, ref in zip(slots, refs):
             try:
-                live.append({"name": slot.name, **ray.get(slot.handle.stats.remote(), timeout=60)})
-            except Exception:  # dead for good, or too busy to answer: counted as having done nothing
+                live.append({"name": slot.name, **ray.get(ref, timeout=60)})
+            except Exception:  # dead for good, or not answering: counted as having done nothing
                 live.append(_no_stats(slot.name))
-        return self.retired + live
+        return live
 
     def shutdown(self) -> None:
         for slot in self.slots:

@@ -202,3 +202,16 @@ def test_ray_dashboard_switch_serves_the_local_dashboard(tmp_path):
     result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
     assert result["url"].startswith("127.0.0.1:") and result["served"] == result["ours"]
     assert f"Ray dashboard at http://{result['url']}" in proc.stderr
+
+
+def test_stats_answer_while_the_actors_are_busy(local_ray):
+    """The run's health check reads stats after every shard: it must not wait behind queued batches."""
+    spec = StageSpec("busy", tagging_stage, ("busy", 1.0), StageResources(batch_size=2, **CPU))
+    with RayExecutor([spec]) as executor:
+        executor.start()
+        futures = [executor.submit(_rows(2)) for _ in range(2)]  # 4 s of work queued on the one actor
+        time.sleep(0.5)
+        began = time.perf_counter()
+        stats = executor.stats()["busy"]
+        assert time.perf_counter() - began < 1.5 and len(stats) == 1
+        assert [len(f.result(timeout=60)) for f in futures] == [2, 2]
