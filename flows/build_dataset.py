@@ -28,7 +28,7 @@ from flows.params import BuildPreset, resolve_config
 from flows.progress import TerminalProgress
 from magicseg_models.config import BuildConfig, config_differences, public_config
 from magicseg_models.dataset.store import DatasetStore
-from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.planning import PlanSpec, num_shards, plan_shard, spec_from_config
 from magicseg_models.vocabulary import Vocabulary
 from tasks.build_tasks import RunProgress, RunStopped, build_shards, prompt_outcomes
@@ -182,7 +182,7 @@ def _run_chunks(config: BuildConfig, spec: PlanSpec, store: DatasetStore, execut
             for f in futures:
                 f.result()
         except BaseException as err:
-            progress.stop(str(err).splitlines()[0] if str(err) else type(err).__name__)
+            progress.stop(one_line(err))
             if isinstance(err, MagicSegError):
                 _health_table(progress.figures(prompt_outcomes(_stats_if_alive(executor))), failed=str(err))
             raise
