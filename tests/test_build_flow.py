@@ -260,6 +260,13 @@ def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_li
     assert not any(f["checked"] for f in figures.values())  # tiny: health off, figures still reported
     assert figures["llm_prompt_share"]["value"] == 0.0  # the tiny LM's junk fell back to templates
     assert "shard 0 committed: kept" in done.stderr
+    import datasets  # the built folder is a Hugging Face dataset (its README.md card)
+
+    ds = datasets.load_dataset(uri, split="train")
+    assert len(ds) == summary["kept"] and ds.features["class_ids"].feature.names == json.loads(
+        (tmp_path / "json" / "manifest.json").read_text())["classes"]
+    card = (tmp_path / "json" / "README.md").read_text()
+    assert "license: other" in card and "tiny weights" in card  # random tiny models: no licence claimed
 
     # the same templates under sd15's health: one line, exit 2, nothing committed
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out",
