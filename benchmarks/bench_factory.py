@@ -76,7 +76,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks._machine import cpu_model  # noqa: E402
+from benchmarks._machine import cpu_model, load_average, ratio_note, spread  # noqa: E402
 
 DEFAULT_SETS = ["generator.height=256", "generator.width=256", "generator.steps=10"]
 STAGES = ("prompts", "pairs", "annotate")
@@ -94,13 +94,6 @@ def prepare_environment(workdir: str) -> None:
     # Ray workers import the project as installed; make sure they find it even if it is not
     os.environ["PYTHONPATH"] = ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 # ------------------------------------------------------------------------------------------- CPU accounting
@@ -425,8 +418,13 @@ def main(argv: list[str] | None = None) -> int:
           ("" if per_sample >= 0.2 else "   <- under the 0.2 s/sample the issue asks for: raise the settings"))
     print(f"load average at end {load_average()} (a 2-core VM shared with other jobs: expect noise)")
     print("overhead = b_s / a_s (steady, goal <= 1.15); overhead_cold = b_cold / a_first")
+    # b_s is a difference of two builds: its noise is at least the wider of their spreads
+    a_spread = spread([r["loop_s"] for r in plain if r["threads"] == a_best["threads"]])
+    b_spread = spread([r["wall_s"] for r in warm_2n])
+    b_spread["spread"] = max(b_spread["spread"], spread([r["wall_s"] for r in warm_n])["spread"])
     print(f"RESULT factory overhead={overhead:.3f} samples={n} a_s={a_s:.2f} b_s={b_s:.2f} "
-          f"b_cold_s={cold['wall_s']:.2f} overhead_cold={overhead_cold:.3f} device=cpu")
+          f"b_cold_s={cold['wall_s']:.2f} overhead_cold={overhead_cold:.3f} a_spread={a_spread['spread']:.3f} "
+          f"b_spread={b_spread['spread']:.3f} {ratio_note(b_spread, a_spread, overhead)} {load_average()} device=cpu")
     return 0
 
 

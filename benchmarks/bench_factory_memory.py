@@ -50,7 +50,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._machine import cpu_model  # noqa: E402
+from benchmarks._machine import cpu_model, load_average, ratio_note, spread  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -256,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.samples
     sizes = {"N": n, "4N": 4 * n}
     print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), {mem_total_gb():.0f} GiB RAM, {platform.platform()}, "
-          f"Python {platform.python_version()}; load average at start "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"Python {platform.python_version()}; at start {load_average()}")
     print(f"workload: `python -m flows.cli build --preset {args.preset} --num-samples N|4N --set shard_size="
           f"{args.shard_size}{''.join(' --set ' + s for s in args.set)}` with N={n}; process tree sampled every "
           f"{args.interval}s (PSS and RSS from /proc/PID/smaps_rollup); {args.repeats} build(s) per size", flush=True)
@@ -295,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
               (f", ... {len(procs) - 10} more" if len(procs) > 10 else ""))
     ratio = peak["4N"]["peak_pss_mb"] / peak["N"]["peak_pss_mb"]
     rss_ratio = peak_rss["4N"] / peak_rss["N"]
-    print(f"\nratio = peak PSS of 4N / peak PSS of N (goal <= 1.10); RSS-sum ratio {rss_ratio:.3f}; load average at "
-          f"end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    spreads = {k: spread([r["peak_pss_mb"] for r in v]) for k, v in results.items()}
+    print(f"\nratio = peak PSS of 4N / peak PSS of N (goal <= 1.10); RSS-sum ratio {rss_ratio:.3f}; repeats spread "
+          f"N {spreads['N']['spread']:.1%}, 4N {spreads['4N']['spread']:.1%}; at end {load_average()}")
     print(f"RESULT factory_memory ratio={ratio:.3f} peak_N_mb={peak['N']['peak_pss_mb']:.0f} "
-          f"peak_4N_mb={peak['4N']['peak_pss_mb']:.0f} metric=pss rss_ratio={rss_ratio:.3f}")
+          f"peak_4N_mb={peak['4N']['peak_pss_mb']:.0f} metric=pss rss_ratio={rss_ratio:.3f} "
+          f"{ratio_note(spreads['4N'], spreads['N'], ratio)} {load_average()}")
     return 0
 
 
