@@ -344,7 +344,8 @@ def test_annotator_drop_reasons_end_to_end(vocab, tiny_annotate_config, annotato
 
 def test_resources_come_from_config():
     assert AnnotateConfig().resources.num_gpus == 0.5
-    assert load_config("build", "tiny").annotate.resources.num_gpus == 0
+    tiny = load_config("build", "tiny").annotate.resources
+    assert tiny.num_gpus == 0.5 and tiny.gpu == "optional"  # a GPU where one can be had, else the CPU, said so
     cfg = load_config("build", "sd15-random")
     assert cfg.annotate.detector.weights == "random" and cfg.annotate.segmenter.model_type == "vit_h"
 
@@ -386,7 +387,8 @@ def test_bench_annotate_prints_its_result_line():
                           "--repeats", "1", "--warmup", "0"], capture_output=True, text=True, timeout=300,
                          env=env, check=True).stdout.strip().splitlines()
     assert "batched == loop: True" in "\n".join(out)
-    assert re.fullmatch(r"RESULT annotate speedup=[\d.]+ images_per_s=[\d.]+ device=\S+", out[-1]), out[-3:]
+    assert re.fullmatch(r"RESULT annotate speedup=[\d.]+ images_per_s=[\d.]+ device=\S+ spread=[\d.]+ "
+                        r"meaningful=(yes|no) load=\S+", out[-1]), out[-3:]
 
 
 def test_official_checkpoint_loads_its_args_but_never_runs_pickled_code(tmp_path):

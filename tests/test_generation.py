@@ -496,6 +496,6 @@ def test_bench_pairs_prints_its_result_line():
         capture_output=True, text=True, timeout=300, env=env, check=True,
     ).stdout.strip().splitlines()
     match = re.fullmatch(r"RESULT pairs speedup=([\d.]+) unet_calls_per_pair=(\d+) steps=(\d+) "
-                         r"pairs_per_s=([\d.]+) device=(\S+)", out[-1])
+                         r"pairs_per_s=([\d.]+) device=(\S+) spread=[\d.]+ meaningful=(yes|no) load=\S+", out[-1])
     assert match, out[-3:]
     assert match.group(2) == match.group(3) == "2"  # DDIM: one UNet call per step per pair
