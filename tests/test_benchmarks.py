@@ -42,8 +42,10 @@ LOADED_RESULT = r" spread=[\d.]+ meaningful=(yes|no) load=[\d.]+/[\d.]+/[\d.]+"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, result", [
-    ("bench_pairs.py", ["--pairs", "2", "--batch", "2", "--steps", "2", "--size", "32", "--repeats", "2"],
-     r"RESULT pairs speedup=[\d.]+ unet_calls_per_pair=\d+ steps=2 pairs_per_s=[\d.]+ device=\S+"),
+    # DDIM: one UNet call per step per pair (the line must say so)
+    ("bench_pairs.py", ["--pairs", "2", "--batch", "2", "--steps", "2", "--size", "32", "--repeats", "2",
+                        "--scheduler", "ddim"],
+     r"RESULT pairs speedup=[\d.]+ unet_calls_per_pair=2 steps=2 pairs_per_s=[\d.]+ device=\S+"),
     ("bench_annotate.py", ["--samples", "4", "--repeats", "2"],
      r"RESULT annotate speedup=[\d.]+ images_per_s=[\d.]+ device=\S+"),
     ("bench_eval.py", ["--maps", "8", "--map-size", "64", "--images", "1", "--size", "64", "--crop", "64",
@@ -60,6 +62,7 @@ def test_benchmarks_report_load_and_the_spread_of_their_repeats(script, args, re
     # the best figure comes with its spread, and the ratio says whether the spread lets it mean anything
     assert re.search(r"best [\d.e+-]+ s \(median [\d.e+-]+, spread \d+% over 2\)", "\n".join(out))
     assert script == "bench_eval.py" or re.search(r"speedup [\d.]+: (meaningful|not-meaningful)", "\n".join(out))
+    assert script != "bench_annotate.py" or "batched == loop: True" in "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------------- the GPU suite
