@@ -17,3 +17,18 @@ def varied_responder():
         return "\n".join(f"{i}. A {subject} in scene {n}-{i}, with a detailed busy background" for i in range(1, 11))
 
     return respond
+
+
+def fresh_run_env(tmp_path, **extra: str) -> dict:
+    """The environment of a build run in a subprocess: the repository importable, Prefect's local mode in a
+    private home, and a local Ray of its own (no PREFECT_API_URL or RAY_ADDRESS inherited)."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           **extra}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("RAY_ADDRESS", None)
+    return env

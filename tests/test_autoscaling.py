@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import fresh_run_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -44,11 +45,8 @@ finally:
 
 def test_gpu_stages_bring_a_gpu_worker_up_from_zero(tmp_path):
     uri = str(tmp_path / "autoscaled")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-           "PREFECT_HOME": str(tmp_path / "prefect"), "RAY_AUTH_MODE": "disabled",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    env.pop("RAY_ADDRESS", None)
+    env = fresh_run_env(tmp_path, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+                        RAY_AUTH_MODE="disabled")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, uri], env=env, capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

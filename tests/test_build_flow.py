@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import fresh_run_env
 
 from magicseg_models.config import load_config
 from magicseg_models.dataset.inspect import inspect_dataset
@@ -112,9 +113,7 @@ def _assert_provenance_is_the_stages_settings(uri: str, config) -> None:
 
 def test_killed_build_resumes_to_the_exact_plan(tmp_path):
     uri = str(tmp_path / "killed")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
+    env = fresh_run_env(tmp_path)
     cmd = [sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out", uri, "--num-samples", "32",
            "--set", "shard_size=4"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -235,16 +234,8 @@ def test_an_llm_failing_every_call_stops_the_run_on_health_with_nothing_committe
     assert not (tmp_path / "llm-down" / "shards").exists() or not any((tmp_path / "llm-down" / "shards").iterdir())
 
 
-def _cli_env(tmp_path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_line(tmp_path):
-    env = _cli_env(tmp_path)
+    env = fresh_run_env(tmp_path)
     uri = str(tmp_path / "json")
     done = subprocess.run([sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out", uri,
                            "--num-samples", "8", "--json"], env=env, capture_output=True, text=True, timeout=600)
@@ -304,10 +295,7 @@ finally:
 
 def test_two_ray_nodes_both_do_work(tmp_path):
     uri = str(tmp_path / "two-nodes")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    env.pop("RAY_ADDRESS", None)
+    env = fresh_run_env(tmp_path)
     proc = subprocess.run([sys.executable, "-c", TWO_NODE_SCRIPT, uri], env=env, capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
