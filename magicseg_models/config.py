@@ -252,8 +252,47 @@ class AnnotateConfig(Section):
     keep: Literal["all", "any"] = Field("all", description="all: every named class detected; any: at least one")
     counterfactual_threshold: float | None = Field(
         None, ge=0, le=1, description="drop pairs whose counterfactual still shows a class above this score")
+    context_classes: bool = Field(
+        True, description="also detect and mask the vocabulary classes a prompt names besides the asked ones "
+        "(stored with asked=false); a sample is still kept or dropped on its asked classes alone")
+    predicted_iou_min: float | None = Field(
+        None, ge=0, le=1, description="drop a sample (low_mask_quality) whose asked-class mask has a lower SAM "
+        "predicted IoU; None = keep every score (the score is stored either way)")
+    stability_score_min: float | None = Field(
+        None, ge=0, le=1, description="drop a sample (low_mask_quality) whose asked-class mask has a lower SAM "
+        "stability score")
+    box_fill_min: float | None = Field(
+        None, ge=0, le=1, description="drop a sample (low_mask_quality) whose asked-class mask fills less of its "
+        "box than this")
     # detector and segmenter run in one actor; half a GPU lets two annotators share one
     resources: StageResources = StageResources(num_gpus=0.5)
+
+
+class DedupConfig(Section):
+    method: Literal["off", "clip", "phash"] = Field(
+        "off", description="near-duplicate images: clip = image-embedding cosine (the quality stage's CLIP); "
+        "phash = perceptual hash distance; off = keep every image")
+    threshold: float | None = Field(
+        None, ge=0, description="clip: cosine at or above which a later image is a duplicate (None = 0.95); "
+        "phash: Hamming distance in bits at or below which it is (None = 4)")
+
+
+class QualityConfig(Section):
+    """The quality stage: a CLIP image-prompt score for every kept sample, optional thresholds and dedup."""
+
+    enabled: bool = Field(True, description="run the quality stage (false: clip_score is stored as null)")
+    clip: str = Field("openai/clip-vit-base-patch16", description="CLIP image and text encoder: hub id, "
+                      "transformers folder, or OpenAI's ViT-B-16.pt (the ViT-B/16 training uses)")
+    tokenizer: str | None = Field(None, description="CLIP tokenizer; None = clip's own")
+    weights: Weights = "pretrained"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="autocast dtype on a GPU (a CPU runs float32)")
+    clip_score_min: float | None = Field(
+        None, ge=-1, le=1, description="drop a sample (low_clip_score) whose image-prompt cosine is lower")
+    dedup: DedupConfig = DedupConfig()
+    resources: StageResources = StageResources(num_gpus=0.25, batch_size=16)
+
+    _local_paths = field_validator("clip", "tokenizer")(lambda value: resolve_local_path(value))
 
 
 class StorageConfig(Section):
@@ -314,6 +353,7 @@ class BuildConfig(Section):
     prompts: PromptsConfig = PromptsConfig()
     generator: GeneratorConfig = GeneratorConfig()
     annotate: AnnotateConfig = AnnotateConfig()
+    quality: QualityConfig = QualityConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     health: HealthConfig = HealthConfig()
@@ -365,6 +405,27 @@ class LossConfig(Section):
     padding: Literal["negative", "ignore"] = Field(
         "negative", description="crop padding in focal and dice: negative = a negative pixel of every class, as "
         "ZegCLIP's SegLossPlus; ignore = left out of both terms (docs/training.md)")
+
+
+class LabelsConfig(Section):
+    context: Literal["ignore", "label", "off"] = Field(
+        "ignore", description="context classes (named by the prompt, not asked for): ignore = never sampled as "
+        "a negative of that image; label = found ones train as positives (the rest as under ignore); off = the "
+        "paper (only asked classes are positives, context classes can be drawn as negatives)")
+
+
+class TrainFilterConfig(Section):
+    """Samples left out of training by their stored scores; the dataset is not rewritten. None = no filter."""
+
+    clip_score_min: float | None = Field(None, ge=-1, le=1, description="samples with a lower clip_score")
+    counterfactual_score_max: float | None = Field(
+        None, ge=0, le=1, description="samples whose counterfactual shows an asked class above this score")
+    predicted_iou_min: float | None = Field(None, ge=0, le=1, description="samples with an asked-class mask "
+                                            "of lower SAM predicted IoU")
+    stability_score_min: float | None = Field(None, ge=0, le=1, description="samples with an asked-class mask "
+                                              "of lower stability score")
+    box_fill_min: float | None = Field(None, ge=0, le=1, description="samples with an asked-class mask filling "
+                                       "less of its box")
 
 
 class OptimConfig(Section):
@@ -430,6 +491,8 @@ class TrainConfig(Section):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
+    labels: LabelsConfig = LabelsConfig()
+    filter: TrainFilterConfig = TrainFilterConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 

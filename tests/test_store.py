@@ -25,8 +25,10 @@ from magicseg_models.dataset.synthetic import synthetic_row
 from magicseg_models.errors import ShardError, StorageError
 
 CONTRACT_FIELDS = ["sample_id", "class_names", "class_ids", "prompt", "counterfactual_prompt", "seed", "image",
-                   "counterfactual_image", "height", "width", "annotations", "counterfactual_scores"]
-ANNOTATION_FIELDS = ["class_id", "class_name", "box", "score", "mask_rle", "area"]
+                   "counterfactual_image", "height", "width", "annotations", "counterfactual_scores",
+                   "context_class_ids", "clip_score"]
+ANNOTATION_FIELDS = ["class_id", "class_name", "box", "score", "mask_rle", "area", "asked", "predicted_iou",
+                     "stability_score", "box_fill"]
 
 
 def _rows(n: int, start: int = 0, size: int = 32) -> list[dict]:
@@ -57,7 +59,7 @@ def test_round_trip_follows_the_contract(dataset_root):
     assert schema.names == CONTRACT_FIELDS
     assert [f.name for f in schema.field("annotations").type.value_type] == ANNOTATION_FIELDS
     meta = schema.metadata
-    assert json.loads(meta[b"magicseg.schema_version"]) == 1
+    assert json.loads(meta[b"magicseg.schema_version"]) == 2
     assert json.loads(meta[b"magicseg.settings"]) == {"generator": {"steps": 2}}
 
     manifest = store.read_manifest()

@@ -35,7 +35,7 @@ import torch
 from magicseg_models.annotation.detector import Detections, make_detector, resolve_device
 from magicseg_models.annotation.segmenter import make_segmenter
 from magicseg_models.config import AnnotateConfig
-from magicseg_models.dataset.codecs import decode_image, encode_mask
+from magicseg_models.dataset.codecs import box_fill, decode_image, encode_mask
 from magicseg_models.vocabulary import Vocabulary
 
 DROP_NOT_DETECTED = "class_not_detected"
@@ -145,6 +145,8 @@ class Annotator:
         for i, image_masks in zip(kept, masks):
             out[i]["annotations"] = self._instances(detections[i], image_masks, classes[i])
             out[i]["drop_reason"] = None
+            out[i].setdefault("context_class_ids", [])
+            out[i].setdefault("clip_score", None)
             self.counts["instances"] += len(out[i]["annotations"])
         self.counts["kept"] += len(kept)
         return out
@@ -156,9 +158,11 @@ class Annotator:
         for k, (class_id, name, _) in enumerate(classes):  # grouped by class in the row's order, best first
             for j in det.of_class(k):
                 rle, area = encode_mask(masks[j])
-                instances.append({"class_id": int(class_id), "class_name": name,
-                                  "box": [float(v) for v in det.boxes[j]], "score": float(det.scores[j]),
-                                  "mask_rle": rle, "area": int(area)})
+                box = [float(v) for v in det.boxes[j]]
+                instances.append({"class_id": int(class_id), "class_name": name, "box": box,
+                                  "score": float(det.scores[j]), "mask_rle": rle, "area": int(area),
+                                  "asked": True, "predicted_iou": None, "stability_score": None,
+                                  "box_fill": box_fill(masks[j], box)})
         return instances
 
     def _classes(self, row: Mapping, index: int) -> list[tuple[int, str, str]]:

@@ -34,6 +34,17 @@ def encode_mask(mask: np.ndarray) -> tuple[str, int]:
     return rle["counts"].decode("ascii"), int(mask_utils.area(rle))
 
 
+def box_fill(mask: np.ndarray, box) -> float:
+    """Share of the (xyxy pixel) box covered by the mask: a mask that spills outside its object fills little of
+    the box it was prompted with. 0 for an empty box."""
+    height, width = mask.shape
+    x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+    x1, y1 = min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height)
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    return float(mask[y0:y1, x0:x1].sum()) / float((x1 - x0) * (y1 - y0))
+
+
 def decode_mask(counts: str, height: int, width: int) -> np.ndarray:
     """COCO compressed RLE counts string of an image of ``height`` x ``width`` -> boolean HxW mask.
 

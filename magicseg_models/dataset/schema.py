@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added context classes and quality scores (the ``V2_FIELDS`` below); version-1 datasets stay readable: a
+reader fills the missing fields with their documented defaults (``context_class_ids`` [], ``clip_score`` null,
+``asked`` true, the mask scores null)."""
 
 ANNOTATION = pa.struct([
     ("class_id", pa.int32()),
@@ -13,6 +16,11 @@ ANNOTATION = pa.struct([
     ("score", pa.float32()),
     ("mask_rle", pa.string()),  # COCO compressed RLE counts; size is (height, width) of the row
     ("area", pa.int64()),
+    # schema 2
+    ("asked", pa.bool_()),  # true: a class the sample was generated for; false: a context class its prompt named
+    ("predicted_iou", pa.float32()),  # SAM's own estimate of the mask's IoU (null where the segmenter has none)
+    ("stability_score", pa.float32()),  # SAM's stability score: IoU of the mask at logit thresholds +-1
+    ("box_fill", pa.float32()),  # mask pixels inside the box / box area (a spill-over mask has a low fill)
 ])
 
 # Every field is required (not null): a row missing one is a writer bug, better refused than published.
@@ -30,7 +38,12 @@ SCHEMA = pa.schema([pa.field(name, type_, nullable=False) for name, type_ in [
     ("width", pa.int32()),
     ("annotations", pa.list_(ANNOTATION)),
     ("counterfactual_scores", pa.list_(pa.float32())),
-]])
+    # schema 2
+    ("context_class_ids", pa.list_(pa.int32())),  # vocabulary classes the prompt names besides the asked ones
+]] + [pa.field("clip_score", pa.float32(), nullable=True)])  # image-prompt CLIP cosine; null: not computed
+
+V2_FIELDS = ("context_class_ids", "clip_score")
+V2_ANNOTATION_FIELDS = ("asked", "predicted_iou", "stability_score", "box_fill")
 
 IMAGE_COLUMNS = ("image", "counterfactual_image")
 

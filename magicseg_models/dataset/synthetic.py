@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from magicseg_models.dataset.codecs import encode_image, encode_mask
+from magicseg_models.dataset.codecs import box_fill, encode_image, encode_mask
 from magicseg_models.dataset.store import DatasetStore
 
 DROP_EVERY = 7  # every 7th job is dropped, so manifests carry drop reasons like real builds
@@ -25,6 +25,7 @@ def _rng(seed: int) -> np.random.Generator:
 def synthetic_row(sample_id: str, class_ids: Sequence[int], class_names: Sequence[str], seed: int,
                   height: int = 128, width: int = 128, image_format: str = "jpeg", quality: int = 95) -> dict:
     rng = _rng(seed)
+    scores = _rng(seed + 1)  # the quality scores draw apart, so images and masks stay those of schema 1
     yy, xx = np.mgrid[0:height, 0:width]
     base = rng.integers(40, 200, size=3)
     background = (base + 40 * np.sin(xx[..., None] / (7 + 5 * rng.random()) + rng.random(3) * 6)
@@ -39,10 +40,12 @@ def synthetic_row(sample_id: str, class_ids: Sequence[int], class_names: Sequenc
         image[mask] = rng.integers(0, 256, size=3)
         rows, cols = np.nonzero(mask)
         counts, area = encode_mask(mask)
+        box = [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
         annotations.append({
-            "class_id": int(class_id), "class_name": name,
-            "box": [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)],
-            "score": float(rng.uniform(0.35, 0.95)), "mask_rle": counts, "area": area,
+            "class_id": int(class_id), "class_name": name, "box": box,
+            "score": float(rng.uniform(0.35, 0.95)), "mask_rle": counts, "area": area, "asked": True,
+            "predicted_iou": float(scores.uniform(0.7, 1.0)), "stability_score": float(scores.uniform(0.8, 1.0)),
+            "box_fill": box_fill(mask, box),
         })
     phrase = " and a ".join(class_names)
     return {
@@ -54,6 +57,7 @@ def synthetic_row(sample_id: str, class_ids: Sequence[int], class_names: Sequenc
         "counterfactual_image": encode_image(counterfactual, image_format, quality),
         "height": height, "width": width, "annotations": annotations,
         "counterfactual_scores": [float(rng.uniform(0.0, 0.2)) for _ in class_names],
+        "context_class_ids": [], "clip_score": float(scores.uniform(0.2, 0.35)),
     }
 
 
