@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from magicseg_models.dataset.schema import SCHEMA_VERSION
+
 CARD = "README.md"
 
 # licences of the models whose outputs or weights shape the data (by hub id fragment; first match wins)
@@ -68,11 +70,13 @@ def _model_ids(models: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def features(classes: list[str]) -> list[dict]:
-    """``dataset_info.features`` of the shard schema (magicseg_models.dataset.schema), in column order."""
+def features(classes: list[str], schema_version: int = SCHEMA_VERSION) -> list[dict]:
+    """``dataset_info.features`` of the shard schema (magicseg_models.dataset.schema), in column order; a
+    dataset of schema 1 (no context classes or quality scores) gets the features its shards have."""
     # ClassLabel over the vocabulary where the manifest lists it (datasets maps ids to names); plain ids otherwise
     label = ({"class_label": {"names": {str(i): name for i, name in enumerate(classes)}}} if classes
              else {"dtype": "int32"})
+    v2 = int(schema_version or 1) >= 2
     return [
         *_FEATURES_BEFORE_ANNOTATIONS,
         {"name": "class_ids", "sequence": label},
@@ -90,8 +94,13 @@ def features(classes: list[str]) -> list[dict]:
             {"name": "score", "dtype": "float32"},
             {"name": "mask_rle", "dtype": "string"},
             {"name": "area", "dtype": "int64"},
+            *([{"name": "asked", "dtype": "bool"}, {"name": "predicted_iou", "dtype": "float32"},
+               {"name": "stability_score", "dtype": "float32"}, {"name": "box_fill", "dtype": "float32"}]
+              if v2 else []),
         ]},
         {"name": "counterfactual_scores", "sequence": "float32"},
+        *([{"name": "context_class_ids", "sequence": label}, {"name": "clip_score", "dtype": "float32"}]
+          if v2 else []),
     ]
 
 
@@ -107,7 +116,7 @@ def render_card(manifest: dict, class_counts: Counter, uri: str) -> str:
         "tags": ["synthetic", "magicseg", "open-vocabulary-segmentation", "counterfactual"],
         "size_categories": [_size_category(manifest["counts"]["kept"])],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/*.parquet"}]}],
-        "dataset_info": {"features": features(classes), "splits": [
+        "dataset_info": {"features": features(classes, manifest.get("schema_version") or 1), "splits": [
             {"name": "train", "num_examples": int(manifest["counts"]["kept"])}]},
     }
     counts = manifest["counts"]

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from magicseg_models.dataset.codecs import decode_image, decode_mask
-from magicseg_models.dataset.schema import IMAGE_COLUMNS
+from magicseg_models.dataset.schema import IMAGE_COLUMNS, upgrade_batch, upgrade_row
 from magicseg_models.dataset.storage import Storage
 from magicseg_models.dataset.store import load_manifest
 from magicseg_models.errors import ShardError, StorageError
@@ -42,11 +42,17 @@ class DatasetReader:
 
     def iter_batches(self, columns: Sequence[str] | None = None, batch_size: int = 256,
                      shards: Sequence[dict] | None = None) -> Iterator[pa.RecordBatch]:
-        """Arrow record batches over the shards; ``columns`` limits what is read from storage."""
+        """Arrow record batches over the shards; ``columns`` limits what is read from storage.
+
+        Every batch has the schema-2 fields: a shard of an older schema gets their defaults (:func:`upgrade_batch`).
+        """
         for shard in shards if shards is not None else self.shards:
             pf = self.parquet_file(shard["path"])
+            present = set(pf.schema_arrow.names)
+            read = [c for c in columns if c in present] if columns else None
             try:
-                yield from pf.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+                for batch in pf.iter_batches(batch_size=batch_size, columns=read):
+                    yield upgrade_batch(batch, columns or None)
             except (pa.ArrowInvalid, OSError) as err:
                 raise ShardError(f"shard {shard['path']} is corrupt: {err}") from None
 
@@ -70,7 +76,8 @@ class DatasetReader:
 
 
 def decode_row(row: dict) -> dict:
-    row = dict(row)
+    """Images as PIL images, each annotation with its ``mask``; schema-2 fields a row lacks get their defaults."""
+    row = upgrade_row(row)
     sample_id = row.get("sample_id", "?")
     for key in IMAGE_COLUMNS:
         if row.get(key) is not None:
