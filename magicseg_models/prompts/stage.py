@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from magicseg_models.config import PromptsConfig
 from magicseg_models.prompts.cache import PromptCache, cache_key
 from magicseg_models.prompts.text import (
-    INSTRUCTION_VERSION, build_instruction, counterfactual, covering_names, mention_phrases, parse_completion,
+    INSTRUCTION_VERSION, ContextMatcher, build_instruction, counterfactual, covering_names, mention_phrases, parse_completion,
     template_prompts, tokenizer_counter, validate_prompt,
 )
 from magicseg_models.vocabulary import VocabClass, Vocabulary
@@ -94,30 +94,35 @@ class PromptWriter:
         self.chat = chat if chat is not None else make_chat(config, api_key=api_key, seed=seed)
         # mentions inside longer vocabulary names ("bear" in "teddy bear") do not count as the class
         self.covering = covering_names(tuple(p for c in vocabulary for p in mention_phrases(c)))
+        self.context = ContextMatcher(vocabulary)  # compiled once: the whole vocabulary in one pattern
         self.rejects: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()  # llm, template, template_fallback, reused, dropped
 
     # ------------------------------------------------------------------------------------- public API
     def __call__(self, rows: Sequence[dict]) -> list[dict]:
-        """Job rows (``class_ids``, optional ``variant``) -> the same rows with prompts or a ``drop_reason``."""
+        """Job rows (``class_ids``, optional ``variant``) -> the same rows with prompts or a ``drop_reason``, and
+        ``context_class_ids``: the other vocabulary classes the prompt names (:class:`ContextMatcher`; [] if none)."""
         jobs = [([self.vocabulary[i] for i in row["class_ids"]], int(row.get("variant", 0))) for row in rows]
         chosen = self._prompts_for_jobs(jobs)
         out = []
         for row, (classes, _), prompt in zip(rows, jobs, chosen):
             row = dict(row)
             if prompt is None:
-                row.update(prompt=None, counterfactual_prompt=None, drop_reason=DROP_PROMPT_FAILED)
+                row.update(prompt=None, counterfactual_prompt=None, context_class_ids=[],
+                           drop_reason=DROP_PROMPT_FAILED)
             else:
-                row.update(prompt=prompt, counterfactual_prompt=counterfactual(prompt, classes,
-                                                                               covering=self.covering))
+                row.update(prompt=prompt, counterfactual_prompt=counterfactual(prompt, classes, covering=self.covering),
+                           context_class_ids=self.context(prompt, row["class_ids"]))
             out.append(row)
         return out
 
     def prompts_for(self, classes: Sequence[VocabClass], n: int) -> list[dict]:
         """``n`` prompt pairs for one class set (what ``magicseg prompts`` prints)."""
         chosen = self._prompts_for_jobs([(list(classes), v) for v in range(n)])
+        asked = [c.id for c in classes]
         return [{"class_names": [c.name for c in classes], "prompt": p,
-                 "counterfactual_prompt": None if p is None else counterfactual(p, classes, covering=self.covering)}
+                 "counterfactual_prompt": None if p is None else counterfactual(p, classes, covering=self.covering),
+                 "context_classes": [] if p is None else [self.vocabulary[i].name for i in self.context(p, asked)]}
                 for p in chosen]
 
     @property

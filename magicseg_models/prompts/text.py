@@ -15,7 +15,7 @@ import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from magicseg_models.vocabulary import VocabClass
@@ -193,6 +193,19 @@ def _plurals(word: str) -> set[str]:
     return {word + "s"}
 
 
+def _phrase_body(phrase: str) -> str:
+    """Regex source for ``phrase`` without the word-boundary lookarounds (see :func:`_phrase_pattern`)."""
+    words = [w for w in re.split(r"[\s\-]+", phrase.strip()) if w]
+    if not words:
+        raise ValueError("empty class phrase")
+    last = sorted({words[-1], *_plurals(words[-1])}, key=len, reverse=True)
+    body = [re.escape(w) for w in words[:-1]] + ["(?:" + "|".join(map(re.escape, last)) + ")"]
+    return r"[\s\-]+".join(body)
+
+
+_BEFORE, _AFTER = r"(?<!\w)", r"(?!\w)"
+
+
 @functools.lru_cache(maxsize=4096)
 def _phrase_pattern(phrase: str) -> str:
     """Regex source for ``phrase`` as a whole word/phrase, its last word also in plural.
@@ -201,19 +214,17 @@ def _phrase_pattern(phrase: str) -> str:
     ("hot dog" matches "hot  dog" and "hot-dog"); every word is escaped, so names like "c++ book"
     are literal. Lookarounds instead of ``\\b`` so names starting or ending in a symbol work too.
     """
-    words = [w for w in re.split(r"[\s\-]+", phrase.strip()) if w]
-    if not words:
-        raise ValueError("empty class phrase")
-    last = sorted({words[-1], *_plurals(words[-1])}, key=len, reverse=True)
-    body = [re.escape(w) for w in words[:-1]] + ["(?:" + "|".join(map(re.escape, last)) + ")"]
-    return r"(?<!\w)" + r"[\s\-]+".join(body) + r"(?!\w)"
+    return _BEFORE + _phrase_body(phrase) + _AFTER
 
 
 @functools.lru_cache(maxsize=4096)
 def _compiled(phrases: tuple[str, ...]) -> re.Pattern:
-    # Longest names first so that "school bus" wins over "bus" at the same position.
+    # Longest names first so that "school bus" wins over "bus" at the same position. The lookarounds are the
+    # same for every phrase, so they stand once outside the alternation: the same matches, and a scan over the
+    # whole vocabulary's ~1800 phrases runs ~8x faster (the boundary is tested once per position, not per phrase).
     ordered = sorted(set(phrases), key=len, reverse=True)
-    return re.compile("|".join(f"(?:{_phrase_pattern(p)})" for p in ordered), re.IGNORECASE)
+    return re.compile(_BEFORE + "(?:" + "|".join(f"(?:{_phrase_body(p)})" for p in ordered) + ")" + _AFTER,
+                      re.IGNORECASE)
 
 
 def find_class(prompt: str, phrase: str) -> re.Match | None:
@@ -315,20 +326,85 @@ def _words(name: str) -> tuple[str, ...]:
     return tuple(w for w in re.split(r"[\s\-]+", name.lower()) if w)
 
 
+# Everyday compounds that hold a vocabulary name but are no object of that class ("a hot dog" is no dog, "the bus
+# stop" no bus). They are scanned like longer vocabulary names, so that neither validation, the counterfactual nor
+# the context classes read the class inside them. Reviewed by hand: only compounds whose head is something else.
+NOT_THE_CLASS = ("hot dog", "corn dog", "prairie dog", "dog house", "sea lion", "sea horse", "rocking horse",
+                 "guinea pig", "gummy bear", "traffic jam", "bus stop", "car park", "lamp post", "bicycle lane")
+
+
 @functools.lru_cache(maxsize=8)
 def covering_names(names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """For each name, the longer names of ``names`` that contain it as whole words ("dog" -> "dog collar").
+    """For each name, the longer names of ``names`` (and of :data:`NOT_THE_CLASS`) that contain it as whole words
+    ("dog" -> "dog collar", "hot dog").
 
     A "dog" found only inside "dog collar" is not a dog: validation must not accept it for the class dog.
     """
     by_part: dict[tuple[str, ...], set[str]] = {}
-    for name in names:
+    for name in (*names, *NOT_THE_CLASS):
         words = _words(name)
         for i in range(len(words)):
             for j in range(i + 1, len(words) + 1):
                 if (i, j) != (0, len(words)):
                     by_part.setdefault(words[i:j], set()).add(name)
     return {name: tuple(sorted(by_part[_words(name)])) for name in names if _words(name) in by_part}
+
+
+# --------------------------------------------------------------------------- context classes
+
+
+def _variant_keys(phrase: str) -> set[tuple[str, ...]]:
+    """The word tuples (lower case) :func:`_phrase_pattern` matches for ``phrase``: its last word also in plural."""
+    words = _words(phrase)
+    return {(*words[:-1], last.lower()) for last in {words[-1], *_plurals(words[-1])}}
+
+
+class ContextMatcher:
+    """Which vocabulary classes a prompt mentions besides the ones it was written for (its *context classes*).
+
+    The matcher of :func:`class_mentions` over the whole vocabulary at once: every class's mentions
+    (:func:`mention_phrases`: whole words, plurals) and :data:`NOT_THE_CLASS`, in one pattern compiled here (once
+    per vocabulary), longest first at each position, so a name inside a longer name is not matched ("dog" in
+    "dog collar" is the class dog collar, "dog" in "hot dog" is nothing). A mention is left out when it is
+    ambiguous:
+
+    - it is a mention of several classes ("fish": fish and fish (food); "bow": the weapon and the ribbon), or
+    - it is the bare prompt name of a class with a ``hint``: the hint exists because that word has other senses
+      ("mouse" for the computer mouse, "glass" for the drinking glass, "orange" for the fruit, "car" for the
+      automobile). Such a class is still found through its other, reviewed mentions ("computer mouse",
+      "drinking glass", "automobile").
+
+    A mention of an asked class is never a context class. The asked classes' prompt was written with their
+    hints, so their own mentions are read as them; nobody told the LLM what a context class's word meant.
+    """
+
+    def __init__(self, classes: Iterable[VocabClass]):
+        owners: dict[tuple[str, ...], set[int]] = {}  # every class a matched word tuple is a mention of
+        usable: dict[tuple[str, ...], set[int]] = {}  # ... of which it may name as a context class
+        phrases: set[str] = set()
+        for c in classes:
+            for phrase in mention_phrases(c):
+                phrases.add(phrase)
+                bare = c.hint is not None and _words(phrase) == _words(c.prompt_name)
+                for key in _variant_keys(phrase):
+                    owners.setdefault(key, set()).add(c.id)
+                    if not bare:
+                        usable.setdefault(key, set()).add(c.id)
+        self._owners, self._usable = owners, usable
+        self._pattern = _compiled(tuple(sorted(phrases | set(NOT_THE_CLASS)))) if phrases else None
+
+    def __call__(self, prompt: str, asked: Iterable[int] = ()) -> list[int]:
+        """Vocabulary ids of the context classes of ``prompt``, in order of first mention, ``asked`` left out."""
+        if self._pattern is None or not prompt:
+            return []
+        asked_ids, found = {int(i) for i in asked}, []
+        for match in self._pattern.finditer(prompt):
+            key = _words(match.group())
+            owners = self._owners.get(key, set())
+            if owners & asked_ids or len(owners) != 1:
+                continue
+            found += [i for i in self._usable.get(key, ()) if i not in found]
+        return found
 
 
 # --------------------------------------------------------------------------- counterfactual
