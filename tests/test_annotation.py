@@ -294,13 +294,6 @@ def test_tiny_annotator_labels_rows_with_class_ids_and_rle_masks(annotator, voca
     assert "counterfactual_threshold" in annotator.settings
 
 
-def test_annotator_takes_ray_data_column_batches(annotator, vocab):
-    rows = _rows(vocab, 3, seed=7)
-    columns = {key: [r[key] for r in rows] for key in rows[0]}
-    out = annotator(columns)
-    assert len(out["annotations"]) == 3 and len(out["sample_id"]) == 3
-
-
 def _detections(labels: list[int], num_classes: int, cf: list[float] | None = None) -> Detections:
     n = len(labels)
     return Detections(np.tile(np.array([[1, 1, 5, 5]], np.float32), (n, 1)), np.full(n, 0.9, np.float32),

@@ -1,4 +1,5 @@
-"""Annotation: Grounding DINO boxes per named class, SAM masks with class ids (COCO RLE), counterfactual check.
+"""Annotation: Grounding DINO boxes per named class, SAM masks with class ids (COCO RLE) and
+SAM's mask scores, context classes, counterfactual and mask-quality checks.
 
 ``Annotator(config.annotate, vocabulary)`` is the stage (rows in, rows out). Under it: ``make_detector`` -
 ``GroundingDinoDetector`` (transformers, default) or ``OfficialGroundingDino`` (groundingdino-py) - and
@@ -24,12 +25,15 @@ from magicseg_models.annotation.detector import (
 from magicseg_models.annotation.segmenter import (
     HFSamSegmenter,
     SamSegmenter,
+    ScoredMasks,
     SegmenterWeightsError,
     build_tiny_sam,
     make_segmenter,
+    stability_score,
 )
 from magicseg_models.annotation.stage import (
     DROP_COUNTERFACTUAL,
+    DROP_LOW_MASK_QUALITY,
     DROP_NOT_DETECTED,
     AnnotationInputError,
     Annotator,
@@ -38,6 +42,7 @@ from magicseg_models.annotation.stage import (
 
 __all__ = [
     "DROP_COUNTERFACTUAL",
+    "DROP_LOW_MASK_QUALITY",
     "DROP_NOT_DETECTED",
     "AnnotationInputError",
     "Annotator",
@@ -48,6 +53,7 @@ __all__ = [
     "GroundingDinoDetector",
     "HFSamSegmenter",
     "SamSegmenter",
+    "ScoredMasks",
     "SegmenterWeightsError",
     "TextFeatureCache",
     "build_caption",
@@ -60,4 +66,5 @@ __all__ = [
     "plan_captions",
     "post_process",
     "select_boxes",
+    "stability_score",
 ]

@@ -16,11 +16,16 @@ Two backends (``segmenter.backend``):
   (``None`` or a ``.pth`` path = ``facebook/sam-vit-<size>`` of ``model_type``); ``random``/``tiny`` build from
   ``SamConfig`` in code.
 
-``segment(images, boxes)`` returns, per image, a boolean array (num_boxes, height, width) at the image's size.
+``segment(images, boxes)`` returns, per image, a boolean array (num_boxes, height, width) at the image's size;
+``segment_scored`` returns :class:`ScoredMasks`: those masks with SAM's two quality scores per mask -
+``predicted_iou`` (the IoU the mask decoder's own head predicts for the mask it returns) and ``stability_score``
+(:func:`stability_score` of the mask logits at the image's size, as segment-anything's automatic mask generator
+computes it).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence
 
@@ -36,8 +41,38 @@ from magicseg_models.weights.hub import HF_SAM_IDS
 PROMPTS_PER_CALL = 64  # boxes per mask-decoder call (memory bound for images with very many boxes)
 
 
+STABILITY_OFFSET = 1.0  # segment-anything's default stability_score_offset
+
+
 class SegmenterWeightsError(MagicSegError):
     """SAM weights cannot be found or loaded."""
+
+
+@dataclass
+class ScoredMasks:
+    """The masks of one image's boxes with SAM's quality scores, one entry per box."""
+
+    masks: np.ndarray  # (N, H, W) bool
+    predicted_iou: np.ndarray  # (N,) float32
+    stability_score: np.ndarray  # (N,) float32
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> ScoredMasks:
+        return cls(np.zeros((0, height, width), bool), np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+
+def stability_score(logits: torch.Tensor, threshold: float, offset: float = STABILITY_OFFSET) -> torch.Tensor:
+    """Per mask (the last two dims are the pixels), the IoU of the mask binarised at ``threshold + offset`` and at
+    ``threshold - offset`` - segment-anything's ``calculate_stability_score``. The high mask lies inside the low
+    one, so the IoU is their pixel-count ratio; 0 where even the low mask is empty (SAM's own gives NaN there)."""
+    high = (logits > threshold + offset).flatten(-2).sum(-1)
+    low = (logits > threshold - offset).flatten(-2).sum(-1)
+    return torch.where(low > 0, high.double() / low.clamp(min=1).double(), 0.0).float()
+
+
+def _concat(parts: list[ScoredMasks]) -> ScoredMasks:
+    return ScoredMasks(np.concatenate([p.masks for p in parts]), np.concatenate([p.predicted_iou for p in parts]),
+                       np.concatenate([p.stability_score for p in parts]))
 
 
 def build_tiny_sam():
@@ -123,9 +158,13 @@ class SamSegmenter:
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous().float()
         return tensor
 
-    @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """``images``: HxWx3 uint8 RGB; ``boxes``: per image (N, 4) xyxy pixels -> per image (N, H, W) bool."""
+        return [result.masks for result in self.segment_scored(images, boxes)]
+
+    @torch.inference_mode()
+    def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:
+        """As :meth:`segment`, with SAM's predicted IoU and stability score of every mask."""
         out, todo = _split_empty(images, boxes)
         step = self.config.batch_size
         for start in range(0, len(todo), step):
@@ -142,21 +181,23 @@ class SamSegmenter:
         return out  # type: ignore[return-value]
 
     def _decode(self, embedding: torch.Tensor, boxes: np.ndarray, input_size: tuple[int, int],
-                original_size: tuple[int, int]) -> np.ndarray:
+                original_size: tuple[int, int]) -> ScoredMasks:
         sam = self.sam
-        masks = []
+        parts = []
         prompts = self.transform.apply_boxes_torch(torch.as_tensor(boxes, device=self.device), original_size)
         for start in range(0, len(prompts), PROMPTS_PER_CALL):
             part = prompts[start:start + PROMPTS_PER_CALL]
             with model_context(self.device, self.config):
                 sparse, dense = sam.prompt_encoder(points=None, boxes=part, masks=None)
-                low_res, _ = sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+                low_res, iou = sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                               multimask_output=False)
             self.decoder_calls += 1
-            full = sam.postprocess_masks(low_res.float(), input_size, original_size)
-            masks.append((full[:, 0] > sam.mask_threshold).cpu().numpy())
-        return np.concatenate(masks)
+            logits = sam.postprocess_masks(low_res.float(), input_size, original_size)[:, 0]
+            parts.append(ScoredMasks((logits > sam.mask_threshold).cpu().numpy(),
+                                     iou[:, 0].float().cpu().numpy(),
+                                     stability_score(logits, sam.mask_threshold).cpu().numpy()))
+        return _concat(parts)
 
 
 # ------------------------------------------------------------------------------------- transformers SAM
@@ -224,9 +265,13 @@ class HFSamSegmenter:
                 "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32",
                 "segmenter_encoder_dtype": c.encoder_dtype, "segmenter_tf32": c.tf32}
 
-    @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [result.masks for result in self.segment_scored(images, boxes)]
+
+    @torch.inference_mode()
+    def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:
         out, todo = _split_empty(images, boxes)
+        threshold = 0.0  # SamProcessor.post_process_masks' mask_threshold (and SAM's model.mask_threshold)
         for start in range(0, len(todo), self.config.batch_size):
             chunk = todo[start:start + self.config.batch_size]
             inputs = self.processor(images=[images[i] for i in chunk], return_tensors="pt")
@@ -237,31 +282,33 @@ class HFSamSegmenter:
             for j, i in enumerate(chunk):
                 image_boxes = [[list(map(float, b)) for b in np.asarray(boxes[i])]]
                 prompt = self.processor(images=[images[i]], input_boxes=image_boxes, return_tensors="pt")
-                masks = []
+                parts = []
                 for s in range(0, len(image_boxes[0]), PROMPTS_PER_CALL):
                     part = prompt["input_boxes"][:, s:s + PROMPTS_PER_CALL].to(self.device)
                     with model_context(self.device, self.config):
                         result = self.model(image_embeddings=embeddings[j:j + 1], input_boxes=part,
                                             multimask_output=False)
                     self.decoder_calls += 1
-                    full = self.processor.post_process_masks(
+                    logits = self.processor.post_process_masks(
                         result.pred_masks.float().cpu(), prompt["original_sizes"].cpu(),
-                        prompt["reshaped_input_sizes"].cpu())[0]
-                    masks.append(full[:, 0].numpy().astype(bool))
-                out[i] = np.concatenate(masks)
+                        prompt["reshaped_input_sizes"].cpu(), binarize=False)[0][:, 0]
+                    parts.append(ScoredMasks((logits > threshold).numpy(),
+                                             result.iou_scores[0, :, 0].float().cpu().numpy(),
+                                             stability_score(logits, threshold).numpy()))
+                out[i] = _concat(parts)
         return out  # type: ignore[return-value]
 
 
 def _split_empty(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> tuple[list, list[int]]:
-    """(outputs with empty (0, H, W) masks filled in for images without boxes, indices of images to embed):
+    """(outputs with empty results filled in for images without boxes, indices of images to embed):
     an image without boxes is never sent through the image encoder."""
     if len(images) != len(boxes):
         raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
-    out: list[np.ndarray | None] = [None] * len(images)
+    out: list[ScoredMasks | None] = [None] * len(images)
     todo = []
     for i, (image, b) in enumerate(zip(images, boxes)):
         if len(b) == 0:
-            out[i] = np.zeros((0, *image.shape[:2]), dtype=bool)
+            out[i] = ScoredMasks.empty(*image.shape[:2])
         else:
             todo.append(i)
     return out, todo
