@@ -16,6 +16,7 @@ from PIL import Image
 
 from magicseg_models.annotation import (
     DROP_COUNTERFACTUAL,
+    DROP_LOW_MASK_QUALITY,
     Annotator,
     Detections,
     GroundingDinoDetector,
@@ -385,3 +386,153 @@ def test_official_checkpoint_loads_its_args_but_never_runs_pickled_code(tmp_path
     torch.save({"model": {"w": torch.ones(1)}, "x": Payload()}, path)
     with pytest.raises(MagicSegError, match="cannot be read safely"):
         _read_checkpoint(str(path))
+
+
+# ------------------------------------------------------------------------------------------- SAM scores
+def test_stability_score_is_segment_anythings_formula():
+    """IoU of the mask at logit threshold +1 and -1, checked against an independent re-statement (explicit
+    intersection over union) and against segment-anything's own calculate_stability_score."""
+    from segment_anything.utils.amg import calculate_stability_score
+
+    from magicseg_models.annotation import stability_score
+
+    logits = torch.tensor([[[3.0, 1.5, 0.5, -0.5, -2.0],
+                            [2.0, 0.9, 0.2, -1.5, -3.0],
+                            [1.2, 1.0, -0.9, -1.0, -4.0]],
+                           [[-5.0, -5.0, -5.0, -5.0, -5.0],  # nothing above -1: empty mask, score 0
+                            [-5.0, -5.0, -5.0, -5.0, -5.0],
+                            [-5.0, -5.0, -5.0, -5.0, -5.0]],
+                           [[4.0, 4.0, 0.0, 0.0, 0.0],  # 4 logits above +1, 7 above -1
+                            [4.0, 4.0, -3.0, -3.0, -3.0],
+                            [-3.0, -3.0, -3.0, -3.0, -3.0]]])
+    high, low = (logits > 1.0).numpy(), (logits > -1.0).numpy()
+    inter, union = (high & low).sum((1, 2)), (high | low).sum((1, 2))
+    expected = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    # by hand for the first mask: 4 logits above +1 (3, 1.5, 2, 1.2; 1.0 is not above), 10 above -1
+    assert inter[0] == 4 and union[0] == 10 and expected[2] == pytest.approx(4 / 7)
+    ours = stability_score(logits, 0.0, 1.0).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    official = calculate_stability_score(logits, 0.0, 1.0)
+    np.testing.assert_allclose(ours[[0, 2]], official[[0, 2]].numpy(), rtol=1e-6)  # SAM's is NaN when empty
+    # another threshold moves both cut-offs
+    np.testing.assert_allclose(stability_score(logits, 0.5, 1.0).numpy()[0], (logits[0] > 1.5).sum() /
+                               (logits[0] > -0.5).sum(), rtol=1e-6)
+
+
+def test_sam_scores_are_the_predictors_iou_and_stability():
+    from segment_anything import SamPredictor
+    from segment_anything.utils.amg import calculate_stability_score
+
+    seg = SamSegmenter(SegmenterConfig(**TINY_SEG, batch_size=2))
+    images = [_image(1), _image(2, 48, 80)]
+    boxes = [np.array([[2, 3, 40, 50], [10, 10, 60, 60]], np.float32), np.array([[0, 0, 79, 47]], np.float32)]
+    results = seg.segment_scored(images, boxes)
+    predictor = SamPredictor(seg.sam)
+    for image, image_boxes, result in zip(images, boxes, results):
+        predictor.set_image(image)
+        assert result.masks.shape[0] == result.predicted_iou.shape[0] == result.stability_score.shape[0]
+        for j, box in enumerate(image_boxes):
+            logits, iou, _ = predictor.predict(box=box, multimask_output=False, return_logits=True)
+            np.testing.assert_array_equal(result.masks[j], logits[0] > seg.sam.mask_threshold)
+            assert result.predicted_iou[j] == pytest.approx(float(iou[0]), abs=1e-5)
+            ref = calculate_stability_score(torch.as_tensor(logits), seg.sam.mask_threshold, 1.0)
+            assert result.stability_score[j] == pytest.approx(float(ref[0]), abs=1e-6)
+
+
+def test_transformers_sam_backend_gives_the_scores_too():
+    seg = make_segmenter(SegmenterConfig(**TINY_SEG, backend="transformers"))
+    images = [_image(5), _image(6, 40, 72)]
+    boxes = [np.array([[1, 2, 30, 40], [0, 0, 64, 64]], np.float32), np.array([[3, 3, 70, 38]], np.float32)]
+    results = seg.segment_scored(images, boxes)
+    for result, plain, image_boxes in zip(results, seg.segment(images, boxes), boxes):
+        np.testing.assert_array_equal(result.masks, plain)
+        assert result.predicted_iou.shape == result.stability_score.shape == (len(image_boxes),)
+        assert np.isfinite(result.predicted_iou).all()
+        assert ((result.stability_score >= 0) & (result.stability_score <= 1)).all()
+
+
+# ------------------------------------------------------------------------------------- context classes
+def _with_context(rows: list[dict], vocab) -> list[dict]:
+    """Each row's prompt names two other classes of the tiny vocabulary (context classes)."""
+    ids = vocab.ids
+    return [{**row, "context_class_ids": [i for i in (ids[(k + 1) % len(ids)], ids[(k + 5) % len(ids)])
+                                          if i not in row["class_ids"]]} for k, row in enumerate(rows)]
+
+
+def test_context_classes_are_masked_as_not_asked_and_change_no_asked_label(tiny_annotate_config, vocab, annotator):
+    rows = _with_context(_rows(vocab, 6, seed=11), vocab)
+    off = Annotator(tiny_annotate_config.model_copy(update={"context_classes": False}), vocab,
+                    detector=annotator.detector, segmenter=annotator.segmenter)
+    on = Annotator(tiny_annotate_config, vocab, detector=annotator.detector, segmenter=annotator.segmenter)
+    without, with_context = off(rows), on(rows)
+    assert [r["drop_reason"] for r in with_context] == [r["drop_reason"] for r in without]
+    kept = [k for k, r in enumerate(with_context) if r["drop_reason"] is None]
+    assert kept
+    for k in kept:
+        asked = [a for a in with_context[k]["annotations"] if a["asked"]]
+        assert asked == without[k]["annotations"]  # the very same boxes, scores and masks
+        assert all(a["asked"] for a in without[k]["annotations"])
+        context = [a for a in with_context[k]["annotations"] if not a["asked"]]
+        assert {a["class_id"] for a in context} <= set(rows[k]["context_class_ids"])
+        assert with_context[k]["annotations"] == asked + context  # asked first, then context
+        assert with_context[k]["context_class_ids"] == rows[k]["context_class_ids"]
+        assert with_context[k]["counterfactual_scores"] == without[k]["counterfactual_scores"]
+        for a in context:
+            assert a["class_name"] == vocab[a["class_id"]].name and 0 <= a["box_fill"] <= 1
+            assert 0 <= a["stability_score"] <= 1 and a["predicted_iou"] is not None
+    # random tiny weights find (nearly) everything they are asked for: context objects are found
+    assert on.stats()["context_instances"] > 0 and off.stats()["context_instances"] == 0
+    table = pa.Table.from_pylist([{f: with_context[k][f] for f in SCHEMA.names} for k in kept], schema=SCHEMA)
+    assert table.num_rows == len(kept)
+
+
+def test_context_phrases_share_the_asked_caption_or_are_chunked(tiny_annotate_config, vocab, annotator):
+    """Asked phrases first, then the context phrases: one caption (one batched forward for the batch) when it fits
+    the text budget, chunks otherwise - and the chunked context pass finds the same context boxes."""
+    rows = _with_context(_rows(vocab, 2, seed=21), vocab)
+    phrases = [[vocab[i].detector_phrase for i in r["class_ids"] + r["context_class_ids"]] for r in rows]
+    detector = annotator.detector
+    assert all(len(detector.captions_for(p)) == 1 for p in phrases)
+    small = tiny_annotate_config.model_copy(deep=True)
+    small.detector.max_text_tokens = 8  # "[CLS] cat. dog. bus. [SEP]": at most three one-token phrases
+    chunked = Annotator(small, vocab, segmenter=annotator.segmenter)
+    assert max(len(p) for p in phrases) == 4 and any(len(chunked.detector.captions_for(p)) > 1 for p in phrases)
+    before = detector.forwards
+    shared = Annotator(tiny_annotate_config, vocab, detector=detector, segmenter=annotator.segmenter)(rows)
+    kept = sum(r["drop_reason"] is None for r in shared)
+    # one forward for the 2 images + 2 counterfactuals (batch_size 4), one for the kept images' context caption
+    assert detector.forwards - before == 1 + (kept > 0)
+    assert chunked(rows)  # runs; boxes differ (another caption), the contract holds
+    for row in chunked(rows):
+        for a in row["annotations"] or []:
+            assert a["asked"] == (a["class_id"] in row["class_ids"])
+
+
+def test_mask_thresholds_drop_samples_with_a_poor_asked_mask(tiny_annotate_config, vocab, annotator):
+    rows = _with_context(_rows(vocab, 8, seed=5), vocab)
+    plain = Annotator(tiny_annotate_config, vocab, detector=annotator.detector, segmenter=annotator.segmenter)
+    base = plain(rows)
+    worst = {k: min(a["predicted_iou"] for a in r["annotations"] if a["asked"]) for k, r in enumerate(base)
+             if r["drop_reason"] is None}
+    assert len(set(worst.values())) > 1
+    cut = sorted(worst.values())[len(worst) // 2]  # about half the kept samples have an asked mask below
+    strict = Annotator(tiny_annotate_config.model_copy(update={"predicted_iou_min": cut}), vocab,
+                       detector=annotator.detector, segmenter=annotator.segmenter)
+    out = strict(rows)
+    for k, row in enumerate(out):
+        if k not in worst:
+            assert row["drop_reason"] == base[k]["drop_reason"]  # dropped before: for the same reason
+        elif worst[k] < cut:
+            assert row["drop_reason"] == DROP_LOW_MASK_QUALITY and row["annotations"] is None
+        else:
+            assert row["drop_reason"] is None and row["annotations"] == base[k]["annotations"]
+    dropped = sum(v < cut for v in worst.values())
+    assert dropped >= 1 and strict.stats()["dropped"][DROP_LOW_MASK_QUALITY] == dropped
+    assert strict.stats()["kept"] == len(worst) - dropped
+    assert strict.settings["predicted_iou_min"] == cut and strict.settings["context_classes"] is True
+    # a context instance below the threshold never drops a sample
+    from magicseg_models.annotation.stage import mask_quality_drop
+
+    assert mask_quality_drop([{"asked": False, "box_fill": 0.0}], {"box_fill": 0.5}) is None
+    assert mask_quality_drop([{"asked": True, "box_fill": None}], {"box_fill": 0.5}) is None
+    assert mask_quality_drop([{"asked": True, "box_fill": 0.4}], {"box_fill": 0.5}) == DROP_LOW_MASK_QUALITY
