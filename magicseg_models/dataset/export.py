@@ -7,7 +7,9 @@ marker matches, so an interrupted export resumes, and a finished one reruns in s
 has the layouts and the training configs that read them):
 
 - ``coco``: ``images/<sample_id>.jpg`` and ``annotations/instances.json``. Boxes are xywh, segmentations are COCO
-  compressed RLE as pycocotools writes them, and category ids are the vocabulary's ids.
+  compressed RLE as pycocotools writes them, and category ids are the vocabulary's ids. Each annotation also
+  carries ``asked`` and the mask scores (``predicted_iou``, ``stability_score``, ``box_fill``; extra keys COCO
+  tools ignore).
 - ``semantic`` (the mmsegmentation / detectron2 layout): ``images/<sample_id>.jpg``, ``labels/<sample_id>.png``
   and ``classes.txt``. A label is 0 for background and ``class_id + 1`` for a class. Maps are 8-bit PNGs when
   every label fits under 255 (the ignore value) and 16-bit otherwise (ignore 65535). Where masks of two classes
@@ -15,10 +17,15 @@ has the layouts and the training configs that read them):
   keep their pixels.
 - ``webdataset``: ``<shard>.tar`` files, one per dataset shard, written with the ``webdataset`` package. Each
   sample holds ``jpg`` (the image), ``counterfactual.jpg``, ``seg.png`` (the semantic label map above) and
-  ``json`` (prompts, classes, annotations with RLE masks and xyxy boxes).
+  ``json`` (prompts, classes, ``context_class_ids``, ``clip_score``, annotations with RLE masks, xyxy boxes and
+  their scores).
+
+Label maps hold every annotation, the context objects (``asked`` false) too. A schema-1 dataset exports with the
+schema-2 defaults (no context classes, null scores).
 
 ``split_counterfactual`` makes each counterfactual image a sample of its own (``<sample_id>_cf``), with no
-annotations and an all-background label map: by construction it shows the scene without the asked classes.
+annotations and an all-background label map: by construction it shows the scene without the asked classes (context
+objects, which the counterfactual prompt still names, are not labelled there).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from PIL import Image
 
 from magicseg_models.dataset.codecs import decode_mask
 from magicseg_models.dataset.reader import DatasetReader
+from magicseg_models.dataset.schema import V2_ANNOTATION_FIELDS, V2_FIELDS
 from magicseg_models.dataset.storage import Storage
 from magicseg_models.errors import ConfigError, ShardError
 
@@ -95,7 +103,8 @@ class CocoExporter(_Exporter):
         for row in rows:
             anns = [{"category_id": int(a["class_id"]), "bbox": _xywh(a["box"]), "area": int(a["area"]),
                      "segmentation": {"size": [int(row["height"]), int(row["width"])], "counts": a["mask_rle"]},
-                     "iscrowd": 0, "score": float(a["score"])} for a in row["annotations"]]
+                     "iscrowd": 0, "score": float(a["score"]),
+                     **{k: a[k] for k in V2_ANNOTATION_FIELDS}} for a in row["annotations"]]
             images.append({"file_name": self._image(row["sample_id"], row["image"]), "height": int(row["height"]),
                            "width": int(row["width"]), "sample_id": row["sample_id"], "annotations": anns})
             if self.split_counterfactual:
@@ -152,7 +161,8 @@ class WebDatasetExporter(_Exporter):
             with wds.TarWriter(local) as sink:
                 for row in rows:
                     meta = {k: row[k] for k in ("sample_id", "prompt", "counterfactual_prompt", "seed", "class_ids",
-                                                "class_names", "height", "width", "counterfactual_scores")}
+                                                "class_names", "height", "width", "counterfactual_scores",
+                                                *V2_FIELDS)}
                     meta["annotations"] = [{**a, "box": [float(v) for v in a["box"]]} for a in row["annotations"]]
                     labels = label_map(row, len(self.classes))
                     sample = {"__key__": row["sample_id"], "jpg": row["image"], "seg.png": png_bytes(labels),
