@@ -402,7 +402,31 @@ def _print_report(report: dict) -> None:
         style = "green" if shard["status"] == "ok" else "red"
         table.add_row(shard["path"], str(shard["rows"]), str(shard["bytes"]), f"[{style}]{shard['status']}[/]")
     console.print(table)
+    _print_scores(console, report["scores"])
     console.print("[green]healthy[/]" if report["ok"] else f"[red]{len(report['problems'])} problem(s)[/]")
+
+
+def _print_scores(console, scores: dict) -> None:
+    from rich import box
+    from rich.table import Column, Table
+
+    from magicseg_models.dataset.inspect import SCORES
+
+    columns = ("min", "p10", "median", "p90", "max", "mean")  # --json has the quartiles too
+    table = Table(Column("score", min_width=len(max(SCORES, key=len)), no_wrap=True), "values", "null", *columns,
+                  box=box.SIMPLE_HEAD,
+                  title="quality scores (samples; mask scores per annotation)")
+    for name in SCORES:
+        score = scores[name]
+        if score["status"] != "ok":
+            table.add_row(name, str(score["values"]), str(score["null"]), f"[yellow]{score['status']}[/]",
+                          *[""] * (len(columns) - 1))
+            continue
+        table.add_row(name, str(score["values"]), str(score["null"]), *[f"{score[key]:.2f}" for key in columns])
+    console.print(table)
+    context = scores["context_annotations"]
+    console.print(f"context-class annotations (asked=false): "
+                  f"{context['count'] if context['status'] == 'ok' else context['status']}")
 
 
 # ------------------------------------------------------------------------------------------- parser
