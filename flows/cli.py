@@ -284,8 +284,10 @@ def cmd_inspect(args) -> int:
 def cmd_preview(args) -> int:
     from magicseg_models.dataset.preview import render_preview
 
-    result = render_preview(args.uri, args.out, n=args.n)
-    print(f"wrote {result['path']}: {result['rows']} samples")
+    result = render_preview(args.uri, args.out, n=args.n, sort=args.sort)
+    order = f", worst {args.sort.removeprefix('-')} first" if args.sort and not args.sort.startswith("-") else \
+        f", best {args.sort[1:]} first" if args.sort else ""
+    print(f"wrote {result['path']}: {result['rows']} samples{order}")
     return 0
 
 
@@ -413,8 +415,9 @@ def _print_scores(console, scores: dict) -> None:
     from magicseg_models.dataset.inspect import SCORES
 
     columns = ("min", "p10", "median", "p90", "max", "mean")  # --json has the quartiles too
-    table = Table(Column("score", min_width=len(max(SCORES, key=len)), no_wrap=True), "values", "null", *columns,
-                  box=box.SIMPLE_HEAD,
+    headers = [Column("score", min_width=len(max(SCORES, key=len)), no_wrap=True)] + [
+        Column(name, min_width=len(name), no_wrap=True) for name in ("values", "null", *columns)]
+    table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   title="quality scores (samples; mask scores per annotation)")
     for name in SCORES:
         score = scores[name]
@@ -522,10 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = command("preview", "PNG grid: image | counterfactual | masks with class names",
-                ["magicseg preview out/demo --out preview.png --n 8"], [STORAGE_ENV])
+                ["magicseg preview out/demo --out preview.png --n 8",
+                 "magicseg preview out/demo --out worst.png --sort clip_score"], [STORAGE_ENV])
     p.add_argument("uri", metavar="URI")
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.add_argument("--n", type=int, default=16, help="samples in the grid")
+    p.add_argument("--sort", metavar="SCORE", help="the n worst samples by a score instead of the first n: "
+                   "clip_score, predicted_iou, stability_score, box_fill (lowest first; a mask score counts the "
+                   "sample's worst mask) or counterfactual_score (highest first); -SCORE for best first")
     p.set_defaults(func=cmd_preview)
 
     p = command("export", "the dataset as COCO instances, semantic label maps or WebDataset tars", [

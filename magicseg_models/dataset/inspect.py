@@ -45,19 +45,34 @@ def _leaf(pf: pq.ParquetFile, column: str, field: str) -> str | None:
     return None
 
 
+def _annotation_scores(pf: pq.ParquetFile, fields: tuple[str, ...]) -> dict[str, list | None]:
+    """Per sample, the list of each annotation field's values (None: no such leaf); reads those leaves only."""
+    leaves = {name: _leaf(pf, "annotations", name) for name in fields}
+    present = [path for path in leaves.values() if path]
+    rows = pf.read(columns=present).column(0).to_pylist() if present else []
+    return {name: [[a.get(name) for a in per_row or []] for per_row in rows] if path else None
+            for name, path in leaves.items()}
+
+
+def sample_scores(pf: pq.ParquetFile, name: str) -> list[float | None] | None:
+    """One figure per sample for score ``name`` (None: the file has no such column): ``clip_score`` itself, the
+    highest counterfactual score, or the lowest of the sample's masks for a mask score (its worst mask)."""
+    if name == "clip_score":
+        return pf.read(columns=["clip_score"]).column(0).to_pylist() if "clip_score" in pf.schema_arrow.names \
+            else None
+    if name == "counterfactual_score":
+        return [max(v) if v else None for v in pf.read(columns=["counterfactual_scores"]).column(0).to_pylist()]
+    per_sample = _annotation_scores(pf, (name,))[name]
+    if per_sample is None:
+        return None
+    return [min((v for v in values if v is not None), default=None) for values in per_sample]
+
+
 def _shard_scores(pf: pq.ParquetFile) -> dict[str, list | None]:
     """The raw score values of one shard (None: no such column); reads only the score columns."""
-    names = set(pf.schema_arrow.names)
-    out: dict[str, list | None] = {}
-    out["clip_score"] = (pf.read(columns=["clip_score"]).column(0).to_pylist() if "clip_score" in names else None)
-    out["counterfactual_score"] = [max(v) if v else None for v in
-                                   pf.read(columns=["counterfactual_scores"]).column(0).to_pylist()]
-    leaves = {name: _leaf(pf, "annotations", name) for name in (*ANNOTATION_SCORES, "asked")}
-    present = [path for path in leaves.values() if path]
-    annotations = [a for per_row in pf.read(columns=present).column(0).to_pylist() for a in per_row or []] \
-        if present else []
-    for name, path in leaves.items():
-        out[name] = [a.get(name) for a in annotations] if path else None
+    out: dict[str, list | None] = {name: sample_scores(pf, name) for name in ("clip_score", "counterfactual_score")}
+    for name, per_sample in _annotation_scores(pf, (*ANNOTATION_SCORES, "asked")).items():
+        out[name] = None if per_sample is None else [v for values in per_sample for v in values]
     return out
 
 
