@@ -284,8 +284,10 @@ def cmd_inspect(args) -> int:
 def cmd_preview(args) -> int:
     from magicseg_models.dataset.preview import render_preview
 
-    result = render_preview(args.uri, args.out, n=args.n)
-    print(f"wrote {result['path']}: {result['rows']} samples")
+    result = render_preview(args.uri, args.out, n=args.n, sort=args.sort)
+    order = f", worst {args.sort.removeprefix('-')} first" if args.sort and not args.sort.startswith("-") else \
+        f", best {args.sort[1:]} first" if args.sort else ""
+    print(f"wrote {result['path']}: {result['rows']} samples{order}")
     return 0
 
 
@@ -402,7 +404,32 @@ def _print_report(report: dict) -> None:
         style = "green" if shard["status"] == "ok" else "red"
         table.add_row(shard["path"], str(shard["rows"]), str(shard["bytes"]), f"[{style}]{shard['status']}[/]")
     console.print(table)
+    _print_scores(console, report["scores"])
     console.print("[green]healthy[/]" if report["ok"] else f"[red]{len(report['problems'])} problem(s)[/]")
+
+
+def _print_scores(console, scores: dict) -> None:
+    from rich import box
+    from rich.table import Column, Table
+
+    from magicseg_models.dataset.inspect import SCORES
+
+    columns = ("min", "p10", "median", "p90", "max", "mean")  # --json has the quartiles too
+    headers = [Column("score", min_width=len(max(SCORES, key=len)), no_wrap=True)] + [
+        Column(name, min_width=len(name), no_wrap=True) for name in ("values", "null", *columns)]
+    table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  title="quality scores (samples; mask scores per annotation)")
+    for name in SCORES:
+        score = scores[name]
+        if score["status"] != "ok":
+            table.add_row(name, str(score["values"]), str(score["null"]), f"[yellow]{score['status']}[/]",
+                          *[""] * (len(columns) - 1))
+            continue
+        table.add_row(name, str(score["values"]), str(score["null"]), *[f"{score[key]:.2f}" for key in columns])
+    console.print(table)
+    context = scores["context_annotations"]
+    console.print(f"context-class annotations (asked=false): "
+                  f"{context['count'] if context['status'] == 'ok' else context['status']}")
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -498,10 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = command("preview", "PNG grid: image | counterfactual | masks with class names",
-                ["magicseg preview out/demo --out preview.png --n 8"], [STORAGE_ENV])
+                ["magicseg preview out/demo --out preview.png --n 8",
+                 "magicseg preview out/demo --out worst.png --sort clip_score"], [STORAGE_ENV])
     p.add_argument("uri", metavar="URI")
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.add_argument("--n", type=int, default=16, help="samples in the grid")
+    p.add_argument("--sort", metavar="SCORE", help="the n worst samples by a score instead of the first n: "
+                   "clip_score, predicted_iou, stability_score, box_fill (lowest first; a mask score counts the "
+                   "sample's worst mask) or counterfactual_score (highest first); -SCORE for best first")
     p.set_defaults(func=cmd_preview)
 
     p = command("export", "the dataset as COCO instances, semantic label maps or WebDataset tars", [

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from magicseg_models.config import BuildConfig
 from magicseg_models.pipeline import StageSpec
+from magicseg_models.quality import check_quality_config
 
 
 def build_stages(config: BuildConfig, api_key: str | None = None) -> list[StageSpec]:
-    """prompts -> image pairs -> annotations, each with its own resources and batch size."""
-    return [StageSpec("prompts", prompt_stage, (config, api_key), config.prompts.resources, "prompts"),
-            StageSpec("pairs", pair_stage, (config,), config.generator.resources, "generator"),
-            StageSpec("annotate", annotation_stage, (config,), config.annotate.resources, "annotate")]
+    """prompts -> image pairs -> annotations -> quality scores (``quality.enabled``), each with its own resources
+    and batch size. A quality section that cannot run is refused here, before any actor starts."""
+    check_quality_config(config.quality)
+    stages = [StageSpec("prompts", prompt_stage, (config, api_key), config.prompts.resources, "prompts"),
+              StageSpec("pairs", pair_stage, (config,), config.generator.resources, "generator"),
+              StageSpec("annotate", annotation_stage, (config,), config.annotate.resources, "annotate")]
+    if config.quality.enabled:
+        stages.append(StageSpec("quality", quality_stage, (config,), config.quality.resources, "quality"))
+    return stages
 
 
 def prompt_stage(config: BuildConfig, api_key: str | None):
@@ -39,3 +45,9 @@ def annotation_stage(config: BuildConfig):
     from magicseg_models.vocabulary import Vocabulary
 
     return Annotator(config.annotate, Vocabulary.load(config.vocabulary.file))
+
+
+def quality_stage(config: BuildConfig):
+    from magicseg_models.quality.clip_score import QualityScorer
+
+    return QualityScorer(config.quality)

@@ -61,7 +61,11 @@ def test_tiny_build_on_s3_with_prefect_and_ray(s3_bucket, prefect_api, local_ray
     summary = build_dataset(config=config)
     report = _assert_exact(uri, config)
     assert summary["planned"] == 16 and report["samples"] == summary["kept"] > 0
-    assert set(summary["stages"]) == {"prompts", "pairs", "annotate"}
+    assert set(summary["stages"]) == {"prompts", "pairs", "annotate", "quality"}
+    # the quality stage scored every kept sample (inspect reads the clip_score column of every shard)
+    clip = report["scores"]["clip_score"]
+    assert clip["status"] == "ok" and clip["values"] == report["samples"] and clip["null"] == 0
+    assert -1 <= clip["min"] <= clip["max"] <= 1
     manifest = Storage(uri).read_json("manifest.json")
     assert manifest["counts"]["kept"] + sum(manifest["counts"]["dropped"].values()) == 16
     assert render_preview(uri, str(tmp_path / "grid.png"), n=4)["rows"] == 4
@@ -96,7 +100,7 @@ def _assert_provenance_is_the_stages_settings(uri: str, config) -> None:
     from tasks.stage_factories import build_stages
 
     expected = {spec.name: spec.create().settings for spec in build_stages(config)}
-    assert set(expected) == {"prompts", "pairs", "annotate"}
+    assert set(expected) == {"prompts", "pairs", "annotate", "quality"}
     expected = json.loads(json.dumps(expected))  # as stored: JSON
     storage = Storage(uri)
     manifest = storage.read_json("manifest.json")
@@ -242,7 +246,11 @@ def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_li
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)  # nothing else on stdout
     assert summary["planned"] == 8 and summary["kept"] + sum(summary["dropped"].values()) == 8
-    assert set(summary["stages"]) == {"prompts", "pairs", "annotate"}
+    assert set(summary["stages"]) == {"prompts", "pairs", "annotate", "quality"}
+    # the quality stage scored every kept sample (inspect reads the clip_score column of every shard)
+    clip = report["scores"]["clip_score"]
+    assert clip["status"] == "ok" and clip["values"] == report["samples"] and clip["null"] == 0
+    assert -1 <= clip["min"] <= clip["max"] <= 1
     # tiny's GPU stages are optional: on this GPU-less machine they ran on CPU, and the summary says so
     assert [note.split(":")[0] for note in summary["notes"]] == ["stage pairs runs on CPU", "stage annotate runs on CPU"]
     assert sum(summary["nodes"].values()) == sum(s["rows"] for s in summary["stages"].values()) == 24

@@ -86,6 +86,9 @@ def test_inspect_reads_a_dataset_this_code_did_not_write(tmp_path):
     assert report["ok"], report["problems"]
     assert report["samples"] == 3
     assert sum(report["per_class"].values()) >= 3
+    # schema 1: no quality columns, and the report says so rather than failing
+    assert report["scores"]["clip_score"]["status"] == "not stored"
+    assert report["scores"]["counterfactual_score"]["status"] == "ok"
 
 
 def test_inspect_json_output(synthetic_dataset, capsys):
@@ -138,3 +141,62 @@ def test_a_build_of_zero_samples_is_an_empty_dataset(dataset_root, capsys):
     assert len(DatasetReader(dataset_root)) == 0
     assert main(["inspect", dataset_root]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- quality scores
+def test_inspect_shows_the_distribution_of_each_score(tmp_path, capsys):
+    import json
+    import statistics
+
+    from helpers_quality import write_scored_dataset
+
+    clip = [0.31, 0.12, None, 0.28, 0.05, 0.22, 0.4, 0.19, 0.33]
+    rows = write_scored_dataset(str(tmp_path / "ds"), n=9, clip_scores=clip)
+    scores = inspect_dataset(str(tmp_path / "ds"))["scores"]
+
+    stored = sorted(v for v in clip if v is not None)
+    assert scores["clip_score"]["status"] == "ok"
+    assert (scores["clip_score"]["values"], scores["clip_score"]["null"]) == (8, 1)
+    assert scores["clip_score"]["min"] == pytest.approx(0.05) and scores["clip_score"]["max"] == pytest.approx(0.4)
+    assert scores["clip_score"]["median"] == pytest.approx(statistics.median(stored), abs=1e-6)
+    worst_cf = [max(r["counterfactual_scores"]) for r in rows]
+    assert scores["counterfactual_score"]["max"] == pytest.approx(max(worst_cf))
+    for name in ("predicted_iou", "stability_score", "box_fill"):
+        values = [a[name] for r in rows for a in r["annotations"]]
+        assert scores[name]["values"] == len(values)
+        assert scores[name]["mean"] == pytest.approx(statistics.fmean(values), abs=1e-6)
+    assert scores["context_annotations"] == {"status": "ok", "count": 3}  # samples 0, 3 and 6
+
+    assert main(["inspect", str(tmp_path / "ds"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scores"]["clip_score"]["p90"] == pytest.approx(scores["clip_score"]["p90"])
+    assert main(["inspect", str(tmp_path / "ds")]) == 0
+    out = capsys.readouterr().out
+    assert "clip_score" in out and "box_fill" in out and "asked=false): 3" in out
+
+
+def test_scores_a_build_did_not_compute_say_so(tmp_path, capsys):
+    from helpers_quality import write_scored_dataset
+
+    write_scored_dataset(str(tmp_path / "ds"), n=4, clip_scores=[None] * 4)  # quality.enabled=false
+    scores = inspect_dataset(str(tmp_path / "ds"))["scores"]
+    assert scores["clip_score"] == {"status": "not computed", "values": 0, "null": 4, "not_stored": 0}
+    assert scores["box_fill"]["status"] == "ok"
+    assert main(["inspect", str(tmp_path / "ds")]) == 0
+    assert "not computed" in capsys.readouterr().out
+
+
+def test_a_schema_1_dataset_has_its_scores_not_stored(tmp_path):
+    """Columns a schema-1 writer never wrote read as "not stored", from the shard's own columns."""
+    import pyarrow.parquet as pq
+
+    from magicseg_models.dataset.inspect import _shard_scores, score_report
+    from tests.handmade import write_handmade_dataset
+
+    root = write_handmade_dataset(str(tmp_path / "hand"), n=3)
+    pf = pq.ParquetFile(f"{root}/shards/part-00000.parquet")
+    scores = score_report([{"rows": 3, "scores": _shard_scores(pf)}])
+    for name in ("clip_score", "predicted_iou", "stability_score", "box_fill"):
+        assert scores[name]["status"] == "not stored" and scores[name]["not_stored"] == 3
+    assert scores["context_annotations"] == {"status": "not stored", "count": None}
+    assert scores["counterfactual_score"]["status"] == "ok" and scores["counterfactual_score"]["values"] == 3

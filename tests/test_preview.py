@@ -100,7 +100,8 @@ def check_grid(path: str, uri: str, tile: int, n: int) -> None:
 def test_preview_of_synthetic_dataset(synthetic_dataset, tmp_path):
     out = str(tmp_path / "preview.png")
     info = render_preview(synthetic_dataset, out, n=3, tile=128)
-    assert info == {"rows": 3, "path": out, "size": [3 * 128, 3 * (128 + HEADER_HEIGHT)]}
+    first = [row["sample_id"] for row in DatasetReader(synthetic_dataset).iter_rows(columns=["sample_id"], limit=3)]
+    assert info == {"rows": 3, "path": out, "size": [3 * 128, 3 * (128 + HEADER_HEIGHT)], "sample_ids": first}
     check_grid(out, synthetic_dataset, tile=128, n=3)
 
 
@@ -239,3 +240,42 @@ def test_no_orchestration_imports():
     code = ("import sys, magicseg_models.dataset.preview; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'ray')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------------- --sort SCORE
+def test_sort_shows_the_worst_samples_first_across_shards(tmp_path, capsys):
+    from helpers_quality import write_scored_dataset
+
+    clip = [0.31, 0.12, None, 0.28, 0.05, 0.22, 0.4, 0.19, 0.33]
+    rows = write_scored_dataset(str(tmp_path / "ds"), n=9, clip_scores=clip)
+    out = render_preview(str(tmp_path / "ds"), str(tmp_path / "worst.png"), n=3, tile=64, sort="clip_score")
+    assert out["sample_ids"] == ["q004", "q001", "q007"]  # 0.05, 0.12, 0.19: shards 1, 0, 1
+    best = render_preview(str(tmp_path / "ds"), str(tmp_path / "best.png"), n=2, tile=64, sort="-clip_score")
+    assert best["sample_ids"] == ["q006", "q008"]
+    # counterfactual: the highest score is the worst pair
+    cf = render_preview(str(tmp_path / "ds"), str(tmp_path / "cf.png"), n=1, tile=64, sort="counterfactual_score")
+    assert cf["sample_ids"] == [max(rows, key=lambda r: max(r["counterfactual_scores"]))["sample_id"]]
+    # a mask score ranks a sample by its worst mask
+    fill = render_preview(str(tmp_path / "ds"), str(tmp_path / "fill.png"), n=1, tile=64, sort="box_fill")
+    assert fill["sample_ids"] == [min(rows, key=lambda r: min(a["box_fill"] for a in r["annotations"]))["sample_id"]]
+    # one grid row per chosen sample
+    grid = load_png(str(tmp_path / "worst.png"))
+    assert grid.shape == (3 * (HEADER_HEIGHT + 64), 3 * 64, 3)
+
+    assert main(["preview", str(tmp_path / "ds"), "--out", str(tmp_path / "cli.png"), "--n", "2",
+                 "--sort", "clip_score"]) == 0
+    assert "2 samples, worst clip_score first" in capsys.readouterr().out
+
+
+def test_sort_by_a_score_the_dataset_lacks_is_one_line(tmp_path, capsys):
+    from helpers_quality import write_scored_dataset
+
+    write_scored_dataset(str(tmp_path / "ds"), n=4, clip_scores=[None] * 4)
+    with pytest.raises(MagicSegError, match="no sample has a clip_score"):
+        render_preview(str(tmp_path / "ds"), str(tmp_path / "p.png"), n=2, sort="clip_score")
+    with pytest.raises(MagicSegError, match="--sort takes one of"):
+        render_preview(str(tmp_path / "ds"), str(tmp_path / "p.png"), n=2, sort="beauty")
+    root = write_handmade_dataset(str(tmp_path / "hand"), n=3)  # schema 1: no clip_score column at all
+    assert main(["preview", root, "--out", str(tmp_path / "h.png"), "--sort", "clip_score"]) != 0
+    err = capsys.readouterr().err
+    assert "does not store clip_score" in err and "Traceback" not in err

@@ -4,6 +4,13 @@ Every shard listed in the manifest is downloaded once, checked against the manif
 parsed as Parquet, checked against the schema and row count, and its ``class_names`` column counted. Shard
 files the manifest does not list are reported too (a stray or half-committed writer). Works on any dataset that
 follows the contract, whoever wrote it.
+
+``report["scores"]`` holds the distribution of each quality score over the healthy shards (:data:`SCORES`), read
+from those columns alone (for annotations, only the score leaves, never the masks): ``clip_score`` per sample,
+``counterfactual_score`` per sample (its highest counterfactual score, the figure ``counterfactual_threshold``
+tests), ``predicted_iou``, ``stability_score`` and ``box_fill`` per annotation, and ``context_annotations`` (how
+many annotations have ``asked = false``). A score a dataset has no column for (schema 1, another writer) is
+``"not stored"``; one whose values are all null (``quality.enabled = false``) is ``"not computed"``.
 """
 
 from __future__ import annotations
@@ -22,11 +29,92 @@ from magicseg_models.dataset.storage import Storage
 from magicseg_models.dataset.store import SHARDS_DIR, load_manifest
 from magicseg_models.errors import StorageError
 
+SCORES = ("clip_score", "counterfactual_score", "predicted_iou", "stability_score", "box_fill")
+ANNOTATION_SCORES = ("predicted_iou", "stability_score", "box_fill")
+QUANTILES = {"p10": 10, "p25": 25, "median": 50, "p75": 75, "p90": 90}
+
+
+def _leaf(pf: pq.ParquetFile, column: str, field: str) -> str | None:
+    """The Parquet path of ``column``'s list-of-struct child ``field`` (``annotations.list.element.box_fill``;
+    writers name the list level differently), or None when the file has no such column."""
+    for i in range(pf.metadata.num_columns):
+        path = pf.schema.column(i).path
+        parts = path.split(".")
+        if parts[0] == column and parts[-1] == field and len(parts) == 4:
+            return path
+    return None
+
+
+def _annotation_scores(pf: pq.ParquetFile, fields: tuple[str, ...]) -> dict[str, list | None]:
+    """Per sample, the list of each annotation field's values (None: no such leaf); reads those leaves only."""
+    leaves = {name: _leaf(pf, "annotations", name) for name in fields}
+    present = [path for path in leaves.values() if path]
+    rows = pf.read(columns=present).column(0).to_pylist() if present else []
+    return {name: [[a.get(name) for a in per_row or []] for per_row in rows] if path else None
+            for name, path in leaves.items()}
+
+
+def sample_scores(pf: pq.ParquetFile, name: str) -> list[float | None] | None:
+    """One figure per sample for score ``name`` (None: the file has no such column): ``clip_score`` itself, the
+    highest counterfactual score, or the lowest of the sample's masks for a mask score (its worst mask)."""
+    if name == "clip_score":
+        return pf.read(columns=["clip_score"]).column(0).to_pylist() if "clip_score" in pf.schema_arrow.names \
+            else None
+    if name == "counterfactual_score":
+        return [max(v) if v else None for v in pf.read(columns=["counterfactual_scores"]).column(0).to_pylist()]
+    per_sample = _annotation_scores(pf, (name,))[name]
+    if per_sample is None:
+        return None
+    return [min((v for v in values if v is not None), default=None) for values in per_sample]
+
+
+def _shard_scores(pf: pq.ParquetFile) -> dict[str, list | None]:
+    """The raw score values of one shard (None: no such column); reads only the score columns."""
+    out: dict[str, list | None] = {name: sample_scores(pf, name) for name in ("clip_score", "counterfactual_score")}
+    for name, per_sample in _annotation_scores(pf, (*ANNOTATION_SCORES, "asked")).items():
+        out[name] = None if per_sample is None else [v for values in per_sample for v in values]
+    return out
+
+
+def _distribution(values: list, not_stored: int) -> dict[str, Any]:
+    """count, nulls and quantiles of the values of every shard that stores the score."""
+    present = [float(v) for v in values if v is not None]
+    summary: dict[str, Any] = {"values": len(present), "null": len(values) - len(present),
+                               "not_stored": not_stored}
+    if not values and not_stored:
+        return {"status": "not stored", **summary}
+    if not present:
+        return {"status": "not computed" if values else "no values", **summary}
+    ordered = sorted(present)
+    quantiles = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
+    return {"status": "ok", **summary, "min": ordered[0],
+            **{key: quantiles[q - 1] for key, q in QUANTILES.items()},
+            "max": ordered[-1], "mean": statistics.fmean(ordered)}
+
+
+def score_report(shards: list[dict]) -> dict[str, Any]:
+    """The ``scores`` section of the report from each healthy shard's raw values (``shard["scores"]``)."""
+    report: dict[str, Any] = {}
+    for name in SCORES:
+        values, not_stored = [], 0
+        for shard in shards:
+            raw = (shard.get("scores") or {}).get(name)
+            if raw is None:
+                not_stored += int(shard.get("rows") or 0)
+            else:
+                values.extend(raw)
+        report[name] = _distribution(values, not_stored)
+    asked = [(shard.get("scores") or {}).get("asked") for shard in shards]
+    stored = [flags for flags in asked if flags is not None]
+    report["context_annotations"] = ({"status": "ok", "count": sum(flag is False for flags in stored for flag in flags)}
+                                     if stored else {"status": "not stored", "count": None})
+    return report
+
 
 def _check_shard(storage: Storage, entry: dict) -> dict:
     path = entry["path"]
     result = {"path": path, "rows": entry.get("rows"), "bytes": entry.get("bytes"), "status": "ok",
-              "problem": None, "class_names": []}
+              "problem": None, "class_names": [], "scores": None}
 
     def fail(status: str, problem: str) -> dict:
         result.update(status=status, problem=f"{path}: {problem}")
@@ -56,6 +144,7 @@ def _check_shard(storage: Storage, entry: dict) -> dict:
         if entry.get("rows") is not None and pf.metadata.num_rows != int(entry["rows"]):
             return fail("corrupt", f"{pf.metadata.num_rows} rows, manifest says {entry['rows']}")
         result["class_names"] = pf.read(columns=["class_names"]).column("class_names").to_pylist()
+        result["scores"] = _shard_scores(pf)
     except (pa.ArrowInvalid, OSError) as err:
         return fail("corrupt", f"not readable Parquet ({str(err).splitlines()[0][:200]})")
     return result
@@ -81,8 +170,11 @@ def inspect_dataset(uri: str, storage_options: dict[str, Any] | None = None, wor
         if rel not in listed:
             shards.append({"path": rel, "rows": None, "bytes": storage.size(rel), "status": "unlisted",
                            "problem": f"{rel}: shard file exists but the manifest does not list it",
-                           "class_names": []})
+                           "class_names": [], "scores": None})
 
+    scores = score_report([shard for shard in shards if shard["status"] == "ok"])
+    for shard in shards:
+        shard.pop("scores")
     per_class: dict[str, int] = {}
     for shard in shards:
         for names in shard.pop("class_names"):
@@ -112,6 +204,7 @@ def inspect_dataset(uri: str, storage_options: dict[str, Any] | None = None, wor
         "dropped_total": sum(dropped.values()),
         "per_class": dict(sorted(per_class.items(), key=lambda kv: (-kv[1], kv[0]))),
         "coverage": coverage,
+        "scores": scores,
         "shards": shards,
         "problems": problems,
         "ok": not problems,

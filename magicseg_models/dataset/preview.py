@@ -3,6 +3,12 @@
 Each row of the grid is a header strip (sample id, prompt, counterfactual prompt) over three square tiles:
 the image, the counterfactual image, and the image with every mask blended in its class colour, its box
 outlined and a "class_name score" label. Only the first ``n`` rows and the columns drawn are read.
+
+``sort`` (``magicseg preview --sort SCORE``) shows the ``n`` worst samples by a quality score instead of the first
+``n``: ``clip_score``, ``predicted_iou``, ``stability_score`` or ``box_fill`` ascending (a mask score counts the
+sample's worst mask), ``counterfactual_score`` descending (a counterfactual that still shows the class is the bad
+case); ``-SCORE`` turns the order round (best first). Samples without the score come last; ties keep dataset
+order. Only the score columns of every shard are read, then the chosen rows' shards.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from magicseg_models.dataset.reader import DatasetReader
+from magicseg_models.dataset.inspect import SCORES, sample_scores
+from magicseg_models.dataset.reader import DatasetReader, decode_row
 from magicseg_models.dataset.storage import Storage
 from magicseg_models.errors import MagicSegError
 
@@ -120,6 +127,8 @@ def preview_image(rows: Iterable[dict], tile: int = 256) -> Image.Image:
         y = i * row_h
         draw.rectangle((0, y, 3 * tile - 1, y + HEADER_HEIGHT - 1), fill=(0, 0, 0))
         header = f"{row.get('sample_id', '?')} | {row.get('prompt') or ''}"
+        if row.get("sort_score") is not None:
+            header = f"{row['sort_name']} {row['sort_score']:.3f} | {header}"
         if row.get("counterfactual_prompt"):
             header += f" | counterfactual: {row['counterfactual_prompt']}"
         draw.text((4, y + 2), _text(draw, header, 3 * tile - 8, font), fill=(235, 235, 235), font=font)
@@ -130,18 +139,54 @@ def preview_image(rows: Iterable[dict], tile: int = 256) -> Image.Image:
     return grid
 
 
-def render_preview(uri: str, out: str, n: int = 16, tile: int = 256,
-                   storage_options: dict | None = None) -> dict:
-    """Write the grid of the first ``n`` samples of the dataset at ``uri`` as a PNG at ``out`` (path or fsspec URL).
+def worst_samples(reader: DatasetReader, sort: str, n: int) -> list[dict]:
+    """The ``n`` decoded rows that come first under ``sort`` (module docstring), each with ``sort_score``."""
+    name = sort.removeprefix("-")
+    if name not in SCORES:
+        raise MagicSegError(f"preview --sort takes one of {', '.join(SCORES)} (or -NAME for best first), "
+                            f"got {sort!r}")
+    worst_is_high = name == "counterfactual_score"
+    reverse = worst_is_high != sort.startswith("-")
+    ranked: list[tuple[float, int, int, int]] = []  # (key, order, shard, row): ties keep dataset order
+    stored = False
+    for k, shard in enumerate(reader.shards):
+        values = sample_scores(reader.parquet_file(shard["path"]), name)
+        stored |= values is not None
+        for i, value in enumerate(values or []):
+            if value is not None:
+                ranked.append((-value if reverse else value, len(ranked), k, i))
+    if not stored:
+        raise MagicSegError(f"{reader.uri} does not store {name} (a dataset of schema 1 or from another writer)")
+    if not ranked:
+        raise MagicSegError(f"{reader.uri}: no sample has a {name} (quality.enabled=false when it was built?)")
+    chosen = sorted(ranked)[:int(n)]
+    wanted: dict[int, set[int]] = {}
+    for _, _, k, i in chosen:
+        wanted.setdefault(k, set()).add(i)
+    rows: dict[tuple[int, int], dict] = {}
+    for k, indices in wanted.items():
+        table = reader.parquet_file(reader.shards[k]["path"]).read(columns=list(COLUMNS))
+        for i in indices:
+            rows[k, i] = table.slice(i, 1).to_pylist()[0]
+    return [{**decode_row(rows[k, i]), "sort_name": name, "sort_score": -key if reverse else key}
+            for key, _, k, i in chosen]
+
+
+def render_preview(uri: str, out: str, n: int = 16, tile: int = 256, storage_options: dict | None = None,
+                   sort: str | None = None) -> dict:
+    """Write the grid of the first ``n`` samples of the dataset at ``uri`` as a PNG at ``out`` (path or fsspec URL);
+    with ``sort``, of the ``n`` worst by that score (module docstring).
 
     ``storage_options`` apply to ``uri``, and to ``out`` when it is on the same kind of storage.
-    Returns ``{"rows": k, "path": out, "size": [W, H]}``.
+    Returns ``{"rows": k, "path": out, "size": [W, H], "sample_ids": [...]}``.
     """
     if int(n) < 1:
         raise MagicSegError(f"preview needs n >= 1 samples, got {n}")
     reader = DatasetReader(uri, storage_options)
-    # islice as well as limit: stop right after the n-th row without touching the next shard
-    rows = list(itertools.islice(reader.iter_rows(columns=COLUMNS, decode=True, limit=int(n)), int(n)))
+    if sort:
+        rows = worst_samples(reader, sort, int(n))
+    else:  # islice as well as limit: stop right after the n-th row without touching the next shard
+        rows = list(itertools.islice(reader.iter_rows(columns=COLUMNS, decode=True, limit=int(n)), int(n)))
     if not rows:
         raise MagicSegError(f"dataset at {uri} has no samples to preview")
     image = preview_image(rows, tile)
@@ -150,4 +195,5 @@ def render_preview(uri: str, out: str, n: int = 16, tile: int = 256,
     same_storage = fsspec.core.split_protocol(out)[0] == fsspec.core.split_protocol(uri)[0]
     # the PNG is its own Storage root (rel ""): one-line errors, and an atomic write on local disks
     Storage(out, storage_options if same_storage else None).write_bytes_atomic("", buf.getvalue())
-    return {"rows": len(rows), "path": out, "size": list(image.size)}
+    return {"rows": len(rows), "path": out, "size": list(image.size),
+            "sample_ids": [row.get("sample_id") for row in rows]}

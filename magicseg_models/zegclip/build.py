@@ -37,6 +37,7 @@ from magicseg_models.zegclip.text import CLIPTextEncoder
 
 INIT_SEED = 0
 MAX_TOKENS = 77
+TINY_PROJECTION_DIM = 32  # the tiny CLIP's output width where no decoder sets it
 
 
 class CLIPWeightsError(ZegCLIPError):
@@ -142,34 +143,34 @@ def _clip_from_configs(vision: dict, text: dict, projection_dim: int, tokenizer)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
 
 
-def _load_tokenizer(name: str):
+def _load_tokenizer(name: str, key: str = "model"):
     from transformers import CLIPTokenizer
 
     try:
         return CLIPTokenizer.from_pretrained(local_folder(name) if looks_local(name) else name)
     except Exception as err:  # noqa: BLE001 - offline hub, missing files
-        raise CLIPWeightsError(f"cannot load the CLIP tokenizer {name!r}: {one_line(err)} (set model.tokenizer to "
+        raise CLIPWeightsError(f"cannot load the CLIP tokenizer {name!r}: {one_line(err)} (set {key}.tokenizer to "
                                f"a local folder when offline)") from None
 
 
-def _load_openai_file(name: str, tokenizer_name: str | None):
+def _load_openai_file(name: str, tokenizer_name: str | None, key: str = "model"):
     try:
-        path = local_checkpoint(name, label="model.clip").path
-        tokenizer = _load_tokenizer(tokenizer_name or OPENAI_TOKENIZER)
+        path = local_checkpoint(name, label=f"{key}.clip").path
+        tokenizer = _load_tokenizer(tokenizer_name or OPENAI_TOKENIZER, key)
         return load_openai_clip(path, tokenizer), tokenizer
     except (CheckpointFetchError, OpenAICLIPError) as err:
         raise CLIPWeightsError(str(err)) from None
 
 
-def _load_pretrained(name: str, tokenizer_name: str | None = None):
+def _load_pretrained(name: str, tokenizer_name: str | None = None, key: str = "model"):
     from transformers import CLIPModel
 
     if is_openai_file(name) and (is_url(name) or not os.path.isdir(local_folder(name))):
-        return _load_openai_file(name, tokenizer_name)
+        return _load_openai_file(name, tokenizer_name, key)
     if looks_local(name):
         path = local_folder(name)
         if not os.path.isdir(path):
-            raise CLIPWeightsError(f"model.clip: no such folder {name!r} (give a transformers CLIP folder, a hub "
+            raise CLIPWeightsError(f"{key}.clip: no such folder {name!r} (give a transformers CLIP folder, a hub "
                                    f"id such as openai/clip-vit-base-patch16, or OpenAI's ViT-B-16.pt)")
         name = path
     try:
@@ -179,7 +180,50 @@ def _load_pretrained(name: str, tokenizer_name: str | None = None):
     except Exception as err:  # offline hub, missing files, unreadable weights: one line for the user
         raise CLIPWeightsError(f"cannot load CLIP weights {name!r}: {one_line(err)} "
                                f"(offline? download it once or give a local folder)") from None
-    return clip, _load_tokenizer(tokenizer_name or name)
+    return clip, _load_tokenizer(tokenizer_name or name, key)
+
+
+def load_clip(clip: str, tokenizer: str | None = None, weights: str = "pretrained",
+              device: str | torch.device | None = None, *, tiny_projection_dim: int = TINY_PROJECTION_DIM,
+              seed: int = INIT_SEED, key: str = "model") -> tuple[nn.Module, Any, dict[str, Any]]:
+    """A transformers ``CLIPModel`` (float32, on ``device``), its tokenizer and where it came from.
+
+    ``weights`` as in the module docstring: ``pretrained`` reads ``clip`` (hub id, transformers folder or an
+    OpenAI ``.pt``; ``tokenizer`` overrides its tokenizer), ``random`` builds ViT-B/16 at full size, ``tiny`` the
+    small CLIP with ``tiny_projection_dim`` outputs; both built under ``seed``, the global RNG left as it was.
+    ``key`` is the config section named in error messages (``model`` for ZegCLIP, ``quality`` for the quality
+    stage). Raises :class:`CLIPWeightsError` for weights that cannot load.
+    """
+    from magicseg_models.generation.components import resolve_device
+
+    device = resolve_device(device)
+    model, tok, source = _build_clip(clip, tokenizer, weights, device, tiny_projection_dim, seed, key)
+    return model.to(device), tok, source
+
+
+def _build_clip(clip: str, tokenizer: str | None, weights: str, device: torch.device, tiny_projection_dim: int,
+                seed: int, key: str = "model") -> tuple[nn.Module, Any, dict[str, Any]]:
+    """:func:`load_clip` with the model left where it was made: the CPU, except ``random`` (on ``device``)."""
+    from magicseg_models.generation.components import build_tiny_tokenizer
+
+    if weights == "pretrained":
+        model, tok = _load_pretrained(clip, tokenizer, key)
+        return model, tok, {"weights": "pretrained", "model": clip}
+    tok = build_tiny_tokenizer()
+    if weights == "tiny":
+        vision, text, projection = TINY_VISION_CONFIG, TINY_TEXT_CONFIG, tiny_projection_dim
+        build_device = torch.device("cpu")  # tiny: CPU init is instant and identical everywhere
+    else:
+        vision, text, projection = VIT_B16_VISION_CONFIG, VIT_B16_TEXT_CONFIG, VIT_B16_PROJECTION_DIM
+        build_device = device  # full size: initialising on the GPU takes seconds instead of a CPU minute
+    with torch.random.fork_rng(devices=_rng_devices(device)), torch.device(build_device):
+        torch.manual_seed(seed)
+        model = _clip_from_configs(vision, text, projection, tok)
+    return model, tok, {"weights": weights, "model": f"{weights} (built in code)", "init_seed": seed}
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def build_zegclip(config, device: str | torch.device | None = None, *, seed: int = INIT_SEED) -> ZegCLIPBundle:
@@ -189,27 +233,13 @@ def build_zegclip(config, device: str | torch.device | None = None, *, seed: int
     trainable parts (and of all weights for ``tiny``/``random``) without touching the global RNG.
     Raises :class:`ConfigError` for inconsistent sizes and :class:`CLIPWeightsError` for weights that cannot load.
     """
-    from magicseg_models.generation.components import build_tiny_tokenizer, resolve_device
+    from magicseg_models.generation.components import resolve_device
 
     device = resolve_device(device)
     _check_decoder(config)
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-
-    if config.weights == "pretrained":
-        clip, tokenizer = _load_pretrained(config.clip, config.tokenizer)
-        source = {"weights": "pretrained", "model": config.clip}
-    else:
-        tokenizer = build_tiny_tokenizer()
-        if config.weights == "tiny":
-            vision, text, projection = TINY_VISION_CONFIG, TINY_TEXT_CONFIG, config.decoder_dim
-            build_device = torch.device("cpu")  # tiny: CPU init is instant and identical everywhere
-        else:
-            vision, text, projection = VIT_B16_VISION_CONFIG, VIT_B16_TEXT_CONFIG, VIT_B16_PROJECTION_DIM
-            build_device = device  # full size: initialising on the GPU takes seconds instead of a CPU minute
-        with torch.random.fork_rng(devices=rng_devices), torch.device(build_device):
-            torch.manual_seed(seed)
-            clip = _clip_from_configs(vision, text, projection, tokenizer)
-        source = {"weights": config.weights, "model": f"{config.weights} (built in code)", "init_seed": seed}
+    rng_devices = _rng_devices(device)
+    clip, tokenizer, source = _build_clip(config.clip, config.tokenizer, config.weights, device, config.decoder_dim,
+                                          seed)
 
     vision_config = clip.config.vision_config
     projection_dim = clip.visual_projection.out_features
