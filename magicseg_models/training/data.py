@@ -455,8 +455,9 @@ def filter_report(reader: DatasetReader, filters: Any, batch_rows: int = 4096) -
     if not thresholds:
         return None
     row_fields, annotation_fields = filter_fields(thresholds)
-    columns = Columns(row=(), annotation=(), optional_row=tuple(row_fields),
-                      optional_annotation=("asked", *annotation_fields))
+    # class_id (every annotation has it) makes a shard without the score fields read as annotations lacking them
+    columns = Columns(row=(), annotation=("class_id",) if annotation_fields else (), optional_row=tuple(row_fields),
+                      optional_annotation=("asked", *annotation_fields) if annotation_fields else ())
     report, missing = FilterReport(thresholds=thresholds), {}
     for shard in reader.shards:
         piece = Piece(shard["path"], 0, int(shard.get("rows", 0)), int(shard.get("rows", 0)))
