@@ -7,7 +7,8 @@ annotation asked, no quality scores.
 Filters (``train.filter.*``), each off when None:
 
 - ``clip_score_min``: the row's ``clip_score`` is lower.
-- ``counterfactual_score_max``: one of the row's ``counterfactual_scores`` (one per asked class) is higher.
+- ``counterfactual_score_max``: one of the row's ``counterfactual_scores`` (one per asked class) is higher; an
+  empty list counts as not stored.
 - ``predicted_iou_min`` / ``stability_score_min`` / ``box_fill_min``: an asked-class annotation's score is lower.
   One bad asked mask removes the sample: its other masks do not make the wrong pixels right, and the build keeps
   or drops samples on their asked classes alone in the same way. A sample with no asked annotation has nothing to
@@ -81,7 +82,7 @@ def judge_row(row: dict, filters: dict[str, float]) -> tuple[list[str], list[str
             failed.append("clip_score_min")
     if "counterfactual_score_max" in filters:
         scores = row.get("counterfactual_scores")
-        if scores is None or any(s is None for s in scores):
+        if not scores or any(s is None for s in scores):  # [] too: no counterfactual was scored
             missing.append("counterfactual_score_max")
         elif any(s > filters["counterfactual_score_max"] for s in scores):
             failed.append("counterfactual_score_max")
