@@ -371,7 +371,8 @@ def collate(samples: Sequence[dict]) -> dict:
              for key in ("image", "counterfactual_image", "ignore")}
     batch["class_ids"] = [s["class_ids"] for s in samples]
     batch["masks"] = [s["masks"] for s in samples]
-    batch["context_ids"] = [s["context_ids"] for s in samples]
+    # samples made elsewhere (benchmarks, other decoders) may carry no context classes
+    batch["context_ids"] = [s.get("context_ids", torch.zeros(0, dtype=torch.int64)) for s in samples]
     batch["sample_id"] = [s["sample_id"] for s in samples]
     batch["epoch"] = torch.tensor([s["epoch"] for s in samples], dtype=torch.int64)
     if deferred:
