@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from magicseg_models.config import LossConfig, TrainFilterConfig, load_config
-from magicseg_models.dataset.codecs import box_fill, encode_mask
+from magicseg_models.dataset.codecs import box_fill, decode_mask, encode_mask
+from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.dataset.store import DatasetStore
 from magicseg_models.dataset.synthetic import synthetic_row
 from magicseg_models.errors import ConfigError, StorageError
 from magicseg_models.training.data import TrainDataset, filter_report
-from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.training.losses import MagicSegLoss
 from magicseg_models.training.sampling import draw_batch, sample_batch
 from magicseg_models.training.trainer import WorkerContext, check_output, train_worker
@@ -66,8 +66,6 @@ def _decoded(uri: str, context: str, **kwargs) -> dict:
 
 
 def _cat_mask(row: dict) -> np.ndarray:
-    from magicseg_models.dataset.codecs import decode_mask
-
     return decode_mask(row["annotations"][0]["mask_rle"], SIZE, SIZE)
 
 

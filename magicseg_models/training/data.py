@@ -359,9 +359,9 @@ def collate(samples: Sequence[dict]) -> dict:
     """Stack what has a fixed shape; K varies per image, so ``class_ids`` and ``masks`` stay lists.
 
     Returns ``image``, ``counterfactual_image`` (Bx3xSxS), ``ignore`` (BxSxS), ``class_ids`` (list of int64 K_i),
-    ``masks`` (list of bool K_ixSxS), ``context_ids`` (list of int64), ``sample_id`` (list of str), ``epoch`` (int64 B). From a ``defer_pixels``
-    augmentation: ``image`` and ``counterfactual_image`` are lists of decoded uint8 images (sizes vary) and
-    ``pixels`` (Bx12) says what :func:`finish_pixels` has left to do.
+    ``masks`` (list of bool K_ixSxS), ``context_ids`` (list of int64), ``sample_id`` (list of str), ``epoch``
+    (int64 B). From a ``defer_pixels`` augmentation: ``image`` and ``counterfactual_image`` are lists of decoded
+    uint8 images (sizes vary) and ``pixels`` (Bx12) says what :func:`finish_pixels` has left to do.
     """
     for s in samples:
         if ERROR_KEY in s:
