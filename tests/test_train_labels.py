@@ -231,6 +231,30 @@ def test_training_logs_the_filter_counts_and_keeps_them_with_the_checkpoint(tmp_
     assert meta["data_filter"]["removed"] == {"clip_score_min": 2, "box_fill_min": 1}
 
 
+def test_the_trainer_samples_by_the_context_mode(tmp_path):
+    """One step each, same seed: with context classes in the data, off and ignore draw other negatives (other
+    losses); label trains other targets; without context classes the three modes train identically."""
+    with_context = [_sofa_row(f"s-{i}")[0] for i in range(4)]
+    plain = [{**row, "context_class_ids": [], "annotations": row["annotations"][:1]} for row in with_context]
+    for name, rows in (("context", with_context), ("plain", plain)):
+        uri = _write(str(tmp_path / name), rows)
+        losses = {}
+        for mode in ("off", "ignore", "label"):
+            out = tmp_path / f"{name}-{mode}"
+            train_worker(_tiny(uri, str(out), "steps=1", f"labels.context={mode}", "augment.photometric=false"),
+                         WorkerContext(log=lambda _: None))
+            losses[mode] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+        if name == "context":
+            assert len(set(losses.values())) == 3, losses
+        else:
+            assert losses["off"] == losses["ignore"] == losses["label"], losses
+
+
+def test_ablation_settings_parse_as_written():
+    # YAML reads a bare off as false: --set labels.context=off must still mean the mode
+    assert load_config("train", "tiny", overrides=["labels.context=off"]).labels.context == "off"
+
+
 def test_a_schema_1_dataset_trains_under_every_context_mode(tmp_path):
     uri = write_handmade_dataset(str(tmp_path / "v1"), n=4)
     with open(os.path.join(uri, "manifest.json")) as f:
