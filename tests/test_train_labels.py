@@ -179,6 +179,9 @@ def test_filters_remove_the_expected_samples_and_report_each_count(tmp_path):
                for s in TrainDataset(uri, rank=rank, world_size=world, epochs=1, filters=FILTERS)]
         assert sorted(ids) == sorted(expected), world
     assert filter_report(DatasetReader(uri), TrainFilterConfig()) is None
+    # a score equal to the threshold stays, at the stored float32 precision (float32(0.9) < 0.9 as a double)
+    assert filter_report(DatasetReader(uri), TrainFilterConfig(predicted_iou_min=0.9)).removed == {
+        "predicted_iou_min": 1}
     with pytest.raises(ConfigError, match="nothing left to train on"):
         filter_report(DatasetReader(uri), TrainFilterConfig(clip_score_min=0.9))
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from magicseg_models.errors import ConfigError
 
 CONTEXT_MODES = ("ignore", "label", "off")
@@ -55,6 +57,11 @@ def filter_fields(filters: dict[str, float]) -> tuple[list[str], list[str]]:
             [MASK_SCORES[n] for n in MASK_SCORES if n in filters])
 
 
+def _below(value: float, threshold: float) -> bool:
+    """At the scores' own float32 precision: a stored 0.7 is not lower than a threshold of 0.7."""
+    return bool(np.float32(value) < np.float32(threshold))
+
+
 def is_asked(annotation: dict) -> bool:
     return annotation.get("asked") is not False  # schema 1 has no such field: every annotation was asked for
 
@@ -66,7 +73,7 @@ def _mask_failures(annotation: dict, filters: dict[str, float]) -> tuple[list[st
             value = annotation.get(key)
             if value is None:
                 missing.append(name)
-            elif value < filters[name]:
+            elif _below(value, filters[name]):
                 failed.append(name)
     return failed, missing
 
@@ -78,13 +85,13 @@ def judge_row(row: dict, filters: dict[str, float]) -> tuple[list[str], list[str
         value = row.get("clip_score")
         if value is None:
             missing.append("clip_score_min")
-        elif value < filters["clip_score_min"]:
+        elif _below(value, filters["clip_score_min"]):
             failed.append("clip_score_min")
     if "counterfactual_score_max" in filters:
         scores = row.get("counterfactual_scores")
         if not scores or any(s is None for s in scores):  # [] too: no counterfactual was scored
             missing.append("counterfactual_score_max")
-        elif any(s > filters["counterfactual_score_max"] for s in scores):
+        elif any(_below(filters["counterfactual_score_max"], s) for s in scores):
             failed.append("counterfactual_score_max")
     for annotation in row.get("annotations") or []:
         if is_asked(annotation):
