@@ -96,7 +96,7 @@ def train_flow(config: TrainConfig | None = None, preset: TrainPreset | None = N
     logger.info("training %s on %s -> %s (%d steps, %d workers)", config.preset, config.data, config.out,
                 config.steps, config.workers)
     with _Follower(config):
-        outcome = run_training(config)
+        outcome = run_training(config, log=logger.info)
     _artifacts(outcome, config)
     emit_event(event=COMPLETED_EVENT,
                resource={"prefect.resource.id": f"magicseg.training.{outcome['out']}",
@@ -110,6 +110,10 @@ def _artifacts(outcome: dict[str, Any], config: TrainConfig) -> None:
     last = outcome.get("last") or {}
     rows = [{"metric": key, "value": last[key]} for key in ("step", "loss", "loss_focal", "loss_dice", "loss_cf",
                                                             "lr", "samples_per_s") if key in last]
+    filtered = outcome.get("data_filter")
+    if filtered:
+        rows += [{"metric": f"filter.{name} removed", "value": n} for name, n in filtered["removed"].items()]
+        rows.append({"metric": "samples after train.filter", "value": f"{filtered['kept']} of {filtered['total']}"})
     rows += [{"metric": "checkpoint", "value": outcome["checkpoint"]},
              {"metric": "metrics", "value": outcome["metrics"]}]
     create_table_artifact(rows, key="train-summary", description=f"training at {outcome['out']}")

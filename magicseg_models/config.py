@@ -590,7 +590,8 @@ def parse_override(item: str, model: type[BaseModel] | None = None) -> tuple[lis
 
     With ``model``, a key whose field is a string (``str`` or ``str | None``) takes the text as written, so that
     ``prompts.model=3.5`` or ``prompts.template={classes}`` stay strings; ``null``/``~``/empty still mean None
-    for an optional one.
+    for an optional one. A key whose field is a choice of names takes the name as written
+    (``train.labels.context=off``).
     """
     key, sep, raw = item.partition("=")
     key = key.strip()
@@ -600,6 +601,8 @@ def parse_override(item: str, model: type[BaseModel] | None = None) -> tuple[lis
     annotation = _annotation(model, path) if model is not None else None
     if annotation is str:
         return path, raw
+    if get_origin(annotation) is Literal and all(isinstance(v, str) for v in get_args(annotation)):
+        return path, raw.strip()  # a choice of names: YAML would read "off" / "on" / "no" as booleans
     if annotation == str | None:
         return path, None if raw.strip() in ("", "~", "null", "Null", "NULL") else raw
     try:

@@ -12,10 +12,10 @@ import hashlib
 import logging
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 from magicseg_models.config import TrainConfig
-from magicseg_models.training.trainer import check_output
+from magicseg_models.training.trainer import check_run
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,11 @@ def _worker_env() -> dict:
     return {"env_vars": env} if env else {}
 
 
-def run_training(config: TrainConfig) -> dict[str, Any]:
-    """Train on a Ray cluster (``RAY_ADDRESS`` / ``ray.address``) or a local Ray started for the run."""
+def run_training(config: TrainConfig, log: Callable[[str], None] = logger.info) -> dict[str, Any]:
+    """Train on a Ray cluster (``RAY_ADDRESS`` / ``ray.address``) or a local Ray started for the run.
+
+    ``log`` gets what the run should show before it starts (what ``train.filter`` removes): the flow passes its
+    run logger."""
     import ray
     import ray.train
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -72,7 +75,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
 
     # Ray Train workers run in their own working directories: a relative local path must not change meaning
     config = config.model_copy(update={"data": _absolute(config.data), "out": _absolute(config.out)})
-    latest = check_output(config)
+    latest, filtered = check_run(config)
+    if filtered is not None:
+        log(filtered.line())
     # past the check, every (re)started worker group resumes from whatever checkpoint exists
     loop_config = config.model_copy(update={"resume": True}).model_dump(mode="json")
     started = ensure_ray(config.ray)
@@ -94,7 +99,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     if result.error is not None:
         raise result.error
     return {**training_outcome(config), "resumed_from": latest, "workers": config.workers, "use_gpu": use_gpu,
-            "notes": notes}
+            "notes": notes, "data_filter": filtered.as_dict() if filtered is not None else None}
 
 
 def training_device(config: TrainConfig) -> tuple[bool, list[str]]:

@@ -74,6 +74,23 @@ def test_focal_loss_with_ignored_pixels():
     assert zeg.item() == pytest.approx(e[0][0] + e[1][0], rel=1e-5)
 
 
+def test_padded_class_positions_are_in_neither_term():
+    logits, targets, present = tensors()
+    e = elementwise()
+    valid = torch.tensor([[True, False]])  # position 1 is padding (sampling.draw_batch)
+    mean = sigmoid_focal_loss(logits, targets, reduction="mean", valid=valid)
+    assert mean.item() == pytest.approx((e[0][0] + e[0][1]) / 2, rel=1e-5)
+    zeg = sigmoid_focal_loss(logits, targets, reduction="zegclip", present=present, valid=valid)
+    assert zeg.item() == pytest.approx((e[0][0] + e[0][1]) / 2, rel=1e-5)
+    zeg_ignore = sigmoid_focal_loss(logits, targets, reduction="zegclip", present=present, valid=valid,
+                                    ignore=torch.tensor([[[False, True]]]))
+    assert zeg_ignore.item() == pytest.approx(e[0][0], rel=1e-5)
+    both = torch.tensor([[True, True]])
+    p0, p1 = sig(2.0), sig(-1.0)
+    only_first = 1 - (2 * p0 + 1) / ((p0 + p1) + 1 + 1)
+    assert dice_loss(logits, targets, both, valid=valid).item() == pytest.approx(only_first, rel=1e-5)
+
+
 def test_focal_loss_is_finite_for_extreme_logits():
     logits = torch.tensor([[[[1e4, -1e4]]]], requires_grad=True)
     targets = torch.tensor([[[[0.0, 1.0]]]])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from magicseg_models.errors import VocabularyError
-from magicseg_models.training.sampling import build_targets, sample_batch, sample_classes
+from magicseg_models.training.sampling import build_targets, draw_batch, sample_batch, sample_classes
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -102,3 +102,26 @@ def test_batch_widens_to_the_largest_own_class_count_and_checks_sizes():
     assert sorted(everything[0].tolist()) == list(range(20))
     with pytest.raises(ValueError, match="same H x W"):
         sample_batch([few, (torch.tensor([1]), torch.ones(1, 5, 5, dtype=torch.bool))], 20, 3, gen())
+
+
+def test_excluded_classes_are_never_random_negatives_and_own_classes_stay():
+    g = gen(2)
+    seen = set()
+    for _ in range(300):
+        subset = sample_classes([5, 2], vocab_size=20, m=6, generator=g, exclude=[7, 5, 11])
+        assert subset[:2].tolist() == [5, 2] and len(set(subset.tolist())) == 6  # an own class in exclude stays
+        seen.update(subset[2:].tolist())
+    assert seen == set(range(20)) - {5, 2, 7, 11}
+    # nothing left to draw: the subset is as long as the classes allowed
+    assert sorted(sample_classes([0], vocab_size=4, m=10, generator=gen(), exclude=[1]).tolist()) == [0, 2, 3]
+
+
+def test_draw_batch_without_exclusions_is_sample_batch_and_checks_its_arguments():
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True
+    items = [(torch.tensor([3]), masks), (torch.tensor([1]), masks)]
+    draw = draw_batch(items, vocab_size=30, m=5, generator=gen(4), exclude=[[], []])
+    subset, targets, present = sample_batch(items, vocab_size=30, m=5, generator=gen(4))
+    assert torch.equal(draw.subset, subset) and torch.equal(draw.targets, targets) and draw.valid.all()
+    with pytest.raises(ValueError, match="one entry per image"):
+        draw_batch(items, 30, 5, gen(), exclude=[[1]])

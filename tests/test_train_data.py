@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from magicseg_models.config import AugmentConfig
+from magicseg_models.config import AugmentConfig, TrainFilterConfig
 from magicseg_models.dataset.codecs import decode_mask
 from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.dataset.store import DatasetStore
@@ -18,7 +18,9 @@ from magicseg_models.errors import ShardError, StorageError
 from magicseg_models.planning import PlanSpec, plan_jobs
 from magicseg_models.training.augment import JointAugment
 from magicseg_models.training.data import (TrainDataset, collate, epoch_pieces, iter_decoded, iter_piece_rows,
-                                           make_train_loader)
+                                           make_train_loader, needed_columns)
+from magicseg_models.training.selection import active_filters
+from tests.handmade import write_handmade_dataset
 
 # 64px synthetic images, fitted into (64, 64) at ratio 0.5-2 and cropped to 32: small and fast
 SMALL = AugmentConfig(crop_size=32, scale=(64, 64))
@@ -187,9 +189,30 @@ def test_only_needed_columns_are_read(tmp_path):
     uri = _one_shard_dataset(str(tmp_path / "cols"), num_samples=4)
     reader = DatasetReader(uri)
     piece = epoch_pieces(reader.shards, 0, 0, 0, 1, shuffle=False)[0]
+    base = {"sample_id", "image", "counterfactual_image", "height", "width", "annotations"}
     row = next(iter_piece_rows(reader, piece))
-    assert set(row) == {"sample_id", "image", "counterfactual_image", "height", "width", "annotations"}
-    assert set(row["annotations"][0]) == {"class_id", "mask_rle"}
+    assert set(row) == base and set(row["annotations"][0]) == {"class_id", "mask_rle"}
+    # what each train.labels.context mode and the active filters add
+    row = next(iter_piece_rows(reader, piece, columns=needed_columns("off")))
+    assert set(row) == base and set(row["annotations"][0]) == {"class_id", "mask_rle", "asked"}
+    row = next(iter_piece_rows(reader, piece, columns=needed_columns("ignore")))
+    assert set(row) == base | {"context_class_ids"}
+    row = next(iter_piece_rows(reader, piece, columns=needed_columns(
+        "label", active_filters(TrainFilterConfig(clip_score_min=0.1, box_fill_min=0.2)))))
+    assert set(row) == base | {"context_class_ids", "clip_score"}
+    assert set(row["annotations"][0]) == {"class_id", "mask_rle", "asked", "box_fill"}
+
+
+def test_a_schema_1_shard_reads_with_the_version_2_defaults(tmp_path):
+    uri = write_handmade_dataset(str(tmp_path / "v1"), n=3)
+    reader = DatasetReader(uri)
+    piece = epoch_pieces(reader.shards, 0, 0, 0, 1, shuffle=False)[0]
+    row = next(iter_piece_rows(reader, piece, columns=needed_columns("label")))
+    assert "context_class_ids" not in row and set(row["annotations"][0]) == {"class_id", "mask_rle"}
+    samples = list(TrainDataset(uri, epochs=1, shuffle=False, context="label"))
+    assert [s["sample_id"] for s in samples] == ["hand-0000", "hand-0001", "hand-0002"]
+    assert all(s["context_ids"].numel() == 0 for s in samples)  # no context classes
+    assert [s["class_ids"].tolist() for s in samples] == [[0], [0, 1], [2]]  # every annotation asked
 
 
 def test_an_image_with_a_readable_header_but_broken_pixels_names_the_sample(tmp_path):

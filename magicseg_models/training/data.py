@@ -26,7 +26,15 @@ epoch it was in). Each yielded sample carries its ``epoch``. Augmentation random
 
 Storage is opened lazily in the process that iterates (each DataLoader worker opens its own
 :class:`DatasetReader`; nothing open is pickled). Only the columns needed are read: ``sample_id``, ``image``,
-``counterfactual_image``, ``height``, ``width`` and the ``class_id`` and ``mask_rle`` fields of ``annotations``.
+``counterfactual_image``, ``height``, ``width`` and the ``class_id`` and ``mask_rle`` fields of ``annotations``;
+unless ``train.labels.context`` is ``off``, ``context_class_ids``; the annotations' ``asked``; and the score
+columns of the active ``train.filter`` entries. Schema-1 shards lack the version-2 columns: those read as their
+defaults (no context classes, every annotation asked; a filter on a score they lack is refused).
+
+Labels and filters (:mod:`magicseg_models.training.selection`): each sample's targets are the annotations its
+``train.labels.context`` mode trains on, and ``context_ids`` the classes never drawn as its random negatives.
+Filtered rows are skipped after the split, inside a consumer's slice, so the split stays the deterministic one
+above (a consumer's share of kept rows then depends on where the removed rows lie).
 
 Decoding is split so the augmentation decodes only what it needs: the dataset opens the images (headers only,
 sizes checked) and decodes the masks at the image's size; :class:`JointAugment` decodes the pixels (at reduced
@@ -63,11 +71,14 @@ from magicseg_models.config import AugmentConfig
 from magicseg_models.dataset.codecs import decode_mask
 from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.dataset.storage import describe_error
-from magicseg_models.errors import MagicSegError, ShardError, StorageError
+from magicseg_models.errors import ConfigError, MagicSegError, ShardError, StorageError
 from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment, finish_pixels
+from magicseg_models.training.selection import (FilterReport, active_filters, filter_fields, keeps,
+                                                missing_score_error, training_targets)
 
 ROW_COLUMNS = ("sample_id", "image", "counterfactual_image", "height", "width")
 ANNOTATION_FIELDS = ("class_id", "mask_rle")
+EMPTY_EPOCHS_MAX = 10  # an endless reader whose slices the filters emptied this often in a row stops (no hang)
 ERROR_KEY = "__shard_error__"  # a sample/batch that carries a ShardError message out of a DataLoader worker
 
 
@@ -102,22 +113,40 @@ def _one_line(err: BaseException) -> str:
     return describe_error(err)
 
 
-def _select_columns(pf: pq.ParquetFile, path: str) -> list[str]:
+@dataclass(frozen=True)
+class Columns:
+    """What to read: required row columns and annotation fields, and optional ones (absent in older schemas)."""
+
+    row: tuple[str, ...] = ROW_COLUMNS
+    annotation: tuple[str, ...] = ANNOTATION_FIELDS
+    optional_row: tuple[str, ...] = ()
+    optional_annotation: tuple[str, ...] = ()
+
+
+def needed_columns(context: str = "ignore", filters: dict[str, float] | None = None) -> Columns:
+    """The training loader's columns for a ``train.labels.context`` mode and the active filters."""
+    score_row, score_annotation = filter_fields(filters or {})
+    context_row = () if context == "off" else ("context_class_ids",)
+    return Columns(optional_row=(*context_row, *score_row), optional_annotation=("asked", *score_annotation))
+
+
+def _select_columns(pf: pq.ParquetFile, path: str, columns: Columns = Columns()) -> list[str]:
     """Parquet leaf paths to read, found in the file's own schema (list element names differ between writers)."""
     leaves = [pf.schema.column(i).path for i in range(len(pf.schema))]
-    top = [p for p in leaves if p in ROW_COLUMNS]
+    top = set(pf.schema_arrow.names)  # a top-level name selects the whole column (lists included)
     # annotations.<list>.<element>.<field>; exactly 3 dots, so no field of a list nested inside an annotation
     fields = {p.rsplit(".", 1)[-1]: p for p in leaves if p.startswith("annotations.") and p.count(".") == 3}
-    nested = [fields[f] for f in ANNOTATION_FIELDS if f in fields]
-    missing = ([c for c in ROW_COLUMNS if c not in top]
-               + [f"annotations.{f}" for f in ANNOTATION_FIELDS if f not in fields])
+    missing = ([c for c in columns.row if c not in top]
+               + [f"annotations.{f}" for f in columns.annotation if f not in fields])
     if missing:
         raise ShardError(f"shard {path} lacks column(s) {', '.join(missing)}")
-    return top + nested
+    return ([c for c in (*columns.row, *columns.optional_row) if c in top]
+            + [fields[f] for f in (*columns.annotation, *columns.optional_annotation) if f in fields])
 
 
-def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64) -> Iterator[dict]:
-    """Undecoded rows of ``piece``; reads only the row groups that overlap it and only the needed columns."""
+def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64,
+                    columns: Columns = Columns()) -> Iterator[dict]:
+    """Undecoded rows of ``piece``; reads only the row groups that overlap it and only ``columns``."""
     try:
         pf = reader.parquet_file(piece.path)
     except ShardError as err:
@@ -125,7 +154,7 @@ def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64) -
     meta = pf.metadata
     if meta.num_rows != piece.rows:
         raise ShardError(f"shard {piece.path} has {meta.num_rows} rows but the manifest lists {piece.rows}")
-    columns = _select_columns(pf, piece.path)
+    selected = _select_columns(pf, piece.path, columns)
     groups, first_row, offset = [], None, 0
     for g in range(meta.num_row_groups):
         n = meta.row_group(g).num_rows
@@ -137,7 +166,7 @@ def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64) -
         return
     position = first_row
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns):
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=selected):
             lo, hi = max(piece.start - position, 0), min(piece.stop - position, batch.num_rows)
             position += batch.num_rows
             if lo < hi:
@@ -173,10 +202,14 @@ def _class_masks(annotations: list[dict], height: int, width: int, sample_id: st
     return class_ids, masks
 
 
-def decode_sample(row: dict, shard: str = "?", lazy: bool = False) -> dict:
+def decode_sample(row: dict, shard: str = "?", lazy: bool = False, context: str = "ignore",
+                  filters: dict[str, float] | None = None) -> dict:
     """A row (needed columns) -> dict(image, counterfactual_image: uint8 3xHxW, class_ids: int64 K,
-    masks: bool KxHxW (instance masks united per class, classes sorted by id), sample_id).
+    masks: bool KxHxW (instance masks united per class, classes sorted by id), context_ids: int64 (classes never
+    drawn as random negatives), sample_id).
 
+    ``context`` (``train.labels.context``) and ``filters`` (the active ``train.filter`` entries) pick the target
+    annotations and ``context_ids`` (:func:`~magicseg_models.training.selection.training_targets`).
     ``lazy``: the images stay undecoded PIL images (size checked from their headers), for :class:`JointAugment`
     to decode only what it needs."""
     sample_id = str(row.get("sample_id", "?"))
@@ -187,10 +220,11 @@ def decode_sample(row: dict, shard: str = "?", lazy: bool = False) -> dict:
                          f"counterfactual {images[1].height}x{images[1].width}, row says {height}x{width}")
     if not lazy:
         images = [_to_tensor(im, key, sample_id, shard) for im, key in zip(images, ("image", "counterfactual_image"))]
-    class_ids, masks = _class_masks(row.get("annotations") or [], height, width, sample_id, shard)
+    annotations, context_ids = training_targets(row, context, filters)
+    class_ids, masks = _class_masks(annotations, height, width, sample_id, shard)
     return {"image": images[0], "counterfactual_image": images[1],
             "class_ids": torch.tensor(class_ids, dtype=torch.int64), "masks": torch.from_numpy(masks),
-            "sample_id": sample_id}
+            "context_ids": torch.tensor(context_ids, dtype=torch.int64), "sample_id": sample_id}
 
 
 def _to_tensor(image: PILImage.Image, key: str, sample_id: str, shard: str) -> torch.Tensor:
@@ -211,7 +245,9 @@ class TrainDataset(IterableDataset):
     """Endless (or ``epochs``-long) stream of augmented samples for one rank; see the module docstring.
 
     Each sample: ``image``, ``counterfactual_image`` (3xSxS float32, normalised), ``class_ids`` (int64 K),
-    ``masks`` (bool KxSxS), ``ignore`` (bool SxS, padding), ``sample_id`` (str), ``epoch`` (int).
+    ``masks`` (bool KxSxS), ``context_ids`` (int64, never-negative classes), ``ignore`` (bool SxS, padding),
+    ``sample_id`` (str), ``epoch`` (int). ``context``: ``train.labels.context``; ``filters``: a
+    ``TrainFilterConfig`` (or {name: threshold}) whose active entries skip rows.
     ``augment`` is any callable like :class:`JointAugment` (called with ``seed=``; the images arrive as undecoded
     PIL images, the masks decoded); None yields decoded samples unaugmented (uint8 images at their own size, no
     ``ignore``).
@@ -220,7 +256,7 @@ class TrainDataset(IterableDataset):
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None,
                  augment: Callable[..., dict] | None = None, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  epoch_start: int = 0, epochs: int | None = None, shuffle: bool = True, shuffle_buffer: int = 256,
-                 batch_rows: int = 64):
+                 batch_rows: int = 64, context: str = "ignore", filters: Any = None):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -229,6 +265,8 @@ class TrainDataset(IterableDataset):
         self.rank, self.world_size = int(rank), int(world_size)
         self.seed, self.epoch_start, self.epochs = int(seed), int(epoch_start), epochs
         self.shuffle, self.shuffle_buffer, self.batch_rows = shuffle, max(1, int(shuffle_buffer)), batch_rows
+        self.context, self.filters = context, active_filters(filters)
+        self.columns = needed_columns(context, self.filters)
         self._reader: DatasetReader | None = None
         self._reader_pid: int | None = None
 
@@ -264,18 +302,26 @@ class TrainDataset(IterableDataset):
             # an endless consumer with no rows would spin forever without yielding and hang the DataLoader
             raise StorageError(f"{self.uri} has {total} samples, fewer than world_size x num_workers = "
                                f"{num_consumers} readers; use fewer workers")
-        epoch = self.epoch_start
+        epoch, empty = self.epoch_start, 0
         while self.epochs is None or epoch < self.epoch_start + self.epochs:
             pieces = epoch_pieces(reader.shards, epoch, self.seed, consumer, num_consumers, self.shuffle)
             rng = np.random.default_rng([self.seed, epoch, consumer, num_consumers])
+            yielded = False
             for row, shard in self._shuffled(self._rows(reader, pieces), rng):
+                yielded = True
                 yield self._make_sample(row, shard, epoch)
+            empty = 0 if yielded else empty + 1
+            if self.epochs is None and empty >= EMPTY_EPOCHS_MAX:
+                # filters emptied this reader's slices: an endless stream would spin without yielding (a hang)
+                raise StorageError(f"train.filter left reader {consumer} of {num_consumers} no sample in "
+                                   f"{empty} epochs in a row: loosen the filters or use fewer workers")
             epoch += 1
 
     def _rows(self, reader: DatasetReader, pieces: list[Piece]) -> Iterator[tuple[dict, str]]:
         for piece in pieces:
-            for row in iter_piece_rows(reader, piece, self.batch_rows):
-                yield row, piece.path
+            for row in iter_piece_rows(reader, piece, self.batch_rows, self.columns):
+                if keeps(row, self.filters, f"shard {piece.path} of {self.uri}"):
+                    yield row, piece.path
 
     def _shuffled(self, items: Iterator, rng: np.random.Generator) -> Iterator:
         if not self.shuffle:
@@ -293,7 +339,8 @@ class TrainDataset(IterableDataset):
         yield from buffer
 
     def _make_sample(self, row: dict, shard: str, epoch: int) -> dict:
-        sample = decode_sample(row, shard, lazy=self.augment is not None)
+        sample = decode_sample(row, shard, lazy=self.augment is not None, context=self.context,
+                               filters=self.filters)
         if self.augment is not None:
             try:
                 out = self.augment(sample["image"], sample["counterfactual_image"], sample["masks"],
@@ -312,9 +359,9 @@ def collate(samples: Sequence[dict]) -> dict:
     """Stack what has a fixed shape; K varies per image, so ``class_ids`` and ``masks`` stay lists.
 
     Returns ``image``, ``counterfactual_image`` (Bx3xSxS), ``ignore`` (BxSxS), ``class_ids`` (list of int64 K_i),
-    ``masks`` (list of bool K_ixSxS), ``sample_id`` (list of str), ``epoch`` (int64 B). From a ``defer_pixels``
-    augmentation: ``image`` and ``counterfactual_image`` are lists of decoded uint8 images (sizes vary) and
-    ``pixels`` (Bx12) says what :func:`finish_pixels` has left to do.
+    ``masks`` (list of bool K_ixSxS), ``context_ids`` (list of int64), ``sample_id`` (list of str), ``epoch``
+    (int64 B). From a ``defer_pixels`` augmentation: ``image`` and ``counterfactual_image`` are lists of decoded
+    uint8 images (sizes vary) and ``pixels`` (Bx12) says what :func:`finish_pixels` has left to do.
     """
     for s in samples:
         if ERROR_KEY in s:
@@ -324,6 +371,8 @@ def collate(samples: Sequence[dict]) -> dict:
              for key in ("image", "counterfactual_image", "ignore")}
     batch["class_ids"] = [s["class_ids"] for s in samples]
     batch["masks"] = [s["masks"] for s in samples]
+    # samples made elsewhere (benchmarks, other decoders) may carry no context classes
+    batch["context_ids"] = [s.get("context_ids", torch.zeros(0, dtype=torch.int64)) for s in samples]
     batch["sample_id"] = [s["sample_id"] for s in samples]
     batch["epoch"] = torch.tensor([s["epoch"] for s in samples], dtype=torch.int64)
     if deferred:
@@ -357,18 +406,21 @@ def make_train_loader(uri: str, storage_options: dict[str, Any] | None = None,
                       mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, epoch_start: int = 0, *,
                       epochs: int | None = None, shuffle_buffer: int = 256, pin_memory: bool | None = None,
                       prefetch_factor: int | None = None, multiprocessing_context: Any = None,
-                      pixel_device: torch.device | str | None = None) -> TrainLoader:
+                      pixel_device: torch.device | str | None = None, context: str = "ignore",
+                      filters: Any = None) -> TrainLoader:
     """Batches (see :func:`collate`) of rank ``rank``'s share of the data, endless unless ``epochs`` is given.
 
     Iterate it once for the whole run: a new iterator restarts at ``epoch_start``. ``pixel_device`` (the training
     GPU): the workers only decode (images, masks) and draw the augmentation; resampling, crop, flip, photometric
     distortion and normalisation of the images run there, in the iterating process, batched, and ``image`` /
     ``counterfactual_image`` arrive as float32 on that device (masks and ignore as usual, on the CPU). None: the
-    workers do everything (float32 CPU tensors).
+    workers do everything (float32 CPU tensors). ``context`` / ``filters``: ``train.labels.context`` and
+    ``train.filter`` (:class:`TrainDataset`).
     """
     augment = JointAugment(augment_cfg, mean, std, train=True, defer_pixels=pixel_device is not None)
     dataset = TrainDataset(uri, storage_options, augment, rank=rank, world_size=world_size, seed=seed,
-                           epoch_start=epoch_start, epochs=epochs, shuffle_buffer=shuffle_buffer)
+                           epoch_start=epoch_start, epochs=epochs, shuffle_buffer=shuffle_buffer, context=context,
+                           filters=filters)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor or 2
@@ -388,8 +440,34 @@ def iter_decoded(uri: str, storage_options: dict[str, Any] | None = None, limit:
     reader = DatasetReader(uri, storage_options)
     count = 0
     for piece in epoch_pieces(reader.shards, 0, 0, 0, 1, shuffle=False):
-        for row in iter_piece_rows(reader, piece, batch_rows):
+        for row in iter_piece_rows(reader, piece, batch_rows, needed_columns()):
             if limit is not None and count >= limit:
                 return
             yield decode_sample(row, piece.path)
             count += 1
+
+
+def filter_report(reader: DatasetReader, filters: Any, batch_rows: int = 4096) -> FilterReport | None:
+    """How many samples each active ``train.filter`` entry removes, from the score columns alone (no image is
+    read); None when no filter is on. A score the filters need and the dataset lacks raises one ConfigError line
+    naming the filter (after counting, so it says for how many samples); so does a filter that removes everything.
+    """
+    thresholds = active_filters(filters)
+    if not thresholds:
+        return None
+    row_fields, annotation_fields = filter_fields(thresholds)
+    # class_id (every annotation has it) makes a shard without the score fields read as annotations lacking them
+    columns = Columns(row=(), annotation=("class_id",) if annotation_fields else (), optional_row=tuple(row_fields),
+                      optional_annotation=("asked", *annotation_fields) if annotation_fields else ())
+    report, missing = FilterReport(thresholds=thresholds), {}
+    for shard in reader.shards:
+        piece = Piece(shard["path"], 0, int(shard.get("rows", 0)), int(shard.get("rows", 0)))
+        for row in iter_piece_rows(reader, piece, batch_rows, columns):
+            for name in report.add(row):
+                missing[name] = missing.get(name, 0) + 1
+    for name in thresholds:
+        if name in missing:
+            raise missing_score_error(name, reader.uri, missing[name], report.total)
+    if report.total and not report.kept:
+        raise ConfigError(f"{report.line()}: nothing left to train on; loosen the filters")
+    return report

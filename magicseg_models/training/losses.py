@@ -21,6 +21,10 @@ its ``SegLossPlus`` builds the targets from ``label == class``, so a padded pixe
 both terms, and the focal per-mask mean runs over all ``H x W`` pixels. That is ``loss.padding="negative"`` (the
 default): targets are set to 0 on padded pixels, which stay in both terms. ``"ignore"`` passes it on: focal
 means are then over the kept pixels and dice sums skip them (the functions below take ``ignore`` directly).
+Padded class positions (``valid``, ``B x m`` bool, False on padding): when context classes are struck out of a
+small vocabulary, a batch's subsets are padded to one width (``sampling.draw_batch``); a padded position is in
+neither term, so padding changes no loss value.
+
 The returned ``loss_focal``/``loss_dice``/``loss_cf`` are the *weighted* terms, so they add up to ``loss``, as
 mmseg logs them.
 """
@@ -55,10 +59,12 @@ def _num_masks(present: torch.Tensor | None, num_masks: float | torch.Tensor | N
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0, *,
                        ignore: torch.Tensor | None = None, reduction: FocalReduction = "mean",
                        present: torch.Tensor | None = None,
-                       num_masks: float | torch.Tensor | None = None) -> torch.Tensor:
+                       num_masks: float | torch.Tensor | None = None,
+                       valid: torch.Tensor | None = None) -> torch.Tensor:
     """RetinaNet's focal loss on per-pixel sigmoids: ``alpha_t (1 - p_t)^gamma BCE``.
 
-    ``logits``/``targets`` ``... x H x W``. ``reduction``: ``"mean"`` over all kept elements; ``"zegclip"`` per-mask
+    ``logits``/``targets`` ``... x H x W``; ``valid`` (``...``, bool): masks to count (default all).
+    ``reduction``: ``"mean"`` over all kept elements; ``"zegclip"`` per-mask
     pixel mean, summed over masks, divided by ``num_masks`` (default: ``present.sum()``, at least 1);
     ``"none"``: elementwise. ``alpha < 0`` turns the class balancing off.
     """
@@ -71,6 +77,9 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     keep = _valid(ignore, loss)
+    if valid is not None:
+        positions = valid.to(device=loss.device, dtype=loss.dtype)[..., None, None]
+        keep = positions if keep is None else keep * positions
     if reduction == "none":
         return loss if keep is None else loss * keep
     if reduction == "mean":
@@ -90,7 +99,8 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, present: torch.Tensor, *,
-              ignore: torch.Tensor | None = None, num_masks: float | torch.Tensor | None = None) -> torch.Tensor:
+              ignore: torch.Tensor | None = None, num_masks: float | torch.Tensor | None = None,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
     """Dice over present masks only: ``sum_present [1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1)] / num_masks``.
 
     ``logits``/``targets`` ``B x m x H x W``, ``present`` ``B x m`` bool; ``num_masks`` defaults to the number of
@@ -104,6 +114,8 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, present: torch.Tensor
     inter = (prob * targets).flatten(-2).sum(-1)
     denom = prob.flatten(-2).sum(-1) + targets.flatten(-2).sum(-1)
     per_mask = 1 - (2 * inter + 1) / (denom + 1)
+    if valid is not None:
+        present = present & valid.to(present.device)
     return (per_mask * present.to(per_mask.dtype)).sum() / _num_masks(present, num_masks)
 
 
@@ -134,12 +146,12 @@ class MagicSegLoss(nn.Module):
 
     def forward(self, mask_logits: torch.Tensor, targets: torch.Tensor, present: torch.Tensor, *,
                 cls: torch.Tensor | None = None, cls_counterfactual: torch.Tensor | None = None,
-                ignore: torch.Tensor | None = None,
-                num_masks: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                ignore: torch.Tensor | None = None, num_masks: float | torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``mask_logits``/``targets`` B x m x H x W (logits are resized to the targets bilinearly if they differ),
         ``present`` B x m, ``cls``/``cls_counterfactual`` K x D for the K images that have a counterfactual
         (required when the counterfactual term is on), ``ignore`` B x H x W (used with ``loss.padding=ignore``),
-        ``num_masks`` see the module doc."""
+        ``num_masks`` and ``valid`` (B x m, False = padding) see the module doc."""
         c = self.config
         if mask_logits.shape[-2:] != targets.shape[-2:]:
             mask_logits = F.interpolate(mask_logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
@@ -150,8 +162,8 @@ class MagicSegLoss(nn.Module):
             targets = targets.masked_fill(ignore.bool().unsqueeze(1), 0)
             ignore = None
         focal = sigmoid_focal_loss(mask_logits, targets, c.focal_alpha, c.focal_gamma, ignore=ignore,
-                                   reduction=c.focal_reduction, present=present, num_masks=num_masks)
-        dice = dice_loss(mask_logits, targets, present, ignore=ignore, num_masks=num_masks)
+                                   reduction=c.focal_reduction, present=present, num_masks=num_masks, valid=valid)
+        dice = dice_loss(mask_logits, targets, present, ignore=ignore, num_masks=num_masks, valid=valid)
         out = {"loss_focal": c.focal_weight * focal, "loss_dice": c.dice_weight * dice}
         if c.counterfactual:
             if cls is None or cls_counterfactual is None:

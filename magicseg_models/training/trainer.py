@@ -7,8 +7,10 @@ One optimizer step (``config.optim.batch_size`` images over all ranks):
 
 1. Each rank takes ``accumulation`` micro-batches of ``micro_batch_size`` images from its disjoint share of the
    shards (:mod:`magicseg_models.training.data`).
-2. Per image, category random sampling picks m classes (own classes first) and remaps the masks to them
+2. Per image, category random sampling picks m classes (own classes first, never its context classes under
+   ``train.labels.context: ignore | label``) and remaps the masks to them
    (:mod:`magicseg_models.training.sampling`); their frozen text embeddings come from a bank computed once.
+   ``train.filter`` skips samples in the loader; rank 0 logs how many each filter removes.
 3. The image and its counterfactual go through the prompted encoder as one batch; the decoder runs on the image
    half only. Loss: focal x100 + dice x1 over the sampled classes, ``max(0, cos)`` x1 between the two global
    embeddings (:mod:`magicseg_models.training.losses`).
@@ -38,10 +40,11 @@ from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.dataset.storage import Storage
 from magicseg_models.errors import ConfigError, StorageError
 from magicseg_models.training import checkpoints as ckpt
-from magicseg_models.training.data import make_train_loader
+from magicseg_models.training.data import filter_report, make_train_loader
 from magicseg_models.training.losses import MagicSegLoss
 from magicseg_models.training.metrics_log import MetricsLog
-from magicseg_models.training.sampling import sample_batch
+from magicseg_models.training.sampling import draw_batch
+from magicseg_models.training.selection import FilterReport
 from magicseg_models.training.schedule import build_optimizer, build_scheduler
 
 
@@ -134,6 +137,12 @@ def dataset_classes(reader: DatasetReader) -> list[str]:
 
 def check_output(config: TrainConfig) -> int | None:
     """Before a run: the step a ``--resume`` continues from; refuses to train over checkpoints without it."""
+    return check_run(config)[0]
+
+
+def check_run(config: TrainConfig) -> tuple[int | None, FilterReport | None]:
+    """:func:`check_output`, and what ``train.filter`` removes (refused in one line when the dataset lacks a score
+    a filter needs)."""
     if not config.data or not config.out:
         raise ConfigError("training needs data (a dataset URI) and out (where checkpoints and metrics go)")
     accumulation_plan(config)
@@ -141,11 +150,12 @@ def check_output(config: TrainConfig) -> int | None:
     if len(reader) == 0:
         raise StorageError(f"{reader.uri} holds no samples to train on")
     dataset_classes(reader)
+    report = filter_report(reader, config.filter)
     latest = ckpt.latest_checkpoint(Storage(config.out, config.storage.storage_options))
     if latest is not None and not config.resume:
         raise ConfigError(f"{config.out} already holds checkpoints (latest step {latest}): pass --resume to "
                           "continue, or another --out")
-    return latest
+    return latest, report
 
 
 def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> dict[str, Any]:
@@ -161,6 +171,9 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
     if len(reader) == 0:
         raise StorageError(f"{reader.uri} holds no samples to train on")
     classes = dataset_classes(reader)
+    filtered = filter_report(reader, config.filter) if ctx.is_main else None
+    if filtered is not None:
+        ctx.log(filtered.line())
 
     # 1. model, frozen text bank, optimizer (the same init on every rank: the build is seeded)
     bundle = build_zegclip(config.model, device=ctx.device, seed=config.seed)
@@ -200,10 +213,12 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
     loader = make_train_loader(config.data, config.storage.storage_options, config.augment, batch_size=micro,
                                rank=ctx.rank, world_size=ctx.world_size, num_workers=config.data_workers,
                                seed=config.seed, mean=bundle.image_mean, std=bundle.image_std, epoch_start=epoch,
-                               pixel_device=_pixel_device(config, ctx.device))
+                               pixel_device=_pixel_device(config, ctx.device), context=config.labels.context,
+                               filters=config.filter)
     batches = iter(loader)
     meta = {"model": public_config(config.model), "train": public_config(config), "classes": len(classes),
-            "dataset": reader.uri, "init_seed": config.seed}
+            "dataset": reader.uri, "init_seed": config.seed,
+            "data_filter": filtered.as_dict() if filtered is not None else None}
 
     # 3. the loop
     forward.train()
@@ -219,9 +234,10 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
             epoch = int(batch["epoch"].min())
             images = batch["image"].to(ctx.device, non_blocking=True)
             ignore = batch["ignore"].to(ctx.device, non_blocking=True)
-            subset, targets, present = sample_batch(
+            subset, targets, present, valid = draw_batch(
                 [(ids, masks.to(ctx.device)) for ids, masks in zip(batch["class_ids"], batch["masks"])],
-                vocab_size=len(classes), m=config.sampling.num_classes, generator=generator)
+                vocab_size=len(classes), m=config.sampling.num_classes, generator=generator,
+                exclude=batch["context_ids"])
             text = bank[subset.to(ctx.device)]  # B x m x D: every image its own classes
             cf = batch["counterfactual_image"].to(ctx.device, non_blocking=True) if config.loss.counterfactual \
                 else None
@@ -232,7 +248,8 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
                     outputs = forward(images, text, cf)
                 losses = loss_fn(outputs["mask_logits"].float(), targets, present, cls=outputs["cls"].float(),
                                  cls_counterfactual=None if cf is None else outputs["cls_counterfactual"].float(),
-                                 ignore=ignore, num_masks=_masks_over_ranks(present, ctx))
+                                 ignore=ignore, num_masks=_masks_over_ranks(present, ctx),
+                                 valid=valid.to(ctx.device))
                 (losses["loss"] / accumulation).backward()
             for key in sums:
                 sums[key] += float(losses[key].detach()) / accumulation
@@ -265,7 +282,8 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
                 dist.barrier()  # nobody races ahead of a checkpoint a restart would resume from
     curve = metrics.write_curve() if metrics is not None else None
     return {"step": step, "out": out.uri, "checkpoint": out.url(ckpt.step_dir(step)), "loss_curve": curve,
-            "metrics": out.url("metrics.jsonl"), "last": last, "classes": len(classes)}
+            "metrics": out.url("metrics.jsonl"), "last": last, "classes": len(classes),
+            "data_filter": filtered.as_dict() if filtered is not None else None}
 
 
 def _pixel_device(config: TrainConfig, device: torch.device) -> torch.device | None:
