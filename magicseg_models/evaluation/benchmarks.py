@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from importlib import resources
 from os import PathLike
 
+from magicseg_models.config import BENCHMARKS
 from magicseg_models.errors import ConfigError
-
-BENCHMARKS = ("voc", "context", "coco-object", "lvis", "oiv7-points")
 
 IGNORE_INDEX = 255
 
