@@ -26,6 +26,10 @@ class ShardError(StorageError):
     """A shard is missing, corrupt, unlisted, or does not match the schema."""
 
 
+class BenchmarkDataError(MagicSegError):
+    """A benchmark's file or folder is missing, unreadable or not in the expected layout."""
+
+
 class HealthError(MagicSegError):
     """A build ran outside ``build.health``: the message names the figure, its value and its limit."""
 
