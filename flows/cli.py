@@ -194,16 +194,16 @@ def cmd_prompts(args) -> int:
 
 def _classes_to_try(vocabulary, names: str) -> list:
     """Vocabulary classes (with their hints) where known; any other name is tried as given."""
-    from magicseg_models.errors import VocabularyError
+    from magicseg_models.errors import AmbiguousClassError, VocabularyError
     from magicseg_models.vocabulary import Vocabulary
 
     classes = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         try:
             classes.append(vocabulary.resolve(name))
-        except VocabularyError as err:
-            if str(err).startswith("ambiguous"):
-                raise
+        except AmbiguousClassError:
+            raise
+        except VocabularyError:
             print(f"magicseg prompts: '{name}' is not in {vocabulary.source}; trying it as given", file=sys.stderr)
             classes.append(Vocabulary.from_names([name])[0])
     if not 1 <= len(classes) <= 2:

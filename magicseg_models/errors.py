@@ -18,6 +18,10 @@ class VocabularyError(MagicSegError):
     """A class name is unknown, duplicated or empty, or a vocabulary file is malformed."""
 
 
+class AmbiguousClassError(VocabularyError):
+    """A class name that names several vocabulary classes (the user must pick the full name)."""
+
+
 class StorageError(MagicSegError):
     """Storage is unreachable, or a dataset at a URI is missing or malformed."""
 

@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from magicseg_models.config import DetectorConfig
-from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.errors import ConfigError, MagicSegError, one_line
 
 TINY_INIT_SEED = 0
 DELIMITERS = ("[CLS]", "[SEP]", ".", "?")  # the tokens Grounding DINO splits phrases at
@@ -465,7 +465,7 @@ class GroundingDinoDetector(BaseDetector):
                 model = GroundingDinoForObjectDetection.from_pretrained(config.model)
             except OSError as err:
                 raise DetectorWeightsError(f"detector.model '{config.model}' could not be loaded: "
-                                           f"{str(err).splitlines()[0]}") from None
+                                           f"{one_line(err)}") from None
             self.tokenizer = processor.tokenizer
             self.image_processor = processor.image_processor
             if config.image_size is not None:

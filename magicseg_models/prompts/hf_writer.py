@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from magicseg_models.errors import ConfigError
+from magicseg_models.errors import ConfigError, one_line
 from magicseg_models.prompts.openai_writer import LLMStats
 
 _TINY_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -75,7 +75,7 @@ class HFChat:
                 self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
                 self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
             except OSError as err:
-                raise ConfigError(f"prompts.model '{model}' could not be loaded: {str(err).splitlines()[0]}") from None
+                raise ConfigError(f"prompts.model '{model}' could not be loaded: {one_line(err)}") from None
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
         if weights == "tiny":
