@@ -59,7 +59,8 @@ class StageResources(Section):
     def _actor_range(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
         low, high = (value, value) if isinstance(value, int) else value
         if not 1 <= low <= high:
-            raise ValueError(f"actors must be >= 1, or [min, max] with 1 <= min <= max (got {list(value) if not isinstance(value, int) else value})")
+            got = value if isinstance(value, int) else list(value)
+            raise ValueError(f"actors must be >= 1, or [min, max] with 1 <= min <= max (got {got})")
         return value
 
     @property

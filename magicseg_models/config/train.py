@@ -33,7 +33,8 @@ class ZegCLIPConfig(Section):
     double_class_embedding: bool = Field(
         True, description="CLS input = 2 x CLIP's class embedding + its position, as the official ZegCLIP code "
         "computes it; false = once, as CLIP itself (docs/training.md)")
-    text_cache_dir: str | None = Field(None, description="folder for cached class-name text embeddings; None = memory only")
+    text_cache_dir: str | None = Field(
+        None, description="folder for cached class-name text embeddings; None = memory only")
 
     _local_paths = field_validator("clip", "tokenizer")(lambda value: resolve_local_path(value))
 

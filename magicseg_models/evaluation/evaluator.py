@@ -30,6 +30,7 @@ from PIL import Image
 
 from magicseg_models.config import EvalConfig, ZegCLIPConfig, public_config
 from magicseg_models.dataset.storage import Storage
+from magicseg_models.devices import resolve_device
 from magicseg_models.errors import ConfigError
 from magicseg_models.evaluation.benchmarks import BenchmarkClasses
 from magicseg_models.evaluation.inference import infer_scores, scores_to_labels
@@ -38,12 +39,6 @@ from magicseg_models.evaluation.predictions import save_prediction, score_predic
 from magicseg_models.evaluation.readers import open_benchmark
 
 Progress = Callable[[int, int], None]
-
-
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -109,7 +104,7 @@ class GroundedSAMPredictor:
         self.source = {"baseline": "grounded-sam", "annotate": public_config(config.annotate)}
 
     def scores(self, image: torch.Tensor, alternatives: Sequence[Sequence[str]], config: EvalConfig) -> torch.Tensor:
-        from magicseg_models.annotation.detector import clean_phrase
+        from magicseg_models.annotation.captions import clean_phrase
 
         phrases = [clean_phrase(names[0].replace("_", " ")) for names in alternatives]
         rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -150,9 +145,9 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
 def make_predictor(config: EvalConfig) -> ZegCLIPPredictor | GroundedSAMPredictor:
     """The predictor ``config`` asks for: the grounded-sam baseline or a checkpoint."""
     if config.baseline == "grounded-sam":
-        return GroundedSAMPredictor(config, _device(config.device))
+        return GroundedSAMPredictor(config, resolve_device(config.device))
     if config.checkpoint:
-        return ZegCLIPPredictor(config.checkpoint, config, _device(config.device))
+        return ZegCLIPPredictor(config.checkpoint, config, resolve_device(config.device))
     raise ConfigError("eval needs --checkpoint URI, --baseline grounded-sam or --predictions DIR")
 
 

@@ -34,13 +34,9 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from magicseg_models.devices import resolve_device, resolve_dtype
 from magicseg_models.errors import MagicSegError
-from magicseg_models.generation.components import (
-    Components,
-    load_components,
-    resolve_device,
-    resolve_dtype,
-)
+from magicseg_models.generation.components import Components, load_components
 
 MAX_SEED = 2**64  # torch generators take seeds in [0, 2**64)
 OUTPUT_TYPES = ("pt", "np", "uint8", "latent")

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from magicseg_models.annotation.detector import matmul_tf32
 from magicseg_models.dataset.codecs import encode_image
+from magicseg_models.devices import matmul_tf32
 from magicseg_models.generation.pair_pipeline import (
     MAX_SEED,
     GenerationInputError,

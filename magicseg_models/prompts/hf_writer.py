@@ -43,7 +43,7 @@ def tiny_chat_tokenizer():
     return fast
 
 
-def _tiny_model(vocab_size: int):
+def tiny_model(vocab_size: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -66,7 +66,7 @@ class HFChat:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if weights == "tiny":
             self.tokenizer = tiny_chat_tokenizer()
-            self.model = _tiny_model(len(self.tokenizer)).to(self.device)
+            self.model = tiny_model(len(self.tokenizer)).to(self.device)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
