@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 from magicseg_models.config import BENCHMARKS
@@ -33,9 +34,7 @@ def open_benchmark(
     ``prepared_dir`` (coco-object), ``images_dir`` (oiv7-points)."""
     if name not in READERS:
         raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    try:
-        return READERS[name](data_root, limit=limit, prompt_names=prompt_names, **options)
-    except TypeError as err:
-        if "unexpected keyword" in str(err):
-            raise ConfigError(f"benchmark {name} does not take option(s) {', '.join(options)}") from None
-        raise
+    reader = READERS[name]
+    if set(options) - set(inspect.signature(reader).parameters):
+        raise ConfigError(f"benchmark {name} does not take option(s) {', '.join(options)}")
+    return reader(data_root, limit=limit, prompt_names=prompt_names, **options)
