@@ -59,6 +59,7 @@ from benchmarks._machine import (  # noqa: E402
 )
 
 from magicseg_models.config import InferenceConfig  # noqa: E402
+from magicseg_models.errors import one_line  # noqa: E402
 from magicseg_models.evaluation.inference import infer_scores, slide_windows  # noqa: E402
 from magicseg_models.evaluation.metrics import ConfusionMatrix, histc_intersect_and_union  # noqa: E402
 
@@ -185,7 +186,7 @@ def pick_model(choice: str, device: torch.device) -> tuple[Callable, int, str]:
         try:
             return zegclip_predict_fn(device)
         except Exception as err:  # any failure of the optional model falls back to the conv net, said aloud
-            first = str(err).splitlines()[0][:120] if str(err) else ""
+            first = one_line(str(err), 120)
             print(f"note: ZegCLIP tiny unavailable ({type(err).__name__}: {first}); using the conv model")
     return conv_predict_fn(device)
 

@@ -62,7 +62,8 @@ from magicseg_models.dataset.reader import DatasetReader, decode_row  # noqa: E4
 from magicseg_models.errors import ShardError  # noqa: E402
 from magicseg_models.training.augment import (CLIP_MEAN, CLIP_STD, CROP_TRIES, JointAugment,  # noqa: E402
                                               _check_stats, finish_pixels)
-from magicseg_models.training.data import (TrainDataset, _one_line, collate, epoch_pieces,  # noqa: E402
+from magicseg_models.errors import one_line  # noqa: E402
+from magicseg_models.training.data import (TrainDataset, collate, epoch_pieces,  # noqa: E402
                                            iter_piece_rows, make_train_loader, sample_seed)
 
 CLASSES = ["cat", "dog", "bus (vehicle)", "bicycle", "person", "umbrella", "horse", "bench"]
@@ -253,7 +254,7 @@ def legacy_decode_sample(row: dict, shard: str = "?") -> dict:
     try:
         row = decode_row(row)
     except ShardError as err:  # decode_row names the sample; add where it lives
-        raise ShardError(f"shard {shard}: {_one_line(err)}") from None
+        raise ShardError(f"shard {shard}: {one_line(err, 300)}") from None
     image, cf = F.pil_to_tensor(row["image"]), F.pil_to_tensor(row["counterfactual_image"])
     height, width = int(row["height"]), int(row["width"])
     if tuple(image.shape[1:]) != (height, width) or cf.shape != image.shape:

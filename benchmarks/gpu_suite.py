@@ -61,6 +61,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks._machine import cpu_model, load_average, ratio_note, spread  # noqa: E402
+from magicseg_models.errors import one_line  # noqa: E402
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks from the vendors' data sheets, TFLOPS. The first pattern that
 # matches torch.cuda.get_device_name wins; a card not listed gets no FLOP ratio (and the suite says so).
@@ -441,7 +442,7 @@ class Suite:
         try:
             result = fn()
         except Exception as err:  # one item failing must not cost the others their figures
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            first = one_line(str(err), 200)
             result = {"error": f"{type(err).__name__}: {first}"}
         result["seconds"] = round(time.perf_counter() - began, 2)
         result["peak_gpu_mb"] = (round(torch.cuda.max_memory_allocated(self.device) / 2**20)

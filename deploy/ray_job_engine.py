@@ -72,10 +72,18 @@ def submit_or_attach(client, job_id: str, entrypoint: str, env_vars: dict[str, s
     try:
         client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": env_vars})
         log(f"submitted Ray job {job_id} to {address}")
-    except RuntimeError as err:  # the job exists already (the worker resubmitted this run): follow it
-        if "already exists" not in str(err):
+    except RuntimeError:  # the Jobs API raises RuntimeError for every refusal: ask whether the job exists
+        if not _job_exists(client, job_id):
             raise
-        log(f"following the existing Ray job {job_id}")
+        log(f"following the existing Ray job {job_id}")  # the worker resubmitted this run
+
+
+def _job_exists(client, job_id: str) -> bool:
+    try:
+        client.get_job_info(job_id)
+    except RuntimeError:  # 404: no job of that id
+        return False
+    return True
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ COMPLETED_EVENT = "magicseg.dataset.completed"  # prefect.yaml's train/adhoc tri
 PREVIEW_FILE = "preview.png"  # under the dataset URI: the grid the preview artifact links to
 
 
-def _check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> None:
+def check_rerun(store: DatasetStore, config: BuildConfig, overwrite: bool) -> None:
     header = store.read_run_header()
     if header is None:
         return
@@ -108,7 +108,7 @@ def build_dataset(config: BuildConfig | None = None, preset: BuildPreset | None 
     store = DatasetStore(config.out, config.storage.storage_options)
     began = time.perf_counter()
     with BuildLock(store.storage, run_name=str(uuid.uuid4())[:8]):
-        _check_rerun(store, config, overwrite)
+        check_rerun(store, config, overwrite)
         done = store.committed()
         todo = [s for s in range(num_shards(spec)) if not plan_shard(spec, s).is_complete(done.get(s))]
         logger.info("%d of %d shards to build at %s", len(todo), num_shards(spec), store.uri)

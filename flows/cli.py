@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 try:
     from flows.params import refuse_storage_secrets
+    from magicseg_models.config import BENCHMARKS
     from flows.progress import progress_callback
 except ImportError as _err:  # a library too old for magicseg_models: its one line (what to install), no traceback
     if type(_err).__name__ != "LibraryVersionError":
@@ -193,16 +194,16 @@ def cmd_prompts(args) -> int:
 
 def _classes_to_try(vocabulary, names: str) -> list:
     """Vocabulary classes (with their hints) where known; any other name is tried as given."""
-    from magicseg_models.errors import VocabularyError
+    from magicseg_models.errors import AmbiguousClassError, VocabularyError
     from magicseg_models.vocabulary import Vocabulary
 
     classes = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         try:
             classes.append(vocabulary.resolve(name))
-        except VocabularyError as err:
-            if str(err).startswith("ambiguous"):
-                raise
+        except AmbiguousClassError:
+            raise
+        except VocabularyError:
             print(f"magicseg prompts: '{name}' is not in {vocabulary.source}; trying it as given", file=sys.stderr)
             classes.append(Vocabulary.from_names([name])[0])
     if not 1 <= len(classes) <= 2:
@@ -587,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="URI", help="a training --out (its latest checkpoint) or one checkpoint")
     p.add_argument("--predictions", metavar="DIR", help="score saved label PNGs instead of running a model")
     p.add_argument("--baseline", choices=["grounded-sam"], help="evaluate Grounding DINO + SAM instead of a model")
-    p.add_argument("--benchmark", required=True, choices=["voc", "context", "coco-object", "lvis", "oiv7-points"])
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--data-root", required=True, metavar="PATH", help="the benchmark's folder (docs/evaluation.md)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
     p.add_argument("--out", metavar="URI", help="where metrics.json and the per-class table go")

@@ -6,14 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from magicseg_models.config import KINDS, load_config, redact
+from magicseg_models.config import KINDS, BenchmarkName, load_config, redact
 from magicseg_models.errors import ConfigError
 
 # the choice lists of the flows' UI forms (a test keeps them equal to the presets shipped in the package)
 BuildPreset = Literal["sd15", "sd15-random", "tiny"]
 TrainPreset = Literal["tiny", "zegclip-vitb16", "zegclip-vitb16-plus"]
 EvalPreset = Literal["tiny", "zegclip-vitb16"]
-Benchmark = Literal["voc", "context", "coco-object", "lvis", "oiv7-points"]
+Benchmark = BenchmarkName
 
 
 def refuse_storage_secrets(config: BaseModel) -> None:

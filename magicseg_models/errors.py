@@ -18,12 +18,20 @@ class VocabularyError(MagicSegError):
     """A class name is unknown, duplicated or empty, or a vocabulary file is malformed."""
 
 
+class AmbiguousClassError(VocabularyError):
+    """A class name that names several vocabulary classes (the user must pick the full name)."""
+
+
 class StorageError(MagicSegError):
     """Storage is unreachable, or a dataset at a URI is missing or malformed."""
 
 
 class ShardError(StorageError):
     """A shard is missing, corrupt, unlisted, or does not match the schema."""
+
+
+class BenchmarkDataError(MagicSegError):
+    """A benchmark's file or folder is missing, unreadable or not in the expected layout."""
 
 
 class HealthError(MagicSegError):

@@ -119,14 +119,14 @@ def _hasher(prefix: str) -> Callable[[int], int]:
 
 
 @lru_cache(maxsize=64)
-def _raw_permutation(seed: int, stream: str, class_ids: tuple[int, ...], r: int) -> tuple[int, ...]:
+def raw_permutation(seed: int, stream: str, class_ids: tuple[int, ...], r: int) -> tuple[int, ...]:
     """Permutation ``r`` of a stream: class ids sorted by a blake2b key (ties broken by id)."""
     h = _hasher(f"{seed}/{stream}/{r}/")
     return tuple(sorted(class_ids, key=lambda cid: (h(cid), cid)))
 
 
 @lru_cache(maxsize=64)
-def _permutation(seed: int, stream: str, class_ids: tuple[int, ...], r: int) -> tuple[int, ...]:
+def permutation(seed: int, stream: str, class_ids: tuple[int, ...], r: int) -> tuple[int, ...]:
     """Permutation ``r`` of a stream, fixed so that stream positions ``(2k, 2k+1)`` never repeat.
 
     Only a pair that straddles two permutations can repeat a class; that happens when the first
@@ -134,10 +134,10 @@ def _permutation(seed: int, stream: str, class_ids: tuple[int, ...], r: int) -> 
     permutation ``r - 1``, it swaps with its second class (n is odd here, so n >= 3). The swap
     never touches a last element, so this depends on raw permutation ``r - 1`` only: no chain.
     """
-    perm = _raw_permutation(seed, stream, class_ids, r)
+    perm = raw_permutation(seed, stream, class_ids, r)
     n = len(class_ids)
     if stream == "pair" and r > 0 and (r * n) % 2 == 1:
-        if perm[0] == _raw_permutation(seed, stream, class_ids, r - 1)[-1]:
+        if perm[0] == raw_permutation(seed, stream, class_ids, r - 1)[-1]:
             perm = (perm[1], perm[0]) + perm[2:]
     return perm
 
@@ -153,7 +153,7 @@ class _Stream:
     def __getitem__(self, pos: int) -> int:
         r, j = divmod(pos, self.n)
         if r != self.r:  # the lru_cache lookup hashes the id tuple: do it once per permutation
-            self.r, self.perm = r, _permutation(*self.key, r)
+            self.r, self.perm = r, permutation(*self.key, r)
         return self.perm[j]
 
 
@@ -235,7 +235,7 @@ def _stream_counts(spec: PlanSpec, stream: str, length: int) -> dict[int, int]:
     full, rest = divmod(length, len(spec.class_ids))
     counts = dict.fromkeys(spec.class_ids, full)
     if rest:
-        for cid in _permutation(spec.seed, stream, spec.class_ids, full)[:rest]:
+        for cid in permutation(spec.seed, stream, spec.class_ids, full)[:rest]:
             counts[cid] += 1
     return counts
 

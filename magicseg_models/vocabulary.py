@@ -29,7 +29,7 @@ from importlib import resources
 
 import fsspec
 
-from magicseg_models.errors import VocabularyError
+from magicseg_models.errors import AmbiguousClassError, VocabularyError
 
 BUILTIN_SOURCE = "builtin:vocab_1205"
 
@@ -304,7 +304,7 @@ class Vocabulary:
             return matches[0]
         if matches:
             candidates = ", ".join(c.name for c in matches)
-            raise VocabularyError(f"ambiguous class {name!r}: {candidates}; use the full name")
+            raise AmbiguousClassError(f"ambiguous class {name!r}: {candidates}; use the full name")
         lookup = {k: [c] for k, c in self._canonical.items()} | self._aliases
         close = difflib.get_close_matches(spaced, lookup, n=20)
         suggestions = list(dict.fromkeys(c.name for k in close for c in lookup[k]))[:5]

@@ -75,7 +75,7 @@ class _Call:
     size: int
 
 
-def _pieces(parts: list[tuple[Any, int]], size: int) -> list[list[tuple[Any, int, int]]]:
+def cut_pieces(parts: list[tuple[Any, int]], size: int) -> list[list[tuple[Any, int, int]]]:
     """``parts`` (in order) cut into pieces of ``size`` rows, each a list of ``(part, lo, hi)`` slices."""
     pieces: list[list[tuple[Any, int, int]]] = []
     current: list[tuple[Any, int, int]] = []
@@ -259,7 +259,7 @@ class RayExecutor:
             self._collector.submit(self._collect, batch)
             return
         pool = self.pools[stage]
-        pieces = _pieces(batch.parts, pool.spec.batch_size)
+        pieces = cut_pieces(batch.parts, pool.spec.batch_size)
         batch.stage, batch.outputs, batch.remaining = stage, [None] * len(pieces), len(pieces)
         self._queues[pool.name].extend((batch, i, piece) for i, piece in enumerate(pieces))
 

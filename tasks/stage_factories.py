@@ -35,7 +35,7 @@ def prompt_stage(config: BuildConfig, api_key: str | None):
 
 
 def pair_stage(config: BuildConfig):
-    from magicseg_models.generation.pair_pipeline import PairGenerator
+    from magicseg_models.generation.pair_stage import PairGenerator
 
     return PairGenerator(config.generator)
 

@@ -12,7 +12,7 @@ from magicseg_models.config import load_config
 from magicseg_models.evaluation.benchmarks import benchmark_classes
 from magicseg_models.evaluation.evaluator import evaluate
 from magicseg_models.training.trainer import train_worker
-from tests.test_eval_readers import VOC_IDS, make_oiv7, make_voc
+from tests.benchmark_data import VOC_IDS, make_oiv7, make_voc
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from magicseg_models.config import RayConfig, StageResources
 from magicseg_models.errors import ClusterError, ConfigError
 from magicseg_models.pipeline import StageSpec
 from stage_doubles import refusing_stage, tagging_stage, unbuildable_stage
-from tasks.executor import RayExecutor, _pieces
+from tasks.executor import RayExecutor, cut_pieces
 
 CPU = dict(num_gpus=0, num_cpus=0.5)
 
@@ -29,8 +29,8 @@ def _run(executor: RayExecutor, rows: list[dict], batch: int) -> list[dict]:
 
 def test_pieces_cut_parts_in_order():
     parts = [("a", 3), ("b", 4)]
-    assert _pieces(parts, 2) == [[("a", 0, 2)], [("a", 2, 3), ("b", 0, 1)], [("b", 1, 3)], [("b", 3, 4)]]
-    assert _pieces(parts, 10) == [[("a", 0, 3), ("b", 0, 4)]]
+    assert cut_pieces(parts, 2) == [[("a", 0, 2)], [("a", 2, 3), ("b", 0, 1)], [("b", 1, 3)], [("b", 3, 4)]]
+    assert cut_pieces(parts, 10) == [[("a", 0, 3), ("b", 0, 4)]]
 
 
 def test_rows_pass_every_stage_in_order_with_per_stage_batch_sizes(local_ray):

@@ -116,14 +116,13 @@ def test_rows_in_rows_out(gen):
     assert rows[0].get("image") is None  # inputs are not modified
 
 
-def test_columns_in_columns_out_for_ray_data(gen):
+def test_an_injected_pipeline_is_used_as_it_is(gen):
+    """``PairGenerator(config, pipeline=...)`` loads nothing: the pipeline handed in makes the images."""
     rows = [job(i) for i in range(2)]
-    columns = {key: [r[key] for r in rows] for key in rows[0]}
-    columns["seed"] = np.array(columns["seed"], dtype=np.int64)  # what Ray Data hands over
-    out = gen(columns)
-    assert out["sample_id"] == ["t-0", "t-1"]
-    assert out["image"] == [r["image"] for r in gen(rows)]
-    assert set(out) >= {"image", "counterfactual_image", "height", "width", "drop_reason"}
+    with PairGenerator(tiny_config(), pipeline=gen.pipeline) as shared:
+        assert shared.pipeline is gen.pipeline
+        assert [r["image"] for r in shared(rows)] == [r["image"] for r in gen(rows)]
+        assert shared.settings == gen.settings
 
 
 def test_jpeg_is_the_default_format():

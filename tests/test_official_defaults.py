@@ -168,7 +168,7 @@ def test_crop_acceptance_is_mmsegs_with_background_ignored_or_counted():
             classes = masks.bool()
             for top in range(0, 25, 3):
                 for left in range(0, 25, 3):
-                    ours = crop._largest_share(classes, top, left, 24, 24) < 0.75
+                    ours = crop.window_largest_share(classes, top, left, 24, 24) < 0.75
                     assert ours == _mmseg_accepts(label, top, left, 24), (reduce_zero_label, top, left)
 
 

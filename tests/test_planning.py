@@ -74,8 +74,8 @@ def test_balance_for_every_prefix(spec):
 @given(specs())
 def test_deterministic_even_without_caches(spec):
     first = plan_jobs(spec)
-    planning._permutation.cache_clear()
-    planning._raw_permutation.cache_clear()
+    planning.permutation.cache_clear()
+    planning.raw_permutation.cache_clear()
     again = plan_jobs(PlanSpec(**{f: getattr(spec, f) for f in spec.__dataclass_fields__}))
     assert first == again
 
@@ -141,8 +141,8 @@ def test_straddle_fix_is_exercised():
     fixed = [
         r
         for r in range(1, 400, 2)  # r * 3 is odd only for odd r
-        if planning._raw_permutation(0, "pair", spec.class_ids, r)
-        != planning._permutation(0, "pair", spec.class_ids, r)
+        if planning.raw_permutation(0, "pair", spec.class_ids, r)
+        != planning.permutation(0, "pair", spec.class_ids, r)
     ]
     assert fixed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.build_dataset import _check_rerun
+from flows.build_dataset import check_rerun
 from magicseg_models.config import load_config, public_config
 from magicseg_models.dataset.store import DatasetStore
 from magicseg_models.errors import ConfigError
@@ -21,7 +21,7 @@ def test_fields_added_since_the_header_do_not_block_a_resume(tmp_path):
     del old["generator"]["vae_decode_batch"]
     store = DatasetStore(config.out)
     _header(store, old)
-    _check_rerun(store, config, overwrite=False)  # resumes
+    check_rerun(store, config, overwrite=False)  # resumes
 
 
 def test_a_value_that_really_differs_is_still_refused(tmp_path):
@@ -31,4 +31,4 @@ def test_a_value_that_really_differs_is_still_refused(tmp_path):
     store = DatasetStore(config.out)
     _header(store, old)
     with pytest.raises(ConfigError, match=r"built with a different config \(generator.steps\)"):
-        _check_rerun(store, config, overwrite=False)
+        check_rerun(store, config, overwrite=False)

@@ -68,7 +68,7 @@ def test_cli_train_then_eval_with_relative_paths(tmp_path, tiny_plan):
     from pathlib import Path
 
     from magicseg_models.dataset.synthetic import write_synthetic_dataset
-    from tests.test_eval_readers import make_voc
+    from tests.benchmark_data import make_voc
 
     spec, jobs = tiny_plan
     write_synthetic_dataset(str(tmp_path / "ds"), jobs[:6], list(spec.class_names), height=64, width=64)

@@ -219,7 +219,7 @@ def test_official_grounding_dino_takes_its_bert_from_detector_text_encoder(tmp_p
     from PIL import Image
     from transformers import BertConfig, BertModel
 
-    from magicseg_models.annotation.detector import build_detector_tokenizer
+    from magicseg_models.annotation.detector_tokenizer import build_detector_tokenizer
     from magicseg_models.annotation.official import OfficialGroundingDino
     from magicseg_models.config import DetectorConfig
     from magicseg_models.weights.hub import groundingdino_config_file

@@ -47,7 +47,8 @@ def save_tiny_sd(folder: Path, variant: str | None = None, *, plain_offset: floa
 def save_tiny_grounding_dino(folder: Path) -> Path:
     from transformers import GroundingDinoForObjectDetection, GroundingDinoImageProcessor, GroundingDinoProcessor
 
-    from magicseg_models.annotation.detector import build_detector_tokenizer, tiny_grounding_dino_config
+    from magicseg_models.annotation.detector_configs import tiny_grounding_dino_config
+    from magicseg_models.annotation.detector_tokenizer import build_detector_tokenizer
 
     tokenizer = build_detector_tokenizer()
     torch.manual_seed(0)
@@ -71,10 +72,10 @@ def save_tiny_sam(folder: Path) -> Path:
 
 
 def save_tiny_llm(folder: Path) -> Path:
-    from magicseg_models.prompts.hf_writer import _tiny_model, tiny_chat_tokenizer
+    from magicseg_models.prompts.hf_writer import tiny_model, tiny_chat_tokenizer
 
     tokenizer = tiny_chat_tokenizer()
-    _tiny_model(len(tokenizer)).save_pretrained(folder)
+    tiny_model(len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from magicseg_models.errors import StorageError
+from magicseg_models.errors import StorageError, one_line
 
 # botocore's connection errors do not subclass OSError; match them by name so this module needs no botocore
 _NETWORK_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
@@ -26,9 +26,8 @@ _NETWORK_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeou
 
 
 def describe_error(err: BaseException) -> str:
-    """The first line of an exception, for a one-line user error."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:300]
+    """The first line of an exception, for a one-line user error (:func:`magicseg_models.errors.one_line`)."""
+    return one_line(err, 300)
 
 
 def is_storage_error(err: BaseException) -> bool:

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from importlib import resources
 from os import PathLike
 
+from magicseg_models.config import BENCHMARKS
 from magicseg_models.errors import ConfigError
-
-BENCHMARKS = ("voc", "context", "coco-object", "lvis", "oiv7-points")
+from magicseg_models.evaluation.oiv7_csv import oiv7_files, read_oiv7_points
 
 IGNORE_INDEX = 255
 
@@ -117,7 +117,7 @@ def _names(filename: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _table(filename: str) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+def data_table(filename: str) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
     """(header, rows) of a TSV whose first data line is the column header."""
     header, *rows = (tuple(line.split("\t")) for line in _lines(filename))
     for n, row in enumerate(rows, 1):
@@ -130,7 +130,7 @@ def prompt_columns(name: str) -> tuple[str, ...]:
     """The prompt-name columns a benchmark offers (``"default"`` picks one of them)."""
     name = _check_benchmark(name)
     if name in _TSV:
-        return _table(_TSV[name][0])[0][1:]
+        return data_table(_TSV[name][0])[0][1:]
     return _STATIC_COLUMNS[name]
 
 
@@ -167,9 +167,9 @@ def benchmark_classes(
     name = _check_benchmark(name)
     column = _resolve_column(name, prompt_names)
     if name == "oiv7-points":
-        from magicseg_models.evaluation.readers import oiv7_classes  # readers imports this module
-
-        return oiv7_classes(data_root, column)
+        _, points, classes = oiv7_files(data_root)
+        parsed = read_oiv7_points(points, classes)
+        return oiv7_benchmark_classes(parsed.mids, parsed.names, column)
     return _static_classes(name, column)
 
 
@@ -178,7 +178,7 @@ def _static_classes(name: str, column: str) -> BenchmarkClasses:
     background: tuple[str, ...] = ()
     if name in _TSV:
         table_file, names_file = _TSV[name]
-        header, rows = _table(table_file)
+        header, rows = data_table(table_file)
         names = _names(names_file)
         canonical = [row[1] for row in rows]
         if canonical != list(names):

@@ -30,6 +30,7 @@ from PIL import Image
 
 from magicseg_models.config import EvalConfig, ZegCLIPConfig, public_config
 from magicseg_models.dataset.storage import Storage
+from magicseg_models.devices import resolve_device
 from magicseg_models.errors import ConfigError
 from magicseg_models.evaluation.benchmarks import BenchmarkClasses
 from magicseg_models.evaluation.inference import infer_scores, scores_to_labels
@@ -38,12 +39,6 @@ from magicseg_models.evaluation.predictions import save_prediction, score_predic
 from magicseg_models.evaluation.readers import open_benchmark
 
 Progress = Callable[[int, int], None]
-
-
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -109,7 +104,7 @@ class GroundedSAMPredictor:
         self.source = {"baseline": "grounded-sam", "annotate": public_config(config.annotate)}
 
     def scores(self, image: torch.Tensor, alternatives: Sequence[Sequence[str]], config: EvalConfig) -> torch.Tensor:
-        from magicseg_models.annotation.detector import clean_phrase
+        from magicseg_models.annotation.captions import clean_phrase
 
         phrases = [clean_phrase(names[0].replace("_", " ")) for names in alternatives]
         rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -132,55 +127,48 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
     settings = config.benchmarks[config.benchmark]
     reader = open_benchmark(config.benchmark, config.data_root, limit=config.limit,
                             prompt_names=settings.prompt_names)
-    classes: BenchmarkClasses = reader.classes
-    out = Storage(config.out, config.storage.storage_options) if config.out else None
     common = {"benchmark": config.benchmark, "num_images": len(reader),
-              "settings": {"bg_threshold": settings.bg_threshold, "prompt_names": classes.prompt_column,
+              "settings": {"bg_threshold": settings.bg_threshold, "prompt_names": reader.classes.prompt_column,
                            "limit": config.limit, "inference": public_config(config.inference)}}
+    points = config.benchmark == "oiv7-points"
     if config.predictions:
-        if config.benchmark == "oiv7-points":
+        if points:
             raise ConfigError("--predictions scores label maps; oiv7-points has point labels (score a model with "
                               "--checkpoint instead)")
-        matrix = score_predictions(_tracked(reader, progress), config.predictions, classes.num_classes,
-                                   classes.ignore_index)
-        common["settings"]["predictions"] = config.predictions
-        return {"metrics": {**common, **_miou_metrics(matrix, classes)}, "examples": []}
-
-    if config.baseline == "grounded-sam":
-        predictor: Any = GroundedSAMPredictor(config, _device(config.device))
-    elif config.checkpoint:
-        predictor = ZegCLIPPredictor(config.checkpoint, config, _device(config.device))
-    else:
-        raise ConfigError("eval needs --checkpoint URI, --baseline grounded-sam or --predictions DIR")
+        return evaluate_saved_predictions(config, reader, common, progress)
+    predictor = make_predictor(config)
     common["settings"].update(predictor.source)
-    threshold = predictor.background_threshold if predictor.background_threshold is not None \
-        else settings.bg_threshold
-    common["settings"]["bg_threshold"] = threshold
-    alternatives = classes.prompt_alternatives
+    protocol = evaluate_points if points else evaluate_miou
+    return protocol(config, reader, predictor, common, progress)
 
+
+def make_predictor(config: EvalConfig) -> ZegCLIPPredictor | GroundedSAMPredictor:
+    """The predictor ``config`` asks for: the grounded-sam baseline or a checkpoint."""
+    if config.baseline == "grounded-sam":
+        return GroundedSAMPredictor(config, resolve_device(config.device))
+    if config.checkpoint:
+        return ZegCLIPPredictor(config.checkpoint, config, resolve_device(config.device))
+    raise ConfigError("eval needs --checkpoint URI, --baseline grounded-sam or --predictions DIR")
+
+
+def evaluate_saved_predictions(config: EvalConfig, reader, common: dict, progress: Progress | None = None) -> dict:
+    """mIoU of the label PNGs in ``config.predictions`` (one per image id), scored as they are."""
+    classes: BenchmarkClasses = reader.classes
+    matrix = score_predictions(_tracked(reader, progress), config.predictions, classes.num_classes,
+                               classes.ignore_index)
+    common["settings"]["predictions"] = config.predictions
+    return {"metrics": {**common, **_miou_metrics(matrix, classes)}, "examples": []}
+
+
+def evaluate_miou(config: EvalConfig, reader, predictor, common: dict, progress: Progress | None = None) -> dict:
+    """Dense protocol: per-pixel labels (background below the threshold), one confusion matrix over the dataset."""
+    classes: BenchmarkClasses = reader.classes
+    threshold = _background_threshold(config, predictor, common)
+    out = Storage(config.out, config.storage.storage_options) if config.out else None
     examples: list[tuple[Image.Image, np.ndarray, np.ndarray]] = []
-    if config.benchmark == "oiv7-points":
-        points = PointIoU(config.p_miou_aggregation)
-        for i, sample in enumerate(reader):
-            present = sorted({int(c) for c in sample.points[:, 2]})
-            scores = predictor.scores(_to_tensor(sample.image), [alternatives[c] for c in present], config)
-            where = {c: k for k, c in enumerate(present)}
-            xs, ys = sample.points[:, 0], sample.points[:, 1]
-            values = scores[[where[int(c)] for c in sample.points[:, 2]], ys, xs].cpu().numpy()
-            points.update([int(c) for c in sample.points[:, 2]], sample.points[:, 3].astype(int), values)
-            if progress:
-                progress(i + 1, len(reader))
-        result = points.compute()
-        names = classes.names
-        per_class = {names[k]: _finite(v) for k, v in result.get("per_class", {}).items()}
-        metrics = {**common, "miou": _finite(result["p_miou"]), "metric": "p-mIoU",
-                   "per_class": per_class, "fg_iou": _finite(result["fg_iou"]), "bg_iou": _finite(result["bg_iou"]),
-                   "aggregation": result["aggregation"], "points": result["points"]}
-        return {"metrics": metrics, "examples": examples}
-
     matrix = ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index)
     for i, sample in enumerate(reader):
-        scores = predictor.scores(_to_tensor(sample.image), alternatives, config)
+        scores = predictor.scores(_to_tensor(sample.image), classes.prompt_alternatives, config)
         labels = scores_to_labels(scores, threshold, classes.has_background).cpu().numpy()
         matrix.update(labels, np.asarray(sample.label).astype(np.int64))
         if config.save_predictions and out is not None:
@@ -190,6 +178,38 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
         if progress:
             progress(i + 1, len(reader))
     return {"metrics": {**common, **_miou_metrics(matrix, classes)}, "examples": examples}
+
+
+def evaluate_points(config: EvalConfig, reader, predictor, common: dict, progress: Progress | None = None) -> dict:
+    """Point protocol (p-mIoU): each image scored only for the classes with points in it, read at the points."""
+    classes: BenchmarkClasses = reader.classes
+    alternatives = classes.prompt_alternatives
+    _background_threshold(config, predictor, common)
+    points = PointIoU(config.p_miou_aggregation)
+    for i, sample in enumerate(reader):
+        present = sorted({int(c) for c in sample.points[:, 2]})
+        scores = predictor.scores(_to_tensor(sample.image), [alternatives[c] for c in present], config)
+        where = {c: k for k, c in enumerate(present)}
+        xs, ys = sample.points[:, 0], sample.points[:, 1]
+        values = scores[[where[int(c)] for c in sample.points[:, 2]], ys, xs].cpu().numpy()
+        points.update([int(c) for c in sample.points[:, 2]], sample.points[:, 3].astype(int), values)
+        if progress:
+            progress(i + 1, len(reader))
+    result = points.compute()
+    per_class = {classes.names[k]: _finite(v) for k, v in result.get("per_class", {}).items()}
+    metrics = {**common, "miou": _finite(result["p_miou"]), "metric": "p-mIoU",
+               "per_class": per_class, "fg_iou": _finite(result["fg_iou"]), "bg_iou": _finite(result["bg_iou"]),
+               "aggregation": result["aggregation"], "points": result["points"]}
+    return {"metrics": metrics, "examples": []}
+
+
+def _background_threshold(config: EvalConfig, predictor, common: dict) -> float:
+    """The predictor's own threshold (a baseline's), else the benchmark's; recorded in the metrics' settings."""
+    threshold = predictor.background_threshold
+    if threshold is None:
+        threshold = config.benchmarks[config.benchmark].bg_threshold
+    common["settings"]["bg_threshold"] = threshold
+    return threshold
 
 
 def _tracked(reader, progress: Progress | None):

@@ -1,8 +1,8 @@
 """Paired image generation: Stable Diffusion 1.x image + counterfactual image from the same latents.
 
-``PairGenerator(config.generator)`` is the stage (rows in, rows out); ``PairedStableDiffusionPipeline`` is the
-tensor-level diffusers pipeline under it; ``components`` builds or loads the models (``tiny``, ``random``,
-``pretrained``) and the schedulers.
+``PairGenerator(config.generator)`` (:mod:`.pair_stage`) is the stage (rows in, rows out);
+``PairedStableDiffusionPipeline`` (:mod:`.pair_pipeline`) is the tensor-level diffusers pipeline under it;
+``components`` builds or loads the models (``tiny``, ``random``, ``pretrained``) and the schedulers.
 """
 
 from magicseg_models.generation.components import (
@@ -14,12 +14,12 @@ from magicseg_models.generation.components import (
     make_scheduler,
 )
 from magicseg_models.generation.pair_pipeline import (
-    DROP_REASONS,
     GenerationInputError,
     PairedStableDiffusionPipeline,
-    PairGenerator,
     PairPipelineOutput,
+    load_pair_pipeline,
 )
+from magicseg_models.generation.pair_stage import DROP_REASONS, PairGenerator
 
 __all__ = [
     "DROP_REASONS",
@@ -32,5 +32,6 @@ __all__ = [
     "build_tiny_tokenizer",
     "known_schedulers",
     "load_components",
+    "load_pair_pipeline",
     "make_scheduler",
 ]

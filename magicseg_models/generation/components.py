@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from magicseg_models.devices import resolve_device, resolve_dtype
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
 from magicseg_models.weights.hub import has_variant, local_folder, looks_local
@@ -281,24 +282,6 @@ def default_scheduler():
 
 
 # ------------------------------------------------------------------------------------------ device / dtype
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto": the first CUDA GPU when there is one, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The configured dtype, except float16 on a CPU (slow and partly unsupported there), which runs in float32."""
-    dtype = _DTYPES[name]
-    if device.type == "cpu" and dtype == torch.float16:
-        return torch.float32
-    return dtype
-
-
 # ------------------------------------------------------------------------------------------------- loading
 @dataclass
 class Components:

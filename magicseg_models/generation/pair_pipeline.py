@@ -16,19 +16,16 @@ Two layers, as in diffusers:
   :class:`GenerationInputError` s instead of silently fixing inputs; ``__call__`` runs in numbered steps and is
   numerically the plain ``StableDiffusionPipeline`` run on the same latents (its image of prompt p with latents z
   is the plain pipeline's image of p from z, to float tolerance).
-- :class:`PairGenerator`: the stage. It loads its models in ``__init__`` from a ``GeneratorConfig`` and maps a
-  batch of rows (``prompt``, ``counterfactual_prompt``, ``seed``, anything else passes through) to a batch of rows
-  with ``image`` and ``counterfactual_image`` bytes, ``height``, ``width`` and ``drop_reason``. It runs the same
-  in a test, a notebook or a Ray actor (this package imports neither Ray nor Prefect).
+- :func:`load_pair_pipeline`: that pipeline for a ``GeneratorConfig``, its models loaded once, with the config's
+  speed options applied. The row stage over it, :class:`~magicseg_models.generation.pair_stage.PairGenerator`,
+  lives in :mod:`magicseg_models.generation.pair_stage`.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
 import threading
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,20 +34,12 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from magicseg_models.annotation.detector import matmul_tf32
-from magicseg_models.dataset.codecs import encode_image
+from magicseg_models.devices import resolve_device, resolve_dtype
 from magicseg_models.errors import MagicSegError
-from magicseg_models.generation.components import (
-    Components,
-    load_components,
-    resolve_device,
-    resolve_dtype,
-)
+from magicseg_models.generation.components import Components, load_components
 
 MAX_SEED = 2**64  # torch generators take seeds in [0, 2**64)
-BLACK_MAX = 1  # an image whose every uint8 value is <= this is "all black" (fp16 overflow, blanked output)
 OUTPUT_TYPES = ("pt", "np", "uint8", "latent")
-DROP_REASONS = ("nonfinite", "nsfw", "black")
 
 
 class GenerationInputError(MagicSegError):
@@ -76,7 +65,7 @@ class PairPipelineOutput:
     unet_calls: int
 
 
-def _is_int(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -106,6 +95,7 @@ class PairedStableDiffusionPipeline(DiffusionPipeline):
         self._negative_embeds: torch.Tensor | None = None
         self._negative_lock = threading.Lock()
         self.vae_decode_batch = 16  # images per VAE decode call (bounds activation memory at 512x512)
+        self.source: dict[str, Any] = {}  # what was loaded (weights, model, revision): load_pair_pipeline sets it
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -153,14 +143,14 @@ class PairedStableDiffusionPipeline(DiffusionPipeline):
             raise GenerationInputError(f"{len(prompt)} prompts, {len(counterfactual_prompt)} counterfactual "
                                        f"prompts and {len(seeds)} seeds: one of each per job")
         for i, seed in enumerate(seeds):
-            if not _is_int(seed) or not 0 <= int(seed) < MAX_SEED:
+            if not is_integer(seed) or not 0 <= int(seed) < MAX_SEED:
                 raise GenerationInputError(f"seeds[{i}] must be an integer in [0, 2**64), got {seed!r}")
         scale = self.vae_scale_factor
         for name, size in (("height", height), ("width", width)):
-            if not _is_int(size) or size < scale or size % scale:
+            if not is_integer(size) or size < scale or size % scale:
                 raise GenerationInputError(f"{name} must be a positive multiple of {scale} (the VAE's "
                                            f"downsampling), got {size!r}")
-        if not _is_int(num_inference_steps) or num_inference_steps < 1:
+        if not is_integer(num_inference_steps) or num_inference_steps < 1:
             raise GenerationInputError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not np.isfinite(guidance_scale) or guidance_scale < 0:
@@ -296,160 +286,30 @@ class PairedStableDiffusionPipeline(DiffusionPipeline):
         return [bool(flag) for flag in flags]
 
 
-# ------------------------------------------------------------------------------------------------- stage
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: tuples -> lists, non-finite floats (DPM-Solver's -inf clip) -> strings."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+# ---------------------------------------------------------------------------------------------- loading
+def load_pair_pipeline(config, device: str | torch.device | None = None) -> PairedStableDiffusionPipeline:
+    """The pipeline of a ``GeneratorConfig`` on ``device`` (None: the first GPU, else the CPU), loaded once.
 
-
-def _encode_pair(image: np.ndarray, counterfactual: np.ndarray, fmt: str, quality: int):
-    """Worker-thread half of the output policy: all-black check, then JPEG/PNG encoding."""
-    if int(image.max()) <= BLACK_MAX or int(counterfactual.max()) <= BLACK_MAX:
-        return "black"
-    return encode_image(image, fmt, quality), encode_image(counterfactual, fmt, quality)
-
-
-class PairGenerator:
-    """The generation stage: loads SD 1.x once (``GeneratorConfig``), then maps rows to rows.
-
-    Input rows need ``prompt``, ``counterfactual_prompt`` and ``seed``; every other field passes through. Output
-    rows add ``image`` and ``counterfactual_image`` (encoded bytes), ``height``, ``width`` and ``drop_reason``
-    (``None`` when kept; else ``nonfinite``, ``nsfw`` or ``black``, with both images ``None``). A batch is cut into
-    UNet batches of ``config.resources.batch_size`` pairs; encoding runs in a thread pool while the next UNet
-    batch computes. ``__call__`` also takes a dict of columns (Ray Data's batch format) and returns one.
+    float16 is for GPUs: a CPU runs it in float32. The config's speed options (SDPA attention, channels_last,
+    torch.compile, VAE decode batch) are applied and the empty-prompt embedding computed, so the first batch
+    pays for nothing but the compile; ``pipeline.source`` says what was loaded.
     """
+    device = resolve_device(device)
+    components: Components = load_components(config, device, resolve_dtype(config.dtype, device))
+    pipeline = PairedStableDiffusionPipeline(**components.as_kwargs())
+    pipeline.source = components.source
+    pipeline.set_progress_bar_config(disable=True)
 
-    def __init__(self, config, device: str | torch.device | None = None, encode_workers: int | None = None):
-        # 1. Settings: device and dtype (float16 is for GPUs; a CPU runs it in float32)
-        self.config = config
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-        # 2. Models, loaded once per stage instance
-        components: Components = load_components(config, self.device, self.dtype)
-        self.source = components.source
-        self.pipeline = PairedStableDiffusionPipeline(**components.as_kwargs())
-        self.pipeline.set_progress_bar_config(disable=True)
-
-        # 3. Speed options: SDPA attention, channels_last, torch.compile, VAE decode batch (TF32: per call)
-        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-        self.pipeline.unet.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
-        self.pipeline.vae.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
-        if config.channels_last:
-            self.pipeline.unet.to(memory_format=torch.channels_last)
-            self.pipeline.vae.to(memory_format=torch.channels_last)
-        if config.compile:  # in place: the pipeline, hooks and settings keep seeing the same modules
-            self.pipeline.unet.compile()
-            self.pipeline.vae.decoder.compile()
-        self.pipeline.vae_decode_batch = config.vae_decode_batch
-
-        # 4. The empty-prompt embedding, once per model load
-        self.pipeline.negative_prompt_embeds  # noqa: B018
-
-        self._encode_workers = encode_workers or min(4, os.cpu_count() or 1)
-        self._pool: ThreadPoolExecutor | None = None
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """What produced the images (for shard metadata and manifests)."""
-        import diffusers
-
-        c = self.config
-        scheduler = self.pipeline.scheduler
-        return {
-            **self.source, "height": c.height, "width": c.width, "steps": c.steps,
-            "guidance_scale": c.guidance_scale, "scheduler": type(scheduler).__name__,
-            "scheduler_config": _plain({k: v for k, v in scheduler.config.items() if not k.startswith("_")}),
-            "dtype": str(self.dtype).removeprefix("torch."), "device": self.device.type,
-            "attention": c.attention, "compile": c.compile, "channels_last": c.channels_last,
-            "vae_decode_batch": c.vae_decode_batch, "tf32": c.tf32,
-            "safety_checker": c.safety_checker, "image_format": c.image_format,
-            "jpeg_quality": c.jpeg_quality if c.image_format == "jpeg" else None,
-            "batch_size": c.resources.batch_size, "diffusers": diffusers.__version__,
-            "torch": torch.__version__,
-        }
-
-    # ----------------------------------------------------------------------------------------------- rows
-    def __call__(self, batch):
-        if isinstance(batch, Mapping):  # columns (Ray Data) -> rows -> columns
-            names = list(batch)
-            size = len(batch[names[0]]) if names else 0
-            rows = [{name: batch[name][i] for name in names} for i in range(size)]
-            out = self.generate(rows)
-            keys = list(out[0]) if out else [*names, "image", "counterfactual_image", "height", "width",
-                                                "drop_reason"]
-            return {key: [row[key] for row in out] for key in keys}
-        return self.generate(list(batch))
-
-    @staticmethod
-    def _check_rows(rows: Sequence[Mapping]) -> None:
-        for i, row in enumerate(rows):
-            where = f"row {i}" + (f" ({row['sample_id']})" if isinstance(row, Mapping) and "sample_id" in row
-                                  else "")
-            if not isinstance(row, Mapping):
-                raise GenerationInputError(f"{where}: expected a mapping with prompt, counterfactual_prompt and "
-                                           f"seed, got {type(row).__name__}")
-            for key in ("prompt", "counterfactual_prompt", "seed"):
-                if key not in row:
-                    raise GenerationInputError(f"{where}: missing '{key}'")
-            for key in ("prompt", "counterfactual_prompt"):
-                if not isinstance(row[key], str):
-                    raise GenerationInputError(f"{where}: '{key}' must be a string, got {type(row[key]).__name__}")
-            if not _is_int(row["seed"]) or not 0 <= int(row["seed"]) < MAX_SEED:
-                raise GenerationInputError(f"{where}: 'seed' must be an integer in [0, 2**64), got {row['seed']!r}")
-
-    def generate(self, rows: Sequence[Mapping]) -> list[dict]:
-        """Rows in, rows out (same order, same length; dropped pairs carry ``drop_reason``)."""
-        self._check_rows(rows)
-        c = self.config
-        if self._pool is None:  # started on first use (and again after close())
-            self._pool = ThreadPoolExecutor(max_workers=self._encode_workers, thread_name_prefix="magicseg-encode")
-        pending: list[tuple[dict, Future | str]] = []
-        step = c.resources.batch_size
-        for start in range(0, len(rows), step):
-            chunk = rows[start:start + step]
-            with matmul_tf32(c.tf32):
-                out = self.pipeline([r["prompt"] for r in chunk], [r["counterfactual_prompt"] for r in chunk],
-                                    [int(r["seed"]) for r in chunk], height=c.height, width=c.width,
-                                    num_inference_steps=c.steps, guidance_scale=c.guidance_scale,
-                                    output_type="uint8")
-            for i, row in enumerate(chunk):
-                if not all(out.finite[i]):
-                    pending.append((dict(row), "nonfinite"))
-                elif out.nsfw is not None and any(out.nsfw[i]):
-                    pending.append((dict(row), "nsfw"))
-                else:  # black check and encoding in the pool, while the next UNet batch runs
-                    pending.append((dict(row), self._pool.submit(
-                        _encode_pair, out.images[i], out.counterfactual_images[i], c.image_format,
-                        c.jpeg_quality)))
-        results = []
-        for row, job in pending:
-            outcome = job.result() if isinstance(job, Future) else job
-            if isinstance(outcome, str):
-                row.update(image=None, counterfactual_image=None, drop_reason=outcome)
-            else:
-                row.update(image=outcome[0], counterfactual_image=outcome[1], drop_reason=None)
-            row.update(height=c.height, width=c.width)
-            results.append(row)
-        return results
-
-    def close(self) -> None:
-        """Stop the encoding threads (the models stay loaded; a later call starts new threads)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __enter__(self) -> PairGenerator:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    pipeline.unet.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
+    pipeline.vae.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
+    if config.channels_last:
+        pipeline.unet.to(memory_format=torch.channels_last)
+        pipeline.vae.to(memory_format=torch.channels_last)
+    if config.compile:  # in place: the pipeline, hooks and settings keep seeing the same modules
+        pipeline.unet.compile()
+        pipeline.vae.decoder.compile()
+    pipeline.vae_decode_batch = config.vae_decode_batch
+    pipeline.negative_prompt_embeds  # noqa: B018 - computed once per model load
+    return pipeline

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from magicseg_models.errors import ConfigError
+from magicseg_models.errors import ConfigError, one_line
 from magicseg_models.prompts.openai_writer import LLMStats
 
 _TINY_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -43,7 +43,7 @@ def tiny_chat_tokenizer():
     return fast
 
 
-def _tiny_model(vocab_size: int):
+def tiny_model(vocab_size: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -66,7 +66,7 @@ class HFChat:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if weights == "tiny":
             self.tokenizer = tiny_chat_tokenizer()
-            self.model = _tiny_model(len(self.tokenizer)).to(self.device)
+            self.model = tiny_model(len(self.tokenizer)).to(self.device)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,7 +75,7 @@ class HFChat:
                 self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
                 self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
             except OSError as err:
-                raise ConfigError(f"prompts.model '{model}' could not be loaded: {str(err).splitlines()[0]}") from None
+                raise ConfigError(f"prompts.model '{model}' could not be loaded: {one_line(err)}") from None
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
         if weights == "tiny":

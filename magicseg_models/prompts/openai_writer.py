@@ -198,7 +198,8 @@ def retry_after_seconds(headers: Mapping[str, str] | None, *, now: float | None 
     return max(0.0, when.timestamp() - now)
 
 
-def _one_line(text: object, limit: int = 200) -> str:
+def _flatten(text: object, limit: int = 200) -> str:
+    """A server's whole message on one line (its reason is often past the first line, e.g. in a JSON body)."""
     s = " ".join(str(text).split())
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
@@ -344,10 +345,10 @@ class OpenAIChat:
                 s.errors[error] = s.errors.get(error, 0) + 1
 
     def _redact(self, text: object) -> str:
-        s = _one_line(text, limit=10_000)
+        s = _flatten(text, limit=10_000)
         if self._api_key and self._api_key != LOCAL_PLACEHOLDER_KEY:
             s = s.replace(self._api_key, "***")
-        return _one_line(s)
+        return _flatten(s)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -167,7 +167,7 @@ class CatMaxRatioCrop(v2.Transform):
         self.first_class_channel = first_class_channel
         self.tries = tries
 
-    def _largest_share(self, classes: torch.Tensor, top: int, left: int, h: int, w: int) -> float:
+    def window_largest_share(self, classes: torch.Tensor, top: int, left: int, h: int, w: int) -> float:
         """Largest category's share of the crop's labelled pixels (dense masks)."""
         crop = classes[:, top:top + h, left:left + w]
         counts = crop.flatten(1).sum(1, dtype=torch.int64)
@@ -190,7 +190,7 @@ class CatMaxRatioCrop(v2.Transform):
         masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
         classes = masks[0][self.first_class_channel:].as_subclass(torch.Tensor).bool() if masks else None
         h, w = min(self.size, height), min(self.size, width)
-        top, left, h, w = self.choose(height, width, lambda t, l: self._largest_share(classes, t, l, h, w),
+        top, left, h, w = self.choose(height, width, lambda t, l: self.window_largest_share(classes, t, l, h, w),
                                       bool(masks))
         return {"top": top, "left": left, "height": h, "width": w}
 

@@ -27,7 +27,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from magicseg_models.dataset.storage import Storage
-from magicseg_models.errors import StorageError
+from magicseg_models.errors import StorageError, one_line
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"step-(\d{8})$")
@@ -130,12 +130,12 @@ def load_checkpoint(checkpoint: Storage, with_state: bool = True) -> dict[str, A
         weights = load_safetensors(checkpoint.read_bytes("model.safetensors"))
     except Exception as err:  # safetensors raises its own error types for truncated or foreign files
         raise StorageError(f"{checkpoint.url('model.safetensors')} is not a readable safetensors file: "
-                           f"{str(err).splitlines()[0]}") from None
+                           f"{one_line(err)}") from None
     state = None
     if with_state:
         try:
             state = torch.load(io.BytesIO(checkpoint.read_bytes("state.pt")), map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, ValueError) as err:
             raise StorageError(f"{checkpoint.url('state.pt')} is not a readable training state: "
-                               f"{str(err).splitlines()[0]}") from None
+                               f"{one_line(err)}") from None
     return {"weights": weights, "meta": meta, "state": state}

@@ -1,0 +1,104 @@
+"""Grounding DINO: boxes for the named classes of each image, each box tied to one class through token spans.
+
+How an image's classes become boxes:
+
+1. **Caption.** The detector phrases of the image's classes, lower-cased, joined the authors' way:
+   ``"cat. hot dog."``. A phrase's *token span* is the set of caption token positions its characters produced
+   (from the fast tokenizer's offsets). A caption longer than the text encoder's window
+   (``detector.max_text_tokens``, 256 for Grounding DINO) is cut between phrases into several captions
+   (*chunks*), each run as its own pass; the detections of all chunks are merged (LVIS-size vocabularies).
+2. **Scores.** The model gives, per query, a probability for every caption token. The box score is the highest
+   of them (the authors' ``box_threshold`` test); the score of class ``c`` is the mean probability over ``c``'s
+   span (a multi-token name must match as a whole, as in GLIP/mmdet). Each query goes to the class with the
+   highest score, and is kept when box score > ``box_threshold`` and class score > ``text_threshold``. The
+   class is decided by token *positions*, never by matching decoded text: ``"hot dog. dog."`` has two
+   ``dog`` tokens and a box on the second is a ``dog``, not a ``hot dog``.
+3. **Merge.** Boxes are clipped to the image, near-duplicates of the same class removed by NMS
+   (``detector.nms_iou``), and the ``detector.max_boxes`` best of each class kept. ``best_scores`` holds, for
+   each class, the best class score of any query assigned to it before thresholds: what the counterfactual
+   check reads.
+
+Speed: images are batched (``detector.batch_size`` per forward, each with its own caption, padded); the text
+encoder (BERT) runs once per distinct caption - :class:`TextFeatureCache` sits in place of the model's text
+backbone and returns cached features for captions it has seen (an image and its counterfactual share one).
+
+Weights (``detector.weights``): ``pretrained`` loads ``detector.model`` (hub id or folder) with its processor;
+``random`` builds the Grounding DINO SwinT architecture at full size and ``tiny`` a few hundred kB version, both
+from configs in code with a WordPiece tokenizer made here from the vocabulary's words (no download). The
+official backend (``detector.backend=official``) lives in :mod:`magicseg_models.annotation.official`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from magicseg_models.annotation.captions import Caption, plan_captions
+from magicseg_models.annotation.postprocess import Detections, merge_selections, select_boxes
+from magicseg_models.config import DetectorConfig
+from magicseg_models.errors import MagicSegError
+
+DEFAULT_SHORT_SIDE, DEFAULT_LONG_SIDE = 800, 1333  # the authors' RandomResize([800], max_size=1333)
+
+
+class DetectorWeightsError(MagicSegError):
+    """Detector weights or processor cannot be loaded (missing folder, offline hub, wrong checkpoint)."""
+
+
+class BaseDetector:
+    """Captions, chunking, batching and merging; a backend supplies ``_forward`` (logits and boxes)."""
+
+    config: DetectorConfig
+    device: torch.device
+    tokenizer: Any
+    max_text_tokens: int
+
+    def __init__(self) -> None:
+        self._captions: OrderedDict[tuple[str, ...], list[Caption]] = OrderedDict()
+        self.forwards = 0
+
+    def captions_for(self, phrases: Sequence[str]) -> list[Caption]:
+        key = tuple(phrases)
+        if key not in self._captions:
+            self._captions[key] = plan_captions(list(phrases), self.tokenizer, self.max_text_tokens)
+            while len(self._captions) > 4096:
+                self._captions.popitem(last=False)
+        return self._captions[key]
+
+    def _forward(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def detect(self, images: Sequence[Image.Image], phrases: Sequence[Sequence[str]]) -> list[Detections]:
+        """Per image, the boxes of its phrases. Images of the same size are batched (``detector.batch_size``),
+        each with its own caption; an image with several caption chunks is run once per chunk and the chunks'
+        detections merged."""
+        if len(images) != len(phrases):
+            raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
+        items = [(i, caption) for i, ph in enumerate(phrases) if len(ph) for caption in self.captions_for(ph)]
+        # same-size images per batch: padding would change the backbone's view of a smaller image, and an
+        # image's boxes must not depend on which images it was batched with
+        by_size: dict[tuple[int, int], list[tuple[int, Caption]]] = {}
+        for item in items:
+            by_size.setdefault(images[item[0]].size, []).append(item)
+        batches = [group[s:s + self.config.batch_size] for group in by_size.values()
+                   for s in range(0, len(group), self.config.batch_size)]
+        parts: list[list[tuple[Caption, dict]]] = [[] for _ in images]
+        c = self.config
+        for chunk in batches:
+            batch_images = [images[i] for i, _ in chunk]
+            logits, boxes = self._forward(batch_images, [cap.text for _, cap in chunk])
+            self.forwards += 1
+            for (i, caption), lg, bx in zip(chunk, logits, boxes):
+                size = (images[i].height, images[i].width)
+                parts[i].append((caption, select_boxes(lg, bx, caption, size, c.box_threshold, c.text_threshold)))
+        return [merge_selections(p, len(ph), c.nms_iou, c.max_boxes) for p, ph in zip(parts, phrases)]
+
+    @staticmethod
+    def resize_limits(config: DetectorConfig) -> tuple[int, int]:
+        if config.image_size is None:
+            return DEFAULT_SHORT_SIDE, DEFAULT_LONG_SIDE
+        return config.image_size, max(config.image_size, round(config.image_size * DEFAULT_LONG_SIDE
+                                                               / DEFAULT_SHORT_SIDE))

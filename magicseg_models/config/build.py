@@ -1,0 +1,271 @@
+"""The build config (``magicseg build``): vocabulary, plan, prompts, generator, annotation, quality, health."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from magicseg_models.config.base import RayConfig, Section, StageResources, StorageConfig, Weights, resolve_local_path
+
+
+# segment-anything's released checkpoints, one per model_type (its README's download links)
+SAM_CHECKPOINT_URLS = {
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+}
+
+
+class VocabularyConfig(Section):
+    file: str | None = Field(None, description="custom vocabulary file (one name per line); None = builtin 1205")
+    classes: list[str] | None = Field(None, description="restrict to these names (ids of the full vocabulary kept)")
+
+
+class PlanConfig(Section):
+    two_class_fraction: float = Field(0.5, ge=0, le=1, description="share of jobs asking for two classes")
+
+
+HF_PROMPTS_NUM_GPUS = 0.5  # prompts.backend=hf: GPU share per actor unless prompts.resources.num_gpus is set
+
+
+class PromptsConfig(Section):
+    backend: Literal["openai", "hf", "template"] = Field(
+        "openai", description=f"hf: a local transformers LLM, whose actors ask for {HF_PROMPTS_NUM_GPUS} GPU "
+        "unless prompts.resources.num_gpus is set")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = api.openai.com")
+    model: str = "gpt-3.5-turbo"
+    weights: Weights = "pretrained"
+    api_key_secret: str | None = Field(
+        None, description="name of a Prefect Secret block holding the API key; otherwise OPENAI_API_KEY")
+    prompts_per_call: int = Field(10, ge=1, description="k numbered prompts asked for per LLM call (paper: 10)")
+    temperature: float = Field(1.0, ge=0, le=2)
+    max_new_tokens: int = Field(1024, ge=16)
+    max_attempts: int = Field(3, ge=1, description="asks again this many times while a call lacks k valid prompts")
+    on_failure: Literal["template", "drop"] = Field(
+        "drop", description="a class set with no valid LLM prompt: drop its jobs (counted), or use the template "
+        "(counted as template_fallback)")
+    max_consecutive_failures: int = Field(
+        5, ge=1, description="this many LLM calls in a row refused by the server (400-type, not retried) stop "
+        "the stage with the server's message")
+    token_parameter: Literal["auto", "max_tokens", "max_completion_tokens"] = Field(
+        "auto", description="how max_new_tokens is sent; auto = max_completion_tokens to api.openai.com, "
+        "max_tokens elsewhere, switching once when the server rejects the one sent")
+    template: str = Field("a photo of {classes}.", description="the paper's simple prompt (Table VII): class "
+                          "prompt names, no article; two classes are joined by 'and'")
+    template_scenes: bool = Field(False, description="vary the template with a few scene phrases")
+    cache: str | None = Field(
+        None, description="where LLM outputs are cached; None = OUT/prompts for builds, ~/.cache/magicseg otherwise")
+    concurrency: int = Field(16, ge=1, description="LLM requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="per LLM request")
+    max_retries: int = Field(5, ge=0, description="per LLM request, on 429/5xx/timeouts (honours Retry-After)")
+    resources: StageResources = StageResources(num_gpus=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_llm_gets_a_gpu(cls, data: Any) -> Any:
+        # the hf backend runs the LLM inside its actors: a GPU share unless the user set one (API backends need
+        # none; on a cluster without GPUs every stage runs with num_gpus=0 anyway)
+        if not isinstance(data, dict) or data.get("backend") != "hf":
+            return data
+        resources = data.get("resources")
+        if isinstance(resources, StageResources):
+            if "num_gpus" in resources.model_fields_set:
+                return data
+            resources = resources.model_dump(exclude_unset=True)
+        resources = dict(resources or {})
+        if "num_gpus" not in resources:
+            data = {**data, "resources": {**resources, "num_gpus": HF_PROMPTS_NUM_GPUS}}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _local_model_path(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_local_path(value) if info.data.get("backend") == "hf" else value
+
+
+class GeneratorConfig(Section):
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    revision: str | None = None
+    variant: str | None = Field(
+        None, description="weights variant to load (fp16: the *.fp16.* files, half the download); a component "
+        "without them loads its plain files (one log line); tiny/random load nothing")
+    weights: Weights = "pretrained"
+    height: int = Field(512, ge=8)
+    width: int = Field(512, ge=8)
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    scheduler: str = Field("default", description="'default' = the model's own (PNDM for SD 1.5), or a class name")
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    attention: Literal["sdpa", "default"] = "sdpa"
+    # speed switches, each measured on and off by benchmarks/gpu_suite.sh; today's behaviour stays the default
+    # until a GPU figure says otherwise
+    compile: bool = Field(False, description="torch.compile the UNet and the VAE decoder (first batch compiles)")
+    channels_last: bool = Field(False, description="UNet and VAE weights and activations in channels_last")
+    vae_decode_batch: int = Field(
+        16, ge=1, description="images per VAE decode call (1 = one image at a time; bounds activation memory)")
+    tf32: bool = Field(False, description="TF32 tensor cores for float32 matmuls (GPU; fp16/bf16 are unaffected)")
+    safety_checker: bool = Field(False, description="off for dataset building; flagged images dropped as 'nsfw'")
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    resources: StageResources = StageResources()
+
+    _local_model_path = field_validator("model")(lambda value: resolve_local_path(value))
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        # the VAE downsamples by 8: other sizes fail deep inside the UNet
+        if value % 8:
+            raise ValueError("must be a multiple of 8")
+        return value
+
+
+class DetectorConfig(Section):
+    backend: Literal["transformers", "official"] = "transformers"
+    model: str = "IDEA-Research/grounding-dino-tiny"
+    weights: Weights = "pretrained"
+    config_file: str | None = Field(None, description="official backend: GroundingDINO_SwinT_OGC.py")
+    checkpoint: str | None = Field(
+        None, description="official backend: groundingdino_swint_ogc.pth, a path or URL (s3://, https://, hf://)")
+    text_encoder: str | None = Field(
+        None, description="official backend: its BERT, a folder or hub id; None = the config file's "
+        "text_encoder_type (bert-base-uncased)")
+    box_threshold: float = Field(0.3, ge=0, le=1)
+    text_threshold: float = Field(0.25, ge=0, le=1)
+    max_text_tokens: int = Field(256, ge=8, description="captions longer than this are split into chunks")
+    image_size: int | None = Field(
+        None, ge=32, description="shortest image side fed to the detector; None = 800 (longest side at most 1333)")
+    nms_iou: float | None = Field(
+        0.8, gt=0, le=1, description="per-class NMS of near-duplicate boxes at this IoU; None = off")
+    max_boxes: int = Field(50, ge=1, description="at most this many boxes per class in an image, best first")
+    batch_size: int = Field(8, ge=1, description="images per detector forward pass")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="autocast dtype on a GPU (a CPU runs float32)")
+    tf32: bool = Field(False, description="TF32 tensor cores for the detector's float32 matmuls (GPU)")
+
+    _local_paths = field_validator("model", "text_encoder")(lambda value: resolve_local_path(value))
+    _local_files = field_validator("config_file", "checkpoint")(
+        lambda value: resolve_local_path(value, hub_id_allowed=False))
+
+
+class SegmenterConfig(Section):
+    backend: Literal["segment-anything", "transformers"] = "segment-anything"
+    model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    checkpoint: str | None = Field(
+        None, description="segment-anything .pth: a path or URL (s3://, https://, hf://), fetched once per node "
+        "into $MAGICSEG_CACHE/checkpoints; None = the official release file of model_type (dl.fbaipublicfiles.com); "
+        "transformers backend: hub id or folder (None or a .pth = facebook/sam-vit-<size>)")
+    weights: Weights = "pretrained"
+    batch_size: int = Field(4, ge=1, description="images per SAM image-encoder pass (each image embedded once)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="autocast dtype on a GPU (a CPU runs float32)")
+    encoder_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="weights of the SAM image encoder (its embeddings go on to the mask decoder in "
+        "float32); bfloat16 applies on any device")
+    tf32: bool = Field(False, description="TF32 tensor cores for SAM's float32 matmuls (GPU)")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _local_checkpoint_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_local_path(value, hub_id_allowed=info.data.get("backend") == "transformers")
+
+    @property
+    def checkpoint_source(self) -> str:
+        """The segment-anything .pth to load: ``checkpoint``, or the release file of ``model_type`` (a vit_b run
+        must not download the 2.5 GB vit_h file only to refuse it)."""
+        return self.checkpoint or SAM_CHECKPOINT_URLS[self.model_type]
+
+
+class AnnotateConfig(Section):
+    detector: DetectorConfig = DetectorConfig()
+    segmenter: SegmenterConfig = SegmenterConfig()
+    keep: Literal["all", "any"] = Field("all", description="all: every named class detected; any: at least one")
+    counterfactual_threshold: float | None = Field(
+        None, ge=0, le=1, description="drop pairs whose counterfactual still shows a class above this score")
+    context_classes: bool = Field(
+        True, description="also detect and mask the vocabulary classes a prompt names besides the asked ones "
+        "(stored with asked=false); a sample is still kept or dropped on its asked classes alone")
+    predicted_iou_min: float | None = Field(
+        None, ge=0, le=1, description="drop a sample (low_mask_quality) whose asked-class mask has a lower SAM "
+        "predicted IoU; None = keep every score (the score is stored either way)")
+    stability_score_min: float | None = Field(
+        None, ge=0, le=1, description="drop a sample (low_mask_quality) whose asked-class mask has a lower SAM "
+        "stability score")
+    box_fill_min: float | None = Field(
+        None, ge=0, le=1, description="drop a sample (low_mask_quality) whose asked-class mask fills less of its "
+        "box than this")
+    # detector and segmenter run in one actor; half a GPU lets two annotators share one
+    resources: StageResources = StageResources(num_gpus=0.5)
+
+
+class DedupConfig(Section):
+    method: Literal["off", "clip", "phash"] = Field(
+        "off", description="near-duplicate images: clip = image-embedding cosine (the quality stage's CLIP); "
+        "phash = perceptual hash distance; off = keep every image")
+    threshold: float | None = Field(
+        None, ge=0, description="clip: cosine at or above which a later image is a duplicate (None = 0.95); "
+        "phash: Hamming distance in bits at or below which it is (None = 4)")
+
+
+class QualityConfig(Section):
+    """The quality stage: a CLIP image-prompt score for every kept sample, optional thresholds and dedup."""
+
+    enabled: bool = Field(True, description="run the quality stage (false: clip_score is stored as null)")
+    clip: str = Field("openai/clip-vit-base-patch16", description="CLIP image and text encoder: hub id, "
+                      "transformers folder, or OpenAI's ViT-B-16.pt (the ViT-B/16 training uses)")
+    tokenizer: str | None = Field(None, description="CLIP tokenizer; None = clip's own")
+    weights: Weights = "pretrained"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="autocast dtype on a GPU (a CPU runs float32)")
+    clip_score_min: float | None = Field(
+        None, ge=-1, le=1, description="drop a sample (low_clip_score) whose image-prompt cosine is lower")
+    dedup: DedupConfig = DedupConfig()
+    resources: StageResources = StageResources(num_gpus=0.25, batch_size=16)
+
+    _local_paths = field_validator("clip", "tokenizer")(lambda value: resolve_local_path(value))
+
+
+class HealthConfig(Section):
+    """What a healthy build looks like: checked before each shard commits, once ``min_samples`` rows are in.
+
+    A run outside these limits stops as Failed with one line naming the figure and its limit, instead of
+    finishing "Completed" with a dataset of drops or of template prompts. The defaults suit ``sd15`` (real
+    weights, an LLM); random-weight presets and ``tiny`` turn the check off.
+    """
+
+    enabled: bool = Field(True, description="check the run's health live (off for random-weight presets)")
+    min_samples: int = Field(50, ge=1, description="rows processed in this run before any figure is checked")
+    max_drop_rate: dict[str, float] = Field(
+        default_factory=lambda: {"all": 0.7, "prompt_failed": 0.1, "class_not_detected": 0.6,
+                                 "counterfactual_contains_class": 0.3, "nsfw": 0.1, "black": 0.1, "nonfinite": 0.01},
+        description="drop reason -> highest share of processed rows it may drop ('all': every reason together)")
+    min_llm_prompt_share: float | None = Field(
+        0.9, ge=0, le=1, description="lowest share of prompted rows whose prompt came from the LLM rather than a "
+        "template fallback (LLM backends only; None = unchecked)")
+
+    @field_validator("max_drop_rate")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"drop-rate ceilings are shares between 0 and 1, got {bad}")
+        return value
+
+
+class BuildConfig(Section):
+    preset: str = "tiny"
+    out: str | None = Field(None, description="dataset URI: local path, file://, s3://bucket/prefix, ...")
+    num_samples: int = Field(16, ge=0)
+    seed: int = Field(0, ge=0)
+    shard_size: int = Field(1000, ge=1)
+    shards_per_task: int = Field(1, ge=1, description="shards per Prefect task run (the unit of retry)")
+    vocabulary: VocabularyConfig = VocabularyConfig()
+    plan: PlanConfig = PlanConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
+    quality: QualityConfig = QualityConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+    health: HealthConfig = HealthConfig()
