@@ -11,10 +11,6 @@ from __future__ import annotations
 import torch
 
 from magicseg_models.annotation.detector_base import BaseDetector
-# Until annotation/stage.py and annotation/segmenter.py import these from their own modules:
-from magicseg_models.annotation.detector_configs import TINY_INIT_SEED  # noqa: F401
-from magicseg_models.annotation.postprocess import Detections  # noqa: F401
-from magicseg_models.devices import model_context, resolve_device  # noqa: F401
 from magicseg_models.annotation.grounding_dino import GroundingDinoDetector
 from magicseg_models.config import DetectorConfig
 from magicseg_models.errors import ConfigError

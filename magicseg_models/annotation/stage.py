@@ -45,7 +45,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from magicseg_models.annotation.detector import Detections, make_detector, resolve_device
+from magicseg_models.annotation.detector import make_detector
+from magicseg_models.annotation.postprocess import Detections
+from magicseg_models.devices import resolve_device
 from magicseg_models.annotation.segmenter import ScoredMasks, make_segmenter
 from magicseg_models.config import AnnotateConfig
 from magicseg_models.dataset.codecs import box_fill, decode_image, encode_mask

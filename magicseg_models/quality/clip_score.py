@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from magicseg_models.annotation.detector import autocast_context, resolve_device
+from magicseg_models.devices import autocast_context, resolve_device
 from magicseg_models.config import QualityConfig
 from magicseg_models.dataset.codecs import decode_image
 from magicseg_models.errors import MagicSegError
