@@ -2,11 +2,11 @@
 
 Pure functions (no network, no model). A class's *mentions* are its prompt name, its vocabulary name and the LVIS
 synonyms reviewed as unambiguous (``VocabClass.mentions``, from
-``magicseg_models/data/vocab_1205_mention_synonyms.tsv``), each matched as a whole word/phrase,
-case-insensitively, also in plural. The validator and the counterfactual read the same mentions through one scan (:func:`class_mentions`), so a prompt "contains" a class
-exactly when its counterfactual (every mention replaced by ``nothing``) has lost it. A mention inside a longer
-vocabulary name that is not one of the job's classes ("dog" in "dog collar") is neither.
-"""
+``magicseg_models/data/vocab_1205_mention_synonyms.tsv``), each matched as a whole word/phrase, case-insensitively,
+also in plural. The validator and the counterfactual read the same mentions through one scan
+(:func:`class_mentions`), so a prompt "contains" a class exactly when its counterfactual (every mention replaced by
+``nothing``) has lost it. A mention inside a longer vocabulary name that is not one of the job's classes ("dog" in
+"dog collar") is neither."""
 
 from __future__ import annotations
 
