@@ -6,7 +6,8 @@ synonyms reviewed as unambiguous (``VocabClass.mentions``, from
 also in plural. The validator and the counterfactual read the same mentions through one scan
 (:func:`class_mentions`), so a prompt "contains" a class exactly when its counterfactual (every mention replaced by
 ``nothing``) has lost it. A mention inside a longer vocabulary name that is not one of the job's classes ("dog" in
-"dog collar") is neither."""
+"dog collar") is neither.
+"""
 
 from __future__ import annotations
 
