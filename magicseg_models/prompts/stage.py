@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 from magicseg_models.config import PromptsConfig
 from magicseg_models.prompts.cache import PromptCache, cache_key
 from magicseg_models.prompts.text import (
-    INSTRUCTION_VERSION, ContextMatcher, build_instruction, counterfactual, covering_names, mention_phrases, parse_completion,
-    template_prompts, tokenizer_counter, validate_prompt,
+    INSTRUCTION_VERSION, ContextMatcher, build_instruction, counterfactual, covering_names, mention_phrases,
+    parse_completion, template_prompts, tokenizer_counter, validate_prompt,
 )
 from magicseg_models.vocabulary import VocabClass, Vocabulary
 
