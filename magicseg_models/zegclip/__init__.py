@@ -1,7 +1,8 @@
 """ZegCLIP (frozen CLIP ViT with deep prompts + cross-attention decoder) in plain PyTorch, and its text side.
 
 ``build_zegclip(config)`` gives a :class:`ZegCLIPBundle` (model, class-name embedder, normalisation);
-``load_clip(...)`` the plain CLIP it is built on (the build's quality stage uses it too); the architecture and its parameter counts are documented in :mod:`magicseg_models.zegclip.model`.
+``load_clip(...)`` the plain CLIP it is built on (the build's quality stage uses it too); the architecture and
+its parameter counts are documented in :mod:`magicseg_models.zegclip.model`.
 """
 
 from magicseg_models.zegclip.build import (CLIPWeightsError, ZegCLIPBundle, build_zegclip, load_clip,
