@@ -194,7 +194,7 @@ def load_clip(clip: str, tokenizer: str | None = None, weights: str = "pretraine
     ``key`` is the config section named in error messages (``model`` for ZegCLIP, ``quality`` for the quality
     stage). Raises :class:`CLIPWeightsError` for weights that cannot load.
     """
-    from magicseg_models.generation.components import resolve_device
+    from magicseg_models.annotation.detector import resolve_device  # not generation's: that imports diffusers
 
     device = resolve_device(device)
     model, tok, source = _build_clip(clip, tokenizer, weights, device, tiny_projection_dim, seed, key)
