@@ -213,7 +213,7 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
     loader = make_train_loader(config.data, config.storage.storage_options, config.augment, batch_size=micro,
                                rank=ctx.rank, world_size=ctx.world_size, num_workers=config.data_workers,
                                seed=config.seed, mean=bundle.image_mean, std=bundle.image_std, epoch_start=epoch,
-                               pixel_device=_pixel_device(config, ctx.device), context=config.labels.context,
+                               pixel_device=pixel_work_device(config, ctx.device), context=config.labels.context,
                                filters=config.filter)
     batches = iter(loader)
     meta = {"model": public_config(config.model), "train": public_config(config), "classes": len(classes),
@@ -286,7 +286,7 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
             "data_filter": filtered.as_dict() if filtered is not None else None}
 
 
-def _pixel_device(config: TrainConfig, device: torch.device) -> torch.device | None:
+def pixel_work_device(config: TrainConfig, device: torch.device) -> torch.device | None:
     """Where the loader finishes the images (``pixel_work``): on a GPU, batched there frees the loader workers."""
     if config.pixel_work == "device" or (config.pixel_work == "auto" and torch.device(device).type == "cuda"):
         return torch.device(device)
