@@ -40,11 +40,11 @@ import torch
 from PIL import Image
 
 from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
-from magicseg_models.annotation.detector_configs import TINY_INIT_SEED
 from magicseg_models.annotation.detector_tokenizer import build_detector_tokenizer
 from magicseg_models.config import DetectorConfig
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
+from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.fetch import CheckpointFetchError, local_checkpoint
 from magicseg_models.weights.hub import groundingdino_config_file
 

@@ -52,10 +52,6 @@ def shard_rel_path(index: int) -> str:
     return f"{SHARDS_DIR}/{shard_name(index)}"
 
 
-def shard_index(name: str) -> int:
-    return int(os.path.basename(name)[len("part-"):].split(".")[0])
-
-
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Package version plus the git commit when running from this project's checkout (recorded in manifests)."""
