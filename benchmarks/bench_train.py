@@ -61,7 +61,7 @@ from magicseg_models.config import AugmentConfig, load_config  # noqa: E402
 from magicseg_models.dataset.reader import DatasetReader, decode_row  # noqa: E402
 from magicseg_models.errors import ShardError  # noqa: E402
 from magicseg_models.training.augment import (CLIP_MEAN, CLIP_STD, CROP_TRIES, JointAugment,  # noqa: E402
-                                              _check_stats, finish_pixels)
+                                              check_stats, finish_pixels)
 from magicseg_models.errors import one_line  # noqa: E402
 from magicseg_models.training.data import (TrainDataset, collate, epoch_pieces,  # noqa: E402
                                            iter_piece_rows, make_train_loader, sample_seed)
@@ -207,7 +207,7 @@ class LegacyJointAugment:
                  std: Sequence[float] = CLIP_STD, train: bool = True):
         self.cfg = cfg or AugmentConfig()
         self.train = train
-        mean, std = _check_stats(mean, std)
+        mean, std = check_stats(mean, std)
         cfg = self.cfg
         to_float = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
                     v2.Normalize(mean=mean, std=std)]

@@ -294,7 +294,8 @@ def run_train(suite: Suite) -> dict:
     from magicseg_models.training.losses import MagicSegLoss
     from magicseg_models.training.sampling import sample_batch
     from magicseg_models.training.schedule import build_optimizer
-    from magicseg_models.training.trainer import TrainForward, _autocast, accumulation_plan
+    from magicseg_models.devices import training_autocast
+    from magicseg_models.training.trainer import TrainForward, accumulation_plan
     from magicseg_models.vocabulary import Vocabulary
     from magicseg_models.zegclip.build import build_zegclip
 
@@ -325,7 +326,7 @@ def run_train(suite: Suite) -> dict:
         optimizer.zero_grad(set_to_none=True)
         subset, targets, present = sample_batch(items, vocab_size=len(names), m=config.sampling.num_classes,
                                                 generator=gen)
-        with _autocast(device):
+        with training_autocast(device):
             outputs = forward(images, bank[subset.to(device)], counterfactuals)
         losses = loss_fn(outputs["mask_logits"].float(), targets, present, cls=outputs["cls"].float(),
                          cls_counterfactual=outputs["cls_counterfactual"].float(), ignore=ignore,

@@ -53,3 +53,10 @@ def model_context(device: torch.device, config):
     """One detector or SAM call: autocast to ``config.dtype`` on a GPU, TF32 matmuls when ``config.tf32``."""
     with autocast_context(device, config.dtype), matmul_tf32(config.tf32):
         yield
+
+
+def training_autocast(device: torch.device):
+    """Training's mixed precision: bfloat16 autocast on a GPU that supports it, else float32 (a CPU, older GPUs)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -373,11 +373,11 @@ def test_official_checkpoint_loads_its_args_but_never_runs_pickled_code(tmp_path
     pytest.importorskip("groundingdino")
     import argparse
 
-    from magicseg_models.annotation.official import _read_checkpoint
+    from magicseg_models.annotation.official import read_official_checkpoint
 
     path = tmp_path / "release.pth"
     torch.save({"model": {"module.w": torch.ones(2)}, "args": argparse.Namespace(lr=1e-4)}, path)
-    assert list(_read_checkpoint(str(path))) == ["w"]
+    assert list(read_official_checkpoint(str(path))) == ["w"]
 
     class Payload:
         def __reduce__(self):
@@ -385,7 +385,7 @@ def test_official_checkpoint_loads_its_args_but_never_runs_pickled_code(tmp_path
 
     torch.save({"model": {"w": torch.ones(1)}, "x": Payload()}, path)
     with pytest.raises(MagicSegError, match="cannot be read safely"):
-        _read_checkpoint(str(path))
+        read_official_checkpoint(str(path))
 
 
 # ------------------------------------------------------------------------------------------- SAM scores

@@ -190,12 +190,12 @@ def test_a_schema_1_dataset_has_its_scores_not_stored(tmp_path):
     """Columns a schema-1 writer never wrote read as "not stored", from the shard's own columns."""
     import pyarrow.parquet as pq
 
-    from magicseg_models.dataset.inspect import _shard_scores, score_report
+    from magicseg_models.dataset.inspect import shard_scores, score_report
     from tests.handmade import write_handmade_dataset
 
     root = write_handmade_dataset(str(tmp_path / "hand"), n=3)
     pf = pq.ParquetFile(f"{root}/shards/part-00000.parquet")
-    scores = score_report([{"rows": 3, "scores": _shard_scores(pf)}])
+    scores = score_report([{"rows": 3, "scores": shard_scores(pf)}])
     for name in ("clip_score", "predicted_iou", "stability_score", "box_fill"):
         assert scores[name]["status"] == "not stored" and scores[name]["not_stored"] == 3
     assert scores["context_annotations"] == {"status": "not stored", "count": None}

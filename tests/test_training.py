@@ -175,7 +175,7 @@ def test_tiny_model_overfits_eight_samples_through_the_training_pipeline(tmp_pat
 
 def test_pixel_work_on_the_training_device_trains_like_the_workers(tiny_dataset, tmp_path):
     """pixel_work=device (what auto picks on a GPU) finishes images in the training process: same losses."""
-    from magicseg_models.training.trainer import _pixel_device
+    from magicseg_models.training.trainer import pixel_work_device
 
     losses = {}
     for where in ("workers", "device"):
@@ -186,5 +186,5 @@ def test_pixel_work_on_the_training_device_trains_like_the_workers(tiny_dataset,
     # the same draws; pixels resampled by another kernel differ by a few grey levels, so losses agree closely
     assert losses["device"] == pytest.approx(losses["workers"], rel=0.05)
     auto = _train_config(tiny_dataset, str(tmp_path / "a"), "steps=1")
-    assert _pixel_device(auto, torch.device("cpu")) is None
-    assert _pixel_device(auto, torch.device("cuda", 0)) == torch.device("cuda", 0)
+    assert pixel_work_device(auto, torch.device("cpu")) is None
+    assert pixel_work_device(auto, torch.device("cuda", 0)) == torch.device("cuda", 0)

@@ -249,11 +249,11 @@ def test_text_embeddings_are_cached_on_disk(tmp_path):
 # ---------------------------------------------------------------------------------------- loading / errors
 def test_pretrained_loads_from_a_local_folder(tmp_path):
     from magicseg_models.generation.components import build_tiny_tokenizer
-    from magicseg_models.zegclip.build import TINY_TEXT_CONFIG, TINY_VISION_CONFIG, _clip_from_configs
+    from magicseg_models.zegclip.build import TINY_TEXT_CONFIG, TINY_VISION_CONFIG, clip_from_configs
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(3)
-    clip = _clip_from_configs(TINY_VISION_CONFIG, TINY_TEXT_CONFIG, 32, tokenizer)
+    clip = clip_from_configs(TINY_VISION_CONFIG, TINY_TEXT_CONFIG, 32, tokenizer)
     clip.save_pretrained(tmp_path / "clip")
     tokenizer.save_pretrained(tmp_path / "clip")
     config = tiny_config(weights="pretrained", clip=str(tmp_path / "clip"))

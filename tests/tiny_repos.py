@@ -82,11 +82,11 @@ def save_tiny_llm(folder: Path) -> Path:
 
 def save_tiny_clip(folder: Path) -> Path:
     from magicseg_models.generation.components import build_tiny_tokenizer
-    from magicseg_models.zegclip.build import TINY_TEXT_CONFIG, TINY_VISION_CONFIG, _clip_from_configs
+    from magicseg_models.zegclip.build import TINY_TEXT_CONFIG, TINY_VISION_CONFIG, clip_from_configs
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(3)
-    _clip_from_configs(TINY_VISION_CONFIG, TINY_TEXT_CONFIG, 32, tokenizer).save_pretrained(folder)
+    clip_from_configs(TINY_VISION_CONFIG, TINY_TEXT_CONFIG, 32, tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-TINY_INIT_SEED = 0
-
 
 def tiny_grounding_dino_config(vocab_size: int):
     """A Grounding DINO a few hundred kB in size: 2-stage, 4 feature levels, Swin + BERT, all tiny."""

@@ -9,16 +9,13 @@ from PIL import Image
 
 from magicseg_models.annotation.captions import DELIMITERS
 from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
-from magicseg_models.annotation.detector_configs import (
-    TINY_INIT_SEED,
-    random_grounding_dino_config,
-    tiny_grounding_dino_config,
-)
+from magicseg_models.annotation.detector_configs import random_grounding_dino_config, tiny_grounding_dino_config
 from magicseg_models.annotation.detector_tokenizer import build_detector_tokenizer
 from magicseg_models.annotation.text_cache import TextFeatureCache
 from magicseg_models.config import DetectorConfig
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.errors import one_line
+from magicseg_models.weights import TINY_INIT_SEED
 
 
 class GroundingDinoDetector(BaseDetector):

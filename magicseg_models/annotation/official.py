@@ -40,11 +40,11 @@ import torch
 from PIL import Image
 
 from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
-from magicseg_models.annotation.detector_configs import TINY_INIT_SEED
 from magicseg_models.annotation.detector_tokenizer import build_detector_tokenizer
 from magicseg_models.config import DetectorConfig
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
+from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.fetch import CheckpointFetchError, local_checkpoint
 from magicseg_models.weights.hub import groundingdino_config_file
 
@@ -153,7 +153,7 @@ class OfficialGroundingDino(BaseDetector):
             tokenizer, bert = _pretrained_text_encoder(text_encoder)
             with _patched_builder(gmod, tokenizer, bert), _quiet():
                 model = build_model(args)
-            result = model.load_state_dict(_read_checkpoint(checkpoint.path, checkpoint.source), strict=False)
+            result = model.load_state_dict(read_official_checkpoint(checkpoint.path, checkpoint.source), strict=False)
             expected = len(model.state_dict())
             if len(result.missing_keys) > 0.1 * expected:  # strict=False as the authors load it, but not blind
                 raise DetectorWeightsError(
@@ -220,7 +220,7 @@ def _random_text_encoder(name: str | None):
     return tokenizer, BertModel(bert_config)
 
 
-def _read_checkpoint(path: str, source: str | None = None) -> dict:
+def read_official_checkpoint(path: str, source: str | None = None) -> dict:
     """The state dict of an official .pth at ``path`` (the local copy of ``source``, which errors name)."""
     from groundingdino.util.misc import clean_state_dict
 

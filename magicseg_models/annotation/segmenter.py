@@ -32,10 +32,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from magicseg_models.annotation.detector_configs import TINY_INIT_SEED
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.config import SegmenterConfig
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
+from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.fetch import Checkpoint, CheckpointFetchError, local_checkpoint
 from magicseg_models.weights.hub import HF_SAM_IDS
 

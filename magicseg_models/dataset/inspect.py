@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from magicseg_models.dataset.schema import schema_problems
 from magicseg_models.dataset.storage import Storage
 from magicseg_models.dataset.store import SHARDS_DIR, load_manifest
-from magicseg_models.errors import StorageError
+from magicseg_models.errors import StorageError, one_line
 
 SCORES = ("clip_score", "counterfactual_score", "predicted_iou", "stability_score", "box_fill")
 ANNOTATION_SCORES = ("predicted_iou", "stability_score", "box_fill")
@@ -68,7 +68,7 @@ def sample_scores(pf: pq.ParquetFile, name: str) -> list[float | None] | None:
     return [min((v for v in values if v is not None), default=None) for values in per_sample]
 
 
-def _shard_scores(pf: pq.ParquetFile) -> dict[str, list | None]:
+def shard_scores(pf: pq.ParquetFile) -> dict[str, list | None]:
     """The raw score values of one shard (None: no such column); reads only the score columns."""
     out: dict[str, list | None] = {name: sample_scores(pf, name) for name in ("clip_score", "counterfactual_score")}
     for name, per_sample in _annotation_scores(pf, (*ANNOTATION_SCORES, "asked")).items():
@@ -131,7 +131,7 @@ def _check_shard(storage: Storage, entry: dict) -> dict:
         pf = pq.ParquetFile(pa.BufferReader(data))
         problems = schema_problems(pf.schema_arrow)
     except (pa.ArrowInvalid, OSError) as err:
-        pf, problems = None, [f"not readable Parquet ({str(err).splitlines()[0][:200]})"]
+        pf, problems = None, [f"not readable Parquet ({one_line(err, 200)})"]
     if pf is not None and problems:
         return fail("schema", "; ".join(problems))
     if entry.get("bytes") is not None and len(data) != int(entry["bytes"]):
@@ -144,9 +144,9 @@ def _check_shard(storage: Storage, entry: dict) -> dict:
         if entry.get("rows") is not None and pf.metadata.num_rows != int(entry["rows"]):
             return fail("corrupt", f"{pf.metadata.num_rows} rows, manifest says {entry['rows']}")
         result["class_names"] = pf.read(columns=["class_names"]).column("class_names").to_pylist()
-        result["scores"] = _shard_scores(pf)
+        result["scores"] = shard_scores(pf)
     except (pa.ArrowInvalid, OSError) as err:
-        return fail("corrupt", f"not readable Parquet ({str(err).splitlines()[0][:200]})")
+        return fail("corrupt", f"not readable Parquet ({one_line(err, 200)})")
     return result
 
 

@@ -25,11 +25,6 @@ _NETWORK_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeou
                    "NoCredentialsError", "ClientError", "ParamValidationError")
 
 
-def describe_error(err: BaseException) -> str:
-    """The first line of an exception, for a one-line user error (:func:`magicseg_models.errors.one_line`)."""
-    return one_line(err, 300)
-
-
 def is_storage_error(err: BaseException) -> bool:
     return isinstance(err, OSError) or type(err).__name__ in _NETWORK_ERRORS
 
@@ -44,7 +39,7 @@ class Storage:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         except (ImportError, ValueError) as err:
-            raise StorageError(f"cannot open storage {uri}: {describe_error(err)}") from None
+            raise StorageError(f"cannot open storage {uri}: {one_line(err, 300)}") from None
         self.root = self.root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
@@ -63,7 +58,7 @@ class Storage:
             raise
         except Exception as err:  # noqa: BLE001 - classified just below
             if is_storage_error(err):
-                raise StorageError(f"{action} {self.uri} failed: {describe_error(err)}") from err
+                raise StorageError(f"{action} {self.uri} failed: {one_line(err, 300)}") from err
             raise
 
     # ---------------------------------------------------------------------------------------- reading

@@ -33,8 +33,8 @@ from magicseg_models.dataset.card import CARD, class_counts, render_card
 from magicseg_models.dataset.schema import (
     META_SCHEMA_VERSION, META_SETTINGS, SCHEMA, SCHEMA_VERSION, column_compression,
 )
-from magicseg_models.dataset.storage import Storage, describe_error
-from magicseg_models.errors import ShardError, StorageError
+from magicseg_models.dataset.storage import Storage
+from magicseg_models.errors import ShardError, StorageError, one_line
 
 SHARDS_DIR = "shards"
 COMMITS_DIR = "_magicseg/commits"
@@ -50,10 +50,6 @@ def shard_name(index: int) -> str:
 
 def shard_rel_path(index: int) -> str:
     return f"{SHARDS_DIR}/{shard_name(index)}"
-
-
-def shard_index(name: str) -> int:
-    return int(os.path.basename(name)[len("part-"):].split(".")[0])
 
 
 @lru_cache(maxsize=1)
@@ -310,7 +306,7 @@ class ShardWriter:
             try:
                 table = rows.select(SCHEMA.names).cast(SCHEMA)
             except (ValueError, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:  # ArrowInvalid is a ValueError
-                raise ShardError(f"rows for {self.rel_path} do not match the schema: {describe_error(err)}") from None
+                raise ShardError(f"rows for {self.rel_path} do not match the schema: {one_line(err, 300)}") from None
             self._check_nulls(table)
             self._writer.write_table(table.replace_schema_metadata(self._schema.metadata),
                                      row_group_size=ROW_GROUP_ROWS)
@@ -345,7 +341,7 @@ class ShardWriter:
             self._check_nulls(table)
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)  # raises on nulls in required fields
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise ShardError(f"rows for {self.rel_path} do not match the schema: {describe_error(err)}") from None
+            raise ShardError(f"rows for {self.rel_path} do not match the schema: {one_line(err, 300)}") from None
         self.rows += table.num_rows
         self._class_counts.update(class_counts(row["class_ids"] for row in self._buffer))
         self._buffer.clear()

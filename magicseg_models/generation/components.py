@@ -36,11 +36,11 @@ import torch
 
 from magicseg_models.devices import resolve_device, resolve_dtype
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
+from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
 from magicseg_models.weights.hub import has_variant, local_folder, looks_local
 
 logger = logging.getLogger(__name__)
-TINY_INIT_SEED = 0
 MAX_TOKENS = 77  # CLIP's context: tokens past 77 (BOS and EOS included) are invisible to the UNet
 
 

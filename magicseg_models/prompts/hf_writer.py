@@ -61,9 +61,11 @@ class HFChat:
                  max_tokens: int = 1024, batch_size: int = 8, device: str = "auto", seed: int = 0):
         import torch
 
+        from magicseg_models.devices import resolve_device
+
         if weights == "random":
             raise ConfigError("prompts.weights=random is not supported for the hf backend; use tiny or pretrained")
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = str(resolve_device(device))
         if weights == "tiny":
             self.tokenizer = tiny_chat_tokenizer()
             self.model = tiny_model(len(self.tokenizer)).to(self.device)

@@ -23,6 +23,7 @@ from collections import Counter
 from typing import Any, Callable, Sequence
 
 from magicseg_models.config import PromptsConfig
+from magicseg_models.errors import one_line
 from magicseg_models.prompts.cache import PromptCache, cache_key
 from magicseg_models.prompts.text import (
     INSTRUCTION_VERSION, ContextMatcher, build_instruction, counterfactual, covering_names, mention_phrases,
@@ -57,7 +58,7 @@ def generator_token_counter(generator) -> Callable[[str], int]:
             tokenizer = build_tiny_tokenizer()
     except Exception as err:  # noqa: BLE001 - any load failure means: no token check
         logger.warning("no generator tokenizer (%s): estimating tokens for the 77-token window",
-                       str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+                       one_line(err, 200))
         return estimated_clip_tokens
     return tokenizer_counter(tokenizer)
 

@@ -280,7 +280,7 @@ def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalisation(mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> tuple[torch.Tensor, ...]:
     """(scale, shift), each 3x1x1: ``(x / 255 - mean) / std`` as one multiply-add on [0, 255] floats."""
-    mean, std = _check_stats(mean, std)
+    mean, std = check_stats(mean, std)
     return (1.0 / (255.0 * torch.tensor(std))).view(3, 1, 1), (-torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
 
 
@@ -309,7 +309,8 @@ def finish_pixels(batch: dict, device: torch.device | str | None = None, mean: S
     return batch
 
 
-def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+def check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Normalisation mean and std as 3 floats each, in [0, 1] units (a 0-255 value fails in one line)."""
     mean, std = [float(m) for m in mean], [float(s) for s in std]
     if len(mean) != 3 or len(std) != 3 or max(mean) > 1 or min(std) <= 0 or max(std) > 1:
         raise ValueError(f"mean/std must be 3 values in [0, 1] units (CLIP: {CLIP_MEAN}, {CLIP_STD}); "

@@ -70,8 +70,7 @@ from torchvision.transforms.v2 import functional as F
 from magicseg_models.config import AugmentConfig
 from magicseg_models.dataset.codecs import decode_mask
 from magicseg_models.dataset.reader import DatasetReader
-from magicseg_models.dataset.storage import describe_error
-from magicseg_models.errors import ConfigError, MagicSegError, ShardError, StorageError
+from magicseg_models.errors import ConfigError, MagicSegError, ShardError, StorageError, one_line
 from magicseg_models.training.augment import CLIP_MEAN, CLIP_STD, JointAugment, finish_pixels
 from magicseg_models.training.selection import (FilterReport, active_filters, filter_fields, keeps,
                                                 missing_score_error, training_targets)
@@ -107,10 +106,6 @@ def epoch_pieces(shards: Sequence[dict], epoch: int, seed: int, consumer: int, n
             pieces.append(Piece(shards[i]["path"], start - offset, stop - offset, n))
         offset += n
     return pieces
-
-
-def _one_line(err: BaseException) -> str:
-    return describe_error(err)
 
 
 @dataclass(frozen=True)
@@ -150,7 +145,7 @@ def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64,
     try:
         pf = reader.parquet_file(piece.path)
     except ShardError as err:
-        raise ShardError(_one_line(err)) from None
+        raise ShardError(one_line(err, 300)) from None
     meta = pf.metadata
     if meta.num_rows != piece.rows:
         raise ShardError(f"shard {piece.path} has {meta.num_rows} rows but the manifest lists {piece.rows}")
@@ -174,7 +169,7 @@ def iter_piece_rows(reader: DatasetReader, piece: Piece, batch_rows: int = 64,
             if position >= piece.stop:
                 return
     except (pa.ArrowException, OSError, StorageError) as err:
-        raise ShardError(f"shard {piece.path} could not be read: {_one_line(err)}") from None
+        raise ShardError(f"shard {piece.path} could not be read: {one_line(err, 300)}") from None
 
 
 def _open_image(data: Any, key: str, sample_id: str, shard: str) -> PILImage.Image:
@@ -293,7 +288,8 @@ class TrainDataset(IterableDataset):
         except MagicSegError as err:
             if not in_worker:
                 raise
-            yield {ERROR_KEY: (type(err), _one_line(err))}  # TrainLoader re-raises it, one line, in the main process
+            # TrainLoader re-raises it, one line, in the main process
+            yield {ERROR_KEY: (type(err), one_line(err, 300))}
 
     def _iter(self, consumer: int, num_consumers: int) -> Iterator[dict]:
         reader = self.reader()
@@ -347,9 +343,9 @@ class TrainDataset(IterableDataset):
                                    seed=sample_seed(self.seed, epoch, sample["sample_id"]))
             except (OSError, SyntaxError) as err:  # pixel data that fails to decode (the header was readable)
                 raise ShardError(f"shard {shard}: sample {sample['sample_id']}: an image is not decodable: "
-                                 f"{_one_line(err)}") from None
+                                 f"{one_line(err, 300)}") from None
             except ValueError as err:
-                raise ShardError(f"shard {shard}: sample {sample['sample_id']}: {_one_line(err)}") from None
+                raise ShardError(f"shard {shard}: sample {sample['sample_id']}: {one_line(err, 300)}") from None
             sample.update(out)
         sample["epoch"] = epoch
         return sample

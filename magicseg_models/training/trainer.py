@@ -38,6 +38,7 @@ from torch import nn
 from magicseg_models.config import TrainConfig, public_config
 from magicseg_models.dataset.reader import DatasetReader
 from magicseg_models.dataset.storage import Storage
+from magicseg_models.devices import training_autocast
 from magicseg_models.errors import ConfigError, StorageError
 from magicseg_models.training import checkpoints as ckpt
 from magicseg_models.training.data import filter_report, make_train_loader
@@ -91,12 +92,6 @@ class TrainForward(nn.Module):
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] % (2**63))
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _mean_over_ranks(values: dict[str, float], world_size: int, device: torch.device) -> dict[str, float]:
@@ -160,8 +155,6 @@ def check_run(config: TrainConfig) -> tuple[int | None, FilterReport | None]:
 
 def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> dict[str, Any]:
     """Train (or resume) on ``config.data`` into ``config.out``; returns the final figures (same on every rank)."""
-    from magicseg_models.zegclip.build import build_zegclip
-
     ctx = context or WorkerContext()
     if not config.data or not config.out:
         raise ConfigError("training needs data (a dataset URI) and out (where checkpoints and metrics go)")
@@ -175,118 +168,192 @@ def train_worker(config: TrainConfig, context: WorkerContext | None = None) -> d
     if filtered is not None:
         ctx.log(filtered.line())
 
-    # 1. model, frozen text bank, optimizer (the same init on every rank: the build is seeded)
-    bundle = build_zegclip(config.model, device=ctx.device, seed=config.seed)
-    model = bundle.model
-    if ctx.is_main:
-        ctx.log(bundle.summary())
-    bank = bundle.class_embeddings(classes).to(ctx.device)  # V x D, computed once per vocabulary (cached)
-    del bundle.text_encoder  # the text tower is never needed again in this run
-    forward: nn.Module = TrainForward(model)
-    if ctx.world_size > 1 and dist.is_initialized():
-        unreached = bool(model.parameters_without_gradient())
-        forward = nn.parallel.DistributedDataParallel(
-            forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=unreached)
-    optimizer = build_optimizer(model, config.optim)
+    bundle, bank = _build_model(config, ctx, classes)
+    optimizer = build_optimizer(bundle.model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.steps)
-    loss_fn = MagicSegLoss(config.loss)
-
-    # 2. resume from the latest checkpoint under OUT (on every rank: each loads the same files)
-    step, epoch = 0, 0
-    latest = ckpt.latest_checkpoint(out) if config.resume else None
-    if config.resume and latest is None and ctx.is_main:
-        ctx.log(f"--resume: no checkpoint under {out.uri}, starting at step 0")
-    if latest is not None:
-        loaded = ckpt.load_checkpoint(Storage(out.url(ckpt.step_dir(latest)), config.storage.storage_options))
-        model.load_trainable_state_dict(loaded["weights"])
-        optimizer.load_state_dict(loaded["state"]["optimizer"])
-        scheduler.load_state_dict(loaded["state"]["scheduler"])
-        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * factor(scheduler.last_epoch)  # a resume with another --steps follows the new schedule
-        ckpt.set_rng_state(loaded["state"]["rng"])
-        step, epoch = int(loaded["state"]["step"]), int(loaded["state"].get("epoch", 0))
-        if ctx.is_main:
-            ctx.log(f"resumed from {out.url(ckpt.step_dir(latest))} at step {step}")
+    run = _Training(config, ctx, _distributed(TrainForward(bundle.model), ctx), optimizer, scheduler,
+                    MagicSegLoss(config.loss), bank, len(classes), accumulation)
+    step, epoch = _resume(config, ctx, out, bundle.model, optimizer, scheduler)
     metrics = MetricsLog(out, resume_step=step) if ctx.is_main else None
-
-    loader = make_train_loader(config.data, config.storage.storage_options, config.augment, batch_size=micro,
-                               rank=ctx.rank, world_size=ctx.world_size, num_workers=config.data_workers,
-                               seed=config.seed, mean=bundle.image_mean, std=bundle.image_std, epoch_start=epoch,
-                               pixel_device=_pixel_device(config, ctx.device), context=config.labels.context,
-                               filters=config.filter)
-    batches = iter(loader)
+    run.batches = iter(_train_loader(config, ctx, bundle, micro, epoch))
     meta = {"model": public_config(config.model), "train": public_config(config), "classes": len(classes),
             "dataset": reader.uri, "init_seed": config.seed,
             "data_filter": filtered.as_dict() if filtered is not None else None}
 
-    # 3. the loop
-    forward.train()
+    run.forward.train()
     last: dict[str, float] = {}
-    window_began, window_samples = time.perf_counter(), 0
+    window = _Window()
     while step < config.steps:
-        torch.manual_seed(_step_seed(config.seed, step, ctx.rank))  # dropout draws depend on the step only
-        generator = torch.Generator().manual_seed(_step_seed(config.seed, step, ctx.rank) + 1)
-        optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "loss_focal": 0.0, "loss_dice": 0.0, "loss_cf": 0.0}
-        for micro_step in range(accumulation):
-            batch = next(batches)
-            epoch = int(batch["epoch"].min())
-            images = batch["image"].to(ctx.device, non_blocking=True)
-            ignore = batch["ignore"].to(ctx.device, non_blocking=True)
-            subset, targets, present, valid = draw_batch(
-                [(ids, masks.to(ctx.device)) for ids, masks in zip(batch["class_ids"], batch["masks"])],
-                vocab_size=len(classes), m=config.sampling.num_classes, generator=generator,
-                exclude=batch["context_ids"])
-            text = bank[subset.to(ctx.device)]  # B x m x D: every image its own classes
-            cf = batch["counterfactual_image"].to(ctx.device, non_blocking=True) if config.loss.counterfactual \
-                else None
-            sync = contextlib.nullcontext() if micro_step == accumulation - 1 or not hasattr(forward, "no_sync") \
-                else forward.no_sync()
-            with sync:
-                with _autocast(ctx.device):
-                    outputs = forward(images, text, cf)
-                losses = loss_fn(outputs["mask_logits"].float(), targets, present, cls=outputs["cls"].float(),
-                                 cls_counterfactual=None if cf is None else outputs["cls_counterfactual"].float(),
-                                 ignore=ignore, num_masks=_masks_over_ranks(present, ctx),
-                                 valid=valid.to(ctx.device))
-                (losses["loss"] / accumulation).backward()
-            for key in sums:
-                sums[key] += float(losses[key].detach()) / accumulation
-            window_samples += images.shape[0] * ctx.world_size
-        lr = optimizer.param_groups[0]["lr"]
-        if not _finite_everywhere(sums, ctx):  # checked on every rank before the update: all stop together
-            raise FloatingPointError(f"loss became non-finite at step {step + 1} ({sums} on rank {ctx.rank}): "
-                                     "lower optim.lr or check the data")
-        optimizer.step()
-        scheduler.step()
+        sums, lr, epoch = run.optimizer_step(step, window)
         step += 1
-
         if step % config.log_every == 0 or step == config.steps:
-            elapsed = time.perf_counter() - window_began
-            last = _mean_over_ranks(sums, ctx.world_size, ctx.device)
-            record = {"step": step, **{k: round(v, 6) for k, v in last.items()}, "lr": lr,
-                      "samples_per_s": round(window_samples / max(elapsed, 1e-9), 3), "epoch": epoch}
-            window_began, window_samples = time.perf_counter(), 0
-            if metrics is not None:
-                metrics.log(record)
-            if ctx.report is not None:
-                ctx.report(record)
+            last = _log_step(ctx, metrics, window, step, sums, lr, epoch)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            if ctx.is_main:
-                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": ckpt.rng_state(), "epoch": epoch}
-                path = ckpt.save_checkpoint(out, step, model, state, meta, keep=config.keep_checkpoints)
-                ctx.log(f"step {step}: checkpoint {path}")
-            if ctx.world_size > 1 and dist.is_initialized():
-                dist.barrier()  # nobody races ahead of a checkpoint a restart would resume from
+            _checkpoint(config, ctx, out, bundle.model, optimizer, scheduler, step, epoch, meta)
     curve = metrics.write_curve() if metrics is not None else None
     return {"step": step, "out": out.uri, "checkpoint": out.url(ckpt.step_dir(step)), "loss_curve": curve,
             "metrics": out.url("metrics.jsonl"), "last": last, "classes": len(classes),
             "data_filter": filtered.as_dict() if filtered is not None else None}
 
 
-def _pixel_device(config: TrainConfig, device: torch.device) -> torch.device | None:
+# ------------------------------------------------------------------------------------ train_worker's steps
+def _build_model(config: TrainConfig, ctx: WorkerContext, classes: list[str]):
+    """The model and the frozen text bank (V x D, computed once per vocabulary); the same init on every rank (the
+    build is seeded). The text tower is dropped afterwards: the run never needs it again."""
+    from magicseg_models.zegclip.build import build_zegclip
+
+    bundle = build_zegclip(config.model, device=ctx.device, seed=config.seed)
+    if ctx.is_main:
+        ctx.log(bundle.summary())
+    bank = bundle.class_embeddings(classes).to(ctx.device)
+    del bundle.text_encoder
+    return bundle, bank
+
+
+def _distributed(forward: TrainForward, ctx: WorkerContext) -> nn.Module:
+    """DDP over the ranks when there are several (parameters no loss reaches make DDP look for unused ones)."""
+    if ctx.world_size > 1 and dist.is_initialized():
+        unreached = bool(forward.model.parameters_without_gradient())
+        return nn.parallel.DistributedDataParallel(
+            forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=unreached)
+    return forward
+
+
+def _resume(config: TrainConfig, ctx: WorkerContext, out: Storage, model: nn.Module, optimizer, scheduler
+            ) -> tuple[int, int]:
+    """(step, epoch) to start at: 0, or the latest checkpoint under OUT (every rank loads the same files)."""
+    latest = ckpt.latest_checkpoint(out) if config.resume else None
+    if config.resume and latest is None and ctx.is_main:
+        ctx.log(f"--resume: no checkpoint under {out.uri}, starting at step 0")
+    if latest is None:
+        return 0, 0
+    loaded = ckpt.load_checkpoint(Storage(out.url(ckpt.step_dir(latest)), config.storage.storage_options))
+    model.load_trainable_state_dict(loaded["weights"])
+    optimizer.load_state_dict(loaded["state"]["optimizer"])
+    scheduler.load_state_dict(loaded["state"]["scheduler"])
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)  # a resume with another --steps follows the new schedule
+    ckpt.set_rng_state(loaded["state"]["rng"])
+    step, epoch = int(loaded["state"]["step"]), int(loaded["state"].get("epoch", 0))
+    if ctx.is_main:
+        ctx.log(f"resumed from {out.url(ckpt.step_dir(latest))} at step {step}")
+    return step, epoch
+
+
+def _train_loader(config: TrainConfig, ctx: WorkerContext, bundle, micro: int, epoch: int):
+    """This rank's share of the shards, from ``epoch`` on, in micro-batches."""
+    return make_train_loader(config.data, config.storage.storage_options, config.augment, batch_size=micro,
+                             rank=ctx.rank, world_size=ctx.world_size, num_workers=config.data_workers,
+                             seed=config.seed, mean=bundle.image_mean, std=bundle.image_std, epoch_start=epoch,
+                             pixel_device=pixel_work_device(config, ctx.device), context=config.labels.context,
+                             filters=config.filter)
+
+
+class _Window:
+    """Samples seen since the last logged step, and since when: the logged throughput."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.began, self.samples = time.perf_counter(), 0
+
+    def samples_per_s(self) -> float:
+        return round(self.samples / max(time.perf_counter() - self.began, 1e-9), 3)
+
+
+@dataclass
+class _Training:
+    """What one optimizer step needs, built once per run."""
+
+    config: TrainConfig
+    ctx: WorkerContext
+    forward: nn.Module
+    optimizer: Any
+    scheduler: Any
+    loss_fn: MagicSegLoss
+    bank: torch.Tensor
+    vocab_size: int
+    accumulation: int
+    batches: Any = None
+
+    def optimizer_step(self, step: int, window: _Window) -> tuple[dict[str, float], float, int]:
+        """One step: ``accumulation`` micro-batches, gradients summed (DDP syncs on the last only), then the update.
+        Returns the step's mean losses, the learning rate it ran at and the epoch of its data."""
+        config, ctx = self.config, self.ctx
+        torch.manual_seed(_step_seed(config.seed, step, ctx.rank))  # dropout draws depend on the step only
+        generator = torch.Generator().manual_seed(_step_seed(config.seed, step, ctx.rank) + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = {"loss": 0.0, "loss_focal": 0.0, "loss_dice": 0.0, "loss_cf": 0.0}
+        epoch = 0
+        for micro_step in range(self.accumulation):
+            batch = next(self.batches)
+            epoch = int(batch["epoch"].min())
+            last_micro = micro_step == self.accumulation - 1
+            sync = contextlib.nullcontext() if last_micro or not hasattr(self.forward, "no_sync") \
+                else self.forward.no_sync()
+            with sync:
+                losses = self._losses(batch, generator)
+                (losses["loss"] / self.accumulation).backward()
+            for key in sums:
+                sums[key] += float(losses[key].detach()) / self.accumulation
+            window.samples += batch["image"].shape[0] * ctx.world_size
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not _finite_everywhere(sums, ctx):  # checked on every rank before the update: all stop together
+            raise FloatingPointError(f"loss became non-finite at step {step + 1} ({sums} on rank {ctx.rank}): "
+                                     "lower optim.lr or check the data")
+        self.optimizer.step()
+        self.scheduler.step()
+        return sums, lr, epoch
+
+    def _losses(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One micro-batch: m classes drawn per image, the forward pass, the loss terms."""
+        config, device = self.config, self.ctx.device
+        images = batch["image"].to(device, non_blocking=True)
+        ignore = batch["ignore"].to(device, non_blocking=True)
+        subset, targets, present, valid = draw_batch(
+            [(ids, masks.to(device)) for ids, masks in zip(batch["class_ids"], batch["masks"])],
+            vocab_size=self.vocab_size, m=config.sampling.num_classes, generator=generator,
+            exclude=batch["context_ids"])
+        text = self.bank[subset.to(device)]  # B x m x D: every image its own classes
+        cf = batch["counterfactual_image"].to(device, non_blocking=True) if config.loss.counterfactual else None
+        with training_autocast(device):
+            outputs = self.forward(images, text, cf)
+        return self.loss_fn(outputs["mask_logits"].float(), targets, present, cls=outputs["cls"].float(),
+                            cls_counterfactual=None if cf is None else outputs["cls_counterfactual"].float(),
+                            ignore=ignore, num_masks=_masks_over_ranks(present, self.ctx),
+                            valid=valid.to(device))
+
+
+def _log_step(ctx: WorkerContext, metrics: MetricsLog | None, window: _Window, step: int, sums: dict[str, float],
+              lr: float, epoch: int) -> dict[str, float]:
+    """One record of ``metrics.jsonl`` (losses averaged over ranks) and to Ray Train; starts a new window."""
+    last = _mean_over_ranks(sums, ctx.world_size, ctx.device)
+    record = {"step": step, **{k: round(v, 6) for k, v in last.items()}, "lr": lr,
+              "samples_per_s": window.samples_per_s(), "epoch": epoch}
+    window.restart()
+    if metrics is not None:
+        metrics.log(record)
+    if ctx.report is not None:
+        ctx.report(record)
+    return last
+
+
+def _checkpoint(config: TrainConfig, ctx: WorkerContext, out: Storage, model: nn.Module, optimizer, scheduler,
+                step: int, epoch: int, meta: dict) -> None:
+    """Rank 0 writes the checkpoint (pruning old ones); every rank waits for it, so none races ahead of a
+    checkpoint a restart would resume from."""
+    if ctx.is_main:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": ckpt.rng_state(), "epoch": epoch}
+        path = ckpt.save_checkpoint(out, step, model, state, meta, keep=config.keep_checkpoints)
+        ctx.log(f"step {step}: checkpoint {path}")
+    if ctx.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def pixel_work_device(config: TrainConfig, device: torch.device) -> torch.device | None:
     """Where the loader finishes the images (``pixel_work``): on a GPU, batched there frees the loader workers."""
     if config.pixel_work == "device" or (config.pixel_work == "auto" and torch.device(device).type == "cuda"):
         return torch.device(device)

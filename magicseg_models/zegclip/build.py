@@ -133,7 +133,7 @@ def _check_decoder(config) -> None:
                           f"(got {config.prompt_dropout})")
 
 
-def _clip_from_configs(vision: dict, text: dict, projection_dim: int, tokenizer) -> nn.Module:
+def clip_from_configs(vision: dict, text: dict, projection_dim: int, tokenizer) -> nn.Module:
     from transformers import CLIPConfig, CLIPModel
 
     text = {**text, "vocab_size": text.get("vocab_size", len(tokenizer)), "projection_dim": projection_dim,
@@ -194,7 +194,7 @@ def load_clip(clip: str, tokenizer: str | None = None, weights: str = "pretraine
     ``key`` is the config section named in error messages (``model`` for ZegCLIP, ``quality`` for the quality
     stage). Raises :class:`CLIPWeightsError` for weights that cannot load.
     """
-    from magicseg_models.annotation.detector import resolve_device  # not generation's: that imports diffusers
+    from magicseg_models.devices import resolve_device
 
     device = resolve_device(device)
     model, tok, source = _build_clip(clip, tokenizer, weights, device, tiny_projection_dim, seed, key)
@@ -218,7 +218,7 @@ def _build_clip(clip: str, tokenizer: str | None, weights: str, device: torch.de
         build_device = device  # full size: initialising on the GPU takes seconds instead of a CPU minute
     with torch.random.fork_rng(devices=_rng_devices(device)), torch.device(build_device):
         torch.manual_seed(seed)
-        model = _clip_from_configs(vision, text, projection, tok)
+        model = clip_from_configs(vision, text, projection, tok)
     return model, tok, {"weights": weights, "model": f"{weights} (built in code)", "init_seed": seed}
 
 
@@ -233,7 +233,7 @@ def build_zegclip(config, device: str | torch.device | None = None, *, seed: int
     trainable parts (and of all weights for ``tiny``/``random``) without touching the global RNG.
     Raises :class:`ConfigError` for inconsistent sizes and :class:`CLIPWeightsError` for weights that cannot load.
     """
-    from magicseg_models.generation.components import resolve_device
+    from magicseg_models.devices import resolve_device
 
     device = resolve_device(device)
     _check_decoder(config)
