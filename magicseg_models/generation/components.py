@@ -643,6 +643,8 @@ def _load_family_components(config, family: str, device: torch.device, dtype: to
     components.source = {"family": family, **source}
     for module in components.modules():
         _move(module, device, dtype)
+    if family == "sdxl" and dtype == torch.float16 and components.vae.config.force_upcast:
+        _move(components.vae, device, torch.float32)  # SDXL's VAE overflows in float16 (diffusers upcasts it too)
     return components
 
 
