@@ -77,3 +77,15 @@ def validate(prompt: str, class_name: str, counter):
     from magicseg_models.prompts.text import validate_prompt
 
     return validate_prompt(prompt, [Vocabulary.default().resolve(class_name)], counter)
+
+
+def one_thread():
+    """Tiny models run fastest on one thread: on a shared CI core several threads mostly wait for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

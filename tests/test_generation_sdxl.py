@@ -13,11 +13,14 @@ import pytest
 import torch
 
 from helpers_generation import (
-    COUNTERFACTUALS, PROMPTS, SEEDS, SIZE, STEPS, DenoiserCalls, class_at_token, one_line, pixels, rows,
-    tiny_family_config, validate,
+    COUNTERFACTUALS, PROMPTS, SEEDS, SIZE, STEPS, DenoiserCalls, class_at_token, one_line, one_thread, pixels,
+    rows, tiny_family_config, validate,
 )
 from magicseg_models.generation import GenerationInputError, PairGenerator, build_tiny_tokenizer
 from magicseg_models.generation.sdxl_pair_pipeline import PairedStableDiffusionXLPipeline
+
+
+single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 @pytest.fixture(scope="module")
