@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fresh_run_env
+from helpers import fresh_run_env, server_run_env
 
 from magicseg_models.config import load_config
 from magicseg_models.dataset.inspect import inspect_dataset
@@ -117,9 +117,9 @@ def _assert_provenance_is_the_stages_settings(uri: str, config) -> None:
         assert json.loads(meta[META_SETTINGS]) == expected
 
 
-def test_killed_build_resumes_to_the_exact_plan(tmp_path):
+def test_killed_build_resumes_to_the_exact_plan(tmp_path, prefect_api):
     uri = str(tmp_path / "killed")
-    env = fresh_run_env(tmp_path)
+    env = server_run_env(tmp_path)
     cmd = [sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out", uri, "--num-samples", "32",
            "--set", "shard_size=4"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -240,8 +240,8 @@ def test_an_llm_failing_every_call_stops_the_run_on_health_with_nothing_committe
     assert not (tmp_path / "llm-down" / "shards").exists() or not any((tmp_path / "llm-down" / "shards").iterdir())
 
 
-def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_line(tmp_path, capsys, prefect_api,
-                                                                                   local_ray):
+def test_build_json_prints_only_the_summary_on_stdout_and_health_fails_in_one_line(
+        tmp_path, warm_prefect_home, capsys, prefect_api, local_ray):
     env = fresh_run_env(tmp_path)
     uri = str(tmp_path / "json")
     done = subprocess.run([sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out", uri,
@@ -311,9 +311,9 @@ finally:
 """
 
 
-def test_two_ray_nodes_both_do_work(tmp_path):
+def test_two_ray_nodes_both_do_work(tmp_path, prefect_api):
     uri = str(tmp_path / "two-nodes")
-    env = fresh_run_env(tmp_path)
+    env = server_run_env(tmp_path)
     proc = subprocess.run([sys.executable, "-c", TWO_NODE_SCRIPT, uri], env=env, capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

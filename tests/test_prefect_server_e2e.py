@@ -194,7 +194,7 @@ def _wait(what: str, predicate, stack: PrefectStack, timeout: float):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, migrated_prefect_home):
     missing = _missing_flows()
     if missing:
         pytest.fail("the deployment chain needs " + ", ".join(missing) + " (prefect.yaml names them); "
@@ -202,6 +202,7 @@ def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prefect-e2e")
     datasets, voc = tmp / "datasets", tmp / "voc"
     _write_tiny_voc(voc)
+    shutil.copytree(migrated_prefect_home, tmp / "prefect-home")  # migrated: the server starts sooner
     stack = PrefectStack(tmp, ROOT)
     began = time.monotonic()
     try:

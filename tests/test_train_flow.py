@@ -94,7 +94,8 @@ def test_ray_train_two_workers_checkpoint_to_s3_and_resume(s3_bucket, local_ray,
     assert storage.read_bytes("loss_curve.png")[:4] == b"\x89PNG"
 
 
-def test_cli_train_then_eval_with_relative_paths(tmp_path, tiny_plan, monkeypatch, capsys, prefect_api):
+def test_cli_train_then_eval_with_relative_paths(tmp_path, warm_prefect_home, tiny_plan, monkeypatch, capsys,
+                                                prefect_api):
     """What a user types: relative local paths (Ray Train workers run elsewhere), then eval on the result."""
     import subprocess
     import sys
