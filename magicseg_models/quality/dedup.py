@@ -107,7 +107,13 @@ def _close(a: np.ndarray, b: np.ndarray, rule: DedupRule) -> np.ndarray:
         return np.zeros((len(a), len(b)), dtype=bool)
     if rule.method == "clip":
         return a @ b.T >= rule.threshold
-    return np.bitwise_count(a[:, None] ^ b[None, :]) <= rule.threshold
+    return _popcount(a[:, None] ^ b[None, :]) <= rule.threshold
+
+
+def _popcount(words: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy < 2 has no ``bitwise_count``)."""
+    as_bytes = np.ascontiguousarray(words).view(np.uint8).reshape(*words.shape, 8)
+    return np.unpackbits(as_bytes, axis=-1).sum(axis=-1)
 
 
 class ShardDeduplicator:
