@@ -156,11 +156,16 @@ class ShardDeduplicator:
         self._count += len(new)
 
 
-def phash(image) -> int:
-    """64-bit perceptual hash of a PIL image, as an int (``imagehash.phash``, hash size 8)."""
+def require_imagehash():
+    """The ``imagehash`` module, or the one line that installs it."""
     try:
         import imagehash
     except ImportError:
         raise ConfigError("quality.dedup.method=phash needs imagehash: pip install 'imagehash>=4.3'") from None
-    bits = imagehash.phash(image, hash_size=8).hash.flatten()
+    return imagehash
+
+
+def phash(image) -> int:
+    """64-bit perceptual hash of a PIL image, as an int (``imagehash.phash``, hash size 8)."""
+    bits = require_imagehash().phash(image, hash_size=8).hash.flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
