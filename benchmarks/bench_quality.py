@@ -8,8 +8,10 @@
 Both annotators share one detector and one segmenter (only the flag differs). Rows: random-noise images at the
 preset's generator size (the work per image matters here, not what it shows), each with a prompt that names its
 asked classes and two other vocabulary classes (the context classes), ``context_class_ids`` set. Times are the
-best of ``--repeats`` after ``--warmup`` untimed rounds, alternating the order. Last line:
-``RESULT quality overhead=<with/without> annotate_ms=<ms per sample, without> context_ms=<extra ms per sample of
+best of ``--repeats`` after ``--warmup`` untimed rounds, alternating the order, on ``--threads`` CPU threads
+(default 1, as the build's annotate actor). Last line:
+``RESULT quality overhead=<with/without, wall> cpu_overhead=<the same in process CPU seconds, which other jobs on
+the machine disturb less> annotate_ms=<ms per sample, without> context_ms=<extra ms per sample of
 context classes> quality_ms=<ms per sample of the quality stage> device=<...> spread=<x> meaningful=yes|no
 load=<1m/5m/15m>``.
 
@@ -67,11 +69,14 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, *args) -> tuple[float, list[dict]]:
+def _timed(fn, *args, cpu: list[float] | None = None) -> tuple[float, list[dict]]:
+    """Wall seconds of ``fn(*args)``; with ``cpu``, the process's CPU seconds are appended to it."""
     _sync()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
     _sync()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start, result
 
 
@@ -82,9 +87,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: as the build's annotate actor, num_cpus=1, runs; and a thread "
+                             "that spin-waits for a descheduled sibling cannot distort the figures on a shared CPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. annotate.segmenter.model_type=vit_b")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     print_load("start")
 
     base = load_config("build", args.preset, overrides=[*args.overrides, "annotate.context_classes=false"])
@@ -115,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         without()
         with_new_work()
     times: dict[str, list[float]] = {"without": [], "with": [], "context": [], "quality": []}
+    cpu: dict[str, list[float]] = {"without": [], "with": []}
     for r in range(args.repeats):
         for name in (("without", "with") if r % 2 == 0 else ("with", "without")):
-            seconds, _ = _timed(without if name == "without" else with_new_work)
+            seconds, _ = _timed(without if name == "without" else with_new_work, cpu=cpu[name])
             times[name].append(seconds)
         # the two parts of "with" on their own, for the per-sample figures
         times["context"].append(_timed(run_batched, context, rows, a_batch)[0])
@@ -132,11 +142,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:8s} best {best[name]:8.3f} s   {1000 * best[name] / len(rows):9.2f} ms/sample   "
               f"({describe(times[name])}; all: {', '.join(f'{t:.3f}' for t in times[name])})")
     ratio = best["with"] / best["without"]
-    print(f"overhead {ratio:.3f}: {ratio_note(spread(times['with']), spread(times['without']), ratio)}")
+    # CPU seconds of this process: what the work costs even when other jobs share the cores (wall time does not)
+    cpu_ratio = min(cpu["with"]) / min(cpu["without"])
+    print(f"overhead {ratio:.3f}: {ratio_note(spread(times['with']), spread(times['without']), ratio)}; "
+          f"in process CPU seconds {cpu_ratio:.3f} ({min(cpu['with']):.3f} / {min(cpu['without']):.3f})")
     per_sample = {name: 1000 * value / len(rows) for name, value in best.items()}
     load = print_load("end")
-    print(f"RESULT quality overhead={ratio:.3f} annotate_ms={per_sample['without']:.2f} "
-          f"context_ms={max(0.0, per_sample['context'] - per_sample['without']):.2f} "
+    print(f"RESULT quality overhead={ratio:.3f} cpu_overhead={cpu_ratio:.3f} "
+          f"annotate_ms={per_sample['without']:.2f} context_ms={max(0.0, per_sample['context'] - per_sample['without']):.2f} "
           f"quality_ms={per_sample['quality']:.2f} device={machine(device)} "
           f"{noise_fields(times['with'], times['without'], ratio)} {load}")
 

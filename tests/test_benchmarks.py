@@ -50,7 +50,8 @@ LOADED_RESULT = r" spread=[\d.]+ meaningful=(yes|no) load=[\d.]+/[\d.]+/[\d.]+"
      r"RESULT annotate speedup=[\d.]+ images_per_s=[\d.]+ device=\S+"),
     # the new per-sample work of issue 16 (context classes + the quality stage) against annotate alone
     ("bench_quality.py", ["--samples", "4", "--repeats", "2"],
-     r"RESULT quality overhead=[\d.]+ annotate_ms=[\d.]+ context_ms=[\d.]+ quality_ms=[\d.]+ device=\S+"),
+     r"RESULT quality overhead=[\d.]+ cpu_overhead=[\d.]+ annotate_ms=[\d.]+ context_ms=[\d.]+ "
+     r"quality_ms=[\d.]+ device=\S+"),
     ("bench_eval.py", ["--maps", "8", "--map-size", "64", "--images", "1", "--size", "64", "--crop", "64",
                        "--stride", "48", "--repeats", "2"],
      r"RESULT eval metric_speedup=[\d.]+ windows_per_s=[\d.]+ device=\S+"),
