@@ -348,12 +348,9 @@ class Components:
 
 
 def _text_encoder(config: dict[str, Any], tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    cfg = CLIPTextConfig(**{"vocab_size": len(tokenizer), **config},
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    return CLIPTextModel(cfg)
+    return CLIPTextModel(_clip_config(config, tokenizer))
 
 
 def _safety_checker(size: str):
@@ -384,20 +381,20 @@ def _build_from_configs(size: str, safety: bool, device: torch.device) -> Compon
     tokenizer = build_tiny_tokenizer()
     unet_cfg, vae_cfg, text_cfg = ((TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG) if size == "tiny" else
                                    (SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD15_TEXT_CONFIG))
-    # fixed init seed: the same weights in every process, whatever ran before (the global RNG is restored)
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), torch.device(device):
-        torch.manual_seed(TINY_INIT_SEED)
-        unet = UNet2DConditionModel(**unet_cfg)
-        vae = AutoencoderKL(**vae_cfg)
-        text_encoder = _text_encoder(text_cfg, tokenizer)
+
+    def build():
         checker, extractor = _safety_checker(size) if safety else (None, None)
+        return (UNet2DConditionModel(**unet_cfg), AutoencoderKL(**vae_cfg), _text_encoder(text_cfg, tokenizer),
+                checker, extractor)
+
+    unet, vae, text_encoder, checker, extractor = _seeded_build(device, build)
     return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                       scheduler=default_scheduler(), safety_checker=checker, feature_extractor=extractor)
 
 
 def _seeded_build(device: torch.device, build):
-    """``build()`` under the fixed init seed, on ``device``, with the global RNG restored afterwards."""
+    """``build()`` under the fixed init seed, on ``device``: the same weights in every process, whatever ran
+    before (the global RNG is restored afterwards)."""
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices), torch.device(device):
         torch.manual_seed(TINY_INIT_SEED)
