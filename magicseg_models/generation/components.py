@@ -382,10 +382,9 @@ def _build_from_configs(size: str, safety: bool, device: torch.device) -> Compon
     unet_cfg, vae_cfg, text_cfg = ((TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG) if size == "tiny" else
                                    (SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD15_TEXT_CONFIG))
 
-    def build():
-        checker, extractor = _safety_checker(size) if safety else (None, None)
-        return (UNet2DConditionModel(**unet_cfg), AutoencoderKL(**vae_cfg), _text_encoder(text_cfg, tokenizer),
-                checker, extractor)
+    def build():  # the checker last: the other models' weights must not depend on whether it is built
+        models = (UNet2DConditionModel(**unet_cfg), AutoencoderKL(**vae_cfg), _text_encoder(text_cfg, tokenizer))
+        return (*models, *(_safety_checker(size) if safety else (None, None)))
 
     unet, vae, text_encoder, checker, extractor = _seeded_build(device, build)
     return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,

@@ -48,13 +48,16 @@ class GenerationInputError(MagicSegError):
 
 @dataclass
 class PairPipelineOutput:
-    """What :class:`PairedStableDiffusionPipeline` returns for N pairs.
+    """What a paired pipeline (:class:`PairedStableDiffusionPipeline` and the SDXL and FLUX ones) returns for N
+    pairs.
 
     ``images`` / ``counterfactual_images``: ``pt`` (N, 3, H, W) float in [0, 1] on the pipeline's device; ``np``
     (N, H, W, 3) float32 in [0, 1]; ``uint8`` (N, H, W, 3) uint8 arrays; ``latent`` the final latents.
     ``initial_latents``: (N, C, H/8, W/8), the noise pair i started from (before ``init_noise_sigma``).
     ``finite``: per pair, whether (image, counterfactual) decoded without NaN/inf.
     ``nsfw``: per pair, the safety checker's flags, or None when no checker is loaded.
+    ``unet_calls``: denoiser calls made (the UNet's, or FLUX's transformer's), whatever the number of pairs.
+    The SDXL and FLUX pipelines return the same output (FLUX's ``initial_latents`` are packed 2x2 patches).
     """
 
     images: Any
