@@ -16,12 +16,8 @@ from magicseg_models.generation.components import (
     load_components,
     make_scheduler,
 )
-from magicseg_models.generation.pair_pipeline import (
-    GenerationInputError,
-    PairedStableDiffusionPipeline,
-    PairPipelineOutput,
-    load_pair_pipeline,
-)
+from magicseg_models.generation.pair_common import GenerationInputError, PairPipelineOutput
+from magicseg_models.generation.pair_pipeline import PairedStableDiffusionPipeline, load_pair_pipeline
 from magicseg_models.generation.pair_stage import DROP_REASONS, PairGenerator
 
 __all__ = [

@@ -20,13 +20,8 @@ import torch
 from magicseg_models.dataset.codecs import encode_image
 from magicseg_models.devices import matmul_tf32
 from magicseg_models.generation.architectures import generator_license
-from magicseg_models.generation.pair_pipeline import (
-    MAX_SEED,
-    GenerationInputError,
-    PairedStableDiffusionPipeline,
-    is_integer,
-    load_pair_pipeline,
-)
+from magicseg_models.generation.pair_common import MAX_SEED, GenerationInputError, is_integer
+from magicseg_models.generation.pair_pipeline import PairedStableDiffusionPipeline, load_pair_pipeline
 
 BLACK_MAX = 1  # an image whose every uint8 value is <= this is "all black" (fp16 overflow, blanked output)
 DROP_REASONS = ("nonfinite", "nsfw", "black")
