@@ -147,7 +147,8 @@ SMOKE = Sizes(
     build_preset="tiny", build_overrides=("generator.height=32", "generator.width=32", "generator.steps=2"),
     pairs=4, pair_batch=2, samples=4,
     families={name: ("tiny", (f"generator.family={family}", "generator.height=32", "generator.width=32",
-                              "generator.steps=2")) for name, family in (("pairs_sdxl", "sdxl"), ("pairs_flux", "flux"))},
+                              "generator.steps=2"))
+              for name, family in (("pairs_sdxl", "sdxl"), ("pairs_flux", "flux"))},
     train_preset="tiny", train_overrides=(), train_steps=2,
     eval_preset="tiny", eval_overrides=(), eval_images=2,
     repeats=2, budget_s=150,

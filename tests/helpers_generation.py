@@ -13,7 +13,8 @@ from magicseg_models.vocabulary import Vocabulary
 
 SIZE, STEPS = 32, 3
 PROMPTS = ["a photo of a cat sitting on a red sofa near a window", "a dog running in a green park at noon"]
-COUNTERFACTUALS = ["a photo of a nothing sitting on a red sofa near a window", "a nothing running in a green park at noon"]
+COUNTERFACTUALS = ["a photo of a nothing sitting on a red sofa near a window",
+                   "a nothing running in a green park at noon"]
 SEEDS = [1001, 1002]
 
 

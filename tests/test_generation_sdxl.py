@@ -147,3 +147,16 @@ def test_validator_rejects_a_class_past_either_clip_window():
     clip = tokenizer_counter(build_tiny_tokenizer())
     assert validate(class_at_token(clip, "cat", 75), "cat", counter).ok
     assert validate(class_at_token(clip, "cat", 76), "cat", counter).reason == "class_after_token_limit:cat"
+
+
+def test_sdxl_random_builds_the_published_architecture():
+    """sdxl-random: SDXL base's UNet and OpenCLIP bigG text tower at full size (on the meta device: no memory)."""
+    from magicseg_models.config import load_config
+    from magicseg_models.generation import load_components
+    from magicseg_models.generation.components import parameter_count
+
+    config = load_config("build", "sdxl-random").generator
+    parts = load_components(config, torch.device("meta"), torch.float16)
+    assert parameter_count(parts.unet) == 2_567_463_684 and parts.unet.dtype == torch.float16
+    assert parameter_count(parts.text_encoder_2) == 694_659_840
+    assert parts.vae.dtype == torch.float32  # SDXL's VAE overflows in float16: kept in float32

@@ -348,12 +348,9 @@ class Components:
 
 
 def _text_encoder(config: dict[str, Any], tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    cfg = CLIPTextConfig(**{"vocab_size": len(tokenizer), **config},
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    return CLIPTextModel(cfg)
+    return CLIPTextModel(_clip_config(config, tokenizer))
 
 
 def _safety_checker(size: str):
@@ -384,24 +381,29 @@ def _build_from_configs(size: str, safety: bool, device: torch.device) -> Compon
     tokenizer = build_tiny_tokenizer()
     unet_cfg, vae_cfg, text_cfg = ((TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG) if size == "tiny" else
                                    (SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD15_TEXT_CONFIG))
-    # fixed init seed: the same weights in every process, whatever ran before (the global RNG is restored)
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), torch.device(device):
-        torch.manual_seed(TINY_INIT_SEED)
-        unet = UNet2DConditionModel(**unet_cfg)
-        vae = AutoencoderKL(**vae_cfg)
-        text_encoder = _text_encoder(text_cfg, tokenizer)
-        checker, extractor = _safety_checker(size) if safety else (None, None)
+
+    def build():  # the checker last: the other models' weights must not depend on whether it is built
+        models = (UNet2DConditionModel(**unet_cfg), AutoencoderKL(**vae_cfg), _text_encoder(text_cfg, tokenizer))
+        return (*models, *(_safety_checker(size) if safety else (None, None)))
+
+    unet, vae, text_encoder, checker, extractor = _seeded_build(device, build)
     return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                       scheduler=default_scheduler(), safety_checker=checker, feature_extractor=extractor)
 
 
-def _seeded_build(device: torch.device, build):
-    """``build()`` under the fixed init seed, on ``device``, with the global RNG restored afterwards."""
+def _seeded_build(device: torch.device, build, dtype: torch.dtype = torch.float32):
+    """``build()`` under the fixed init seed, on ``device``: the same weights in every process, whatever ran
+    before (the global RNG is restored afterwards). ``dtype``: the parameters' dtype from the start (FLUX's 17B
+    parameters in float32 would take 68 GB before the cast)."""
     rng_devices = [device.index or 0] if device.type == "cuda" else []
+    before = torch.get_default_dtype()
     with torch.random.fork_rng(devices=rng_devices), torch.device(device):
         torch.manual_seed(TINY_INIT_SEED)
-        return build()
+        torch.set_default_dtype(dtype)
+        try:
+            return build()
+        finally:
+            torch.set_default_dtype(before)
 
 
 def _clip_config(config: dict[str, Any], tokenizer):
@@ -411,7 +413,7 @@ def _clip_config(config: dict[str, Any], tokenizer):
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-def _build_sdxl(size: str, device: torch.device) -> Components:
+def _build_sdxl(size: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Components:
     """SDXL from configs: tiny (tests) or the published architecture (``random``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -428,12 +430,13 @@ def _build_sdxl(size: str, device: torch.device) -> Components:
                 CLIPTextModel(_clip_config(text_cfg, tokenizer)),
                 CLIPTextModelWithProjection(_clip_config(text_2_cfg, tokenizer_2)))
 
-    unet, vae, text_encoder, text_encoder_2 = _seeded_build(device, build)
+    unet, vae, text_encoder, text_encoder_2 = _seeded_build(device, build, dtype)
     return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                       scheduler=default_scheduler("sdxl"), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
 
-def _build_flux(size: str, device: torch.device, max_sequence_length: int) -> Components:
+def _build_flux(size: str, device: torch.device, max_sequence_length: int,
+                dtype: torch.dtype = torch.float32) -> Components:
     """FLUX.1-schnell from configs: tiny (tests) or the published architecture (``random``)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
@@ -450,7 +453,7 @@ def _build_flux(size: str, device: torch.device, max_sequence_length: int) -> Co
         return (FluxTransformer2DModel(**transformer_cfg), AutoencoderKL(**vae_cfg),
                 CLIPTextModel(_clip_config(text_cfg, tokenizer)), T5EncoderModel(T5Config(**t5_cfg)))
 
-    transformer, vae, text_encoder, text_encoder_2 = _seeded_build(device, build)
+    transformer, vae, text_encoder, text_encoder_2 = _seeded_build(device, build, dtype)
     return Components(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                       scheduler=default_scheduler("flux"), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
@@ -633,9 +636,10 @@ def _load_family_components(config, family: str, device: torch.device, dtype: to
                   **components.source}
     else:
         size = "tiny" if config.weights == "tiny" else "full"
-        build_device = torch.device("cpu") if size == "tiny" else device
-        components = (_build_sdxl(size, build_device) if family == "sdxl"
-                      else _build_flux(size, build_device, config.max_sequence_length))
+        # tiny: float32 on the CPU (its weights are the same on every machine); full size: straight in the dtype
+        build_device, build_dtype = (torch.device("cpu"), torch.float32) if size == "tiny" else (device, dtype)
+        components = (_build_sdxl(size, build_device, build_dtype) if family == "sdxl"
+                      else _build_flux(size, build_device, config.max_sequence_length, build_dtype))
         model = f"tiny {family} (built in code)" if size == "tiny" else f"{architecture} (random init)"
         source = {"weights": config.weights, "model": model, "init_seed": TINY_INIT_SEED}
     if family == "sdxl":

@@ -27,7 +27,7 @@ import torch
 from diffusers import DiffusionPipeline, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
-from magicseg_models.generation.pair_pipeline import (
+from magicseg_models.generation.pair_common import (
     GenerationInputError,
     PairPipelineOutput,
     check_pair_inputs,

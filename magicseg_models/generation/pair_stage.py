@@ -2,9 +2,9 @@
 
 It drives a paired pipeline (``PairedStableDiffusionPipeline``, ``PairedStableDiffusionXLPipeline`` or
 ``PairedFluxPipeline``, by ``generator.family``; loaded from the ``GeneratorConfig``, or handed in as
-``pipeline=``, the way ``Annotator(detector=, segmenter=)`` takes its models), cuts a batch into denoiser batches, and applies the output policy: non-finite and NSFW-flagged pairs are
-dropped at once; the all-black check and JPEG/PNG encoding run in a thread pool while the next UNet batch
-computes. It runs the same in a test, a notebook or a Ray actor (this package imports neither Ray nor Prefect).
+``pipeline=``, the way ``Annotator(detector=, segmenter=)`` takes its models), cuts a batch into denoiser
+batches, and applies the output policy: non-finite and NSFW-flagged pairs are dropped at once; the all-black
+check and JPEG/PNG encoding run in a thread pool while the next denoiser batch computes. It runs the same in a test, a notebook or a Ray actor (this package imports neither Ray nor Prefect).
 """
 
 from __future__ import annotations
@@ -20,13 +20,8 @@ import torch
 from magicseg_models.dataset.codecs import encode_image
 from magicseg_models.devices import matmul_tf32
 from magicseg_models.generation.architectures import generator_license
-from magicseg_models.generation.pair_pipeline import (
-    MAX_SEED,
-    GenerationInputError,
-    PairedStableDiffusionPipeline,
-    is_integer,
-    load_pair_pipeline,
-)
+from magicseg_models.generation.pair_common import MAX_SEED, GenerationInputError, is_integer
+from magicseg_models.generation.pair_pipeline import PairedStableDiffusionPipeline, load_pair_pipeline
 
 BLACK_MAX = 1  # an image whose every uint8 value is <= this is "all black" (fp16 overflow, blanked output)
 DROP_REASONS = ("nonfinite", "nsfw", "black")
@@ -100,7 +95,8 @@ class PairGenerator:
         family = getattr(c, "family", "sd15")
         return {
             **self.source, "family": family, "license": generator_license(c),
-            **({"max_sequence_length": c.max_sequence_length} if family == "flux" else {}), "height": c.height, "width": c.width, "steps": c.steps,
+            **({"max_sequence_length": c.max_sequence_length} if family == "flux" else {}),
+            "height": c.height, "width": c.width, "steps": c.steps,
             "guidance_scale": c.guidance_scale, "scheduler": type(scheduler).__name__,
             "scheduler_config": _plain({k: v for k, v in scheduler.config.items() if not k.startswith("_")}),
             "dtype": str(self.dtype).removeprefix("torch."), "device": self.device.type,

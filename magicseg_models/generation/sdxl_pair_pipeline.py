@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from magicseg_models.generation.pair_pipeline import (
+from magicseg_models.generation.pair_common import (
     GenerationInputError,
     PairPipelineOutput,
     check_pair_inputs,
