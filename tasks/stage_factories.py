@@ -10,6 +10,7 @@ from __future__ import annotations
 from magicseg_models.config import BuildConfig
 from magicseg_models.pipeline import StageSpec
 from magicseg_models.quality import check_quality_config
+from magicseg_models.quality.dedup import QUALITY_STAGE
 
 
 def build_stages(config: BuildConfig, api_key: str | None = None) -> list[StageSpec]:
@@ -20,7 +21,7 @@ def build_stages(config: BuildConfig, api_key: str | None = None) -> list[StageS
               StageSpec("pairs", pair_stage, (config,), config.generator.resources, "generator"),
               StageSpec("annotate", annotation_stage, (config,), config.annotate.resources, "annotate")]
     if config.quality.enabled:
-        stages.append(StageSpec("quality", quality_stage, (config,), config.quality.resources, "quality"))
+        stages.append(StageSpec(QUALITY_STAGE, quality_stage, (config,), config.quality.resources, "quality"))
     return stages
 
 

@@ -58,7 +58,7 @@ def clip_pixels(images: Sequence[np.ndarray], size: int, device: torch.device) -
     for (height, width, _), indices in by_shape.items():
         batch = torch.from_numpy(np.stack([images[i] for i in indices])).to(device).permute(0, 3, 1, 2).float()
         scale = size / min(height, width)
-        resized = (max(size, int(height * scale)), max(size, int(width * scale)))  # int(): as torchvision, HF
+        resized = (max(size, int(height * scale)), max(size, int(width * scale)))  # CLIP rounds the long side down
         batch = torch.nn.functional.interpolate(batch / 255.0, size=resized, mode="bicubic", antialias=True,
                                                 align_corners=False).clamp_(0, 1)
         top, left = (resized[0] - size) // 2, (resized[1] - size) // 2

@@ -29,6 +29,7 @@ from magicseg_models.errors import ConfigError, MagicSegError
 
 DROP_DUPLICATE = "duplicate"
 FINGERPRINT = "dedup_fingerprint"  # transient row key: the quality stage sets it, the shard writer reads it
+QUALITY_STAGE = "quality"  # the stage's name in the pipeline, and the key of its settings
 DEFAULT_THRESHOLDS = {"clip": 0.95, "phash": 4.0}
 PHASH_BITS = 64
 
@@ -57,7 +58,7 @@ class DedupRule:
 
         The shard writer reads it there, so what is applied is exactly what the shard's provenance records.
         """
-        dedup = ((settings or {}).get("quality") or {}).get("dedup") or {}
+        dedup = ((settings or {}).get(QUALITY_STAGE) or {}).get("dedup") or {}
         if dedup.get("method") in (None, "off"):
             return None
         return cls(str(dedup["method"]), float(dedup["threshold"]))
