@@ -9,6 +9,9 @@ printed with the card's name (``torch.cuda.get_device_name``) and written to a J
   pairs/s through ``PairGenerator``, and the ratio to the card's FLOP bound: the FLOPs of one pair are counted
   with ``torch.utils.flop_counter.FlopCounterMode`` on the real text-encoder, UNet and VAE calls of one pair
   (every timestep), and the bound is the card's dense fp16/bf16 tensor peak (``PEAK_TFLOPS``) / FLOPs per pair;
+- **pairs_sdxl**, **pairs_flux**: the same for the other generator families (``sdxl-random``: SDXL at 1024 px,
+  30 steps, 4 UNet branches per pair; ``flux-schnell-random``: FLUX.1-schnell at 1024 px, 4 steps, 2 transformer
+  branches per pair), 2 pairs per round, with their FLOP ratio (docs/generators.md);
 - **annotate**: Grounding DINO SwinT + SAM ViT-H (random weights at real sizes) through ``Annotator``: samples/s
   (a sample = an image and its counterfactual), the GPU's busy fraction while it runs (the union of kernel times
   from the CUDA profiler over the wall time) and the share of a GPU it needs to keep up with one SD GPU;
@@ -112,6 +115,8 @@ class Sizes:
     pairs: int  # pairs per timed round
     pair_batch: int  # pairs per UNet batch
     samples: int  # annotate rows per timed round
+    # the other generator families: item -> (build preset, overrides); 2 pairs per round, 2 per batch
+    families: dict[str, tuple[str, tuple[str, ...]]]
     train_preset: str
     train_overrides: tuple[str, ...]
     train_steps: int  # steps per timed round
@@ -128,22 +133,28 @@ class Sizes:
 FULL = Sizes(
     build_preset="sd15-random", build_overrides=("generator.steps=20", "generator.dtype=float16"),
     pairs=16, pair_batch=8, samples=32,
+    families={"pairs_sdxl": ("sdxl-random", ()), "pairs_flux": ("flux-schnell-random", ())},
     train_preset="zegclip-vitb16", train_overrides=("model.weights=random",), train_steps=10,
     eval_preset="zegclip-vitb16", eval_overrides=("model.weights=random",), eval_images=8,
     # 420 s + the 45 s grace + interpreter start-up stay under the loan's 8 minutes
     repeats=3, budget_s=420,
-    estimates={"pairs": 45, "annotate": 60, "train": 35, "eval": 25, "pairs.channels_last": 25,
+    estimates={"pairs": 45, "annotate": 60, "train": 35, "eval": 25, "pairs_sdxl": 60, "pairs_flux": 70,
+               "pairs.channels_last": 25,
                "pairs.vae_decode_per_image": 25, "pairs.tf32": 25, "annotate.sam_encoder_bf16": 50,
                "annotate.tf32": 50, "pairs.compile": 150},
 )
 SMOKE = Sizes(
     build_preset="tiny", build_overrides=("generator.height=32", "generator.width=32", "generator.steps=2"),
     pairs=4, pair_batch=2, samples=4,
+    families={name: ("tiny", (f"generator.family={family}", "generator.height=32", "generator.width=32",
+                              "generator.steps=2"))
+              for name, family in (("pairs_sdxl", "sdxl"), ("pairs_flux", "flux"))},
     train_preset="tiny", train_overrides=(), train_steps=2,
     eval_preset="tiny", eval_overrides=(), eval_images=2,
     repeats=2, budget_s=150,
     # compiling even the tiny UNet takes about 5 minutes on a 2-core CPU: the budget skips it here
-    estimates={"pairs": 15, "annotate": 10, "train": 10, "eval": 5, "pairs.channels_last": 8,
+    estimates={"pairs": 15, "annotate": 10, "train": 10, "eval": 5, "pairs_sdxl": 8, "pairs_flux": 8,
+               "pairs.channels_last": 8,
                "pairs.vae_decode_per_image": 8, "pairs.tf32": 8, "annotate.sam_encoder_bf16": 8,
                "annotate.tf32": 8, "pairs.compile": 300},
 )
@@ -199,29 +210,32 @@ def rate(count: float, times: list[float]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- items
-def run_pairs(suite: Suite, *overrides: str, count_flops: bool = False) -> dict:
+def run_pairs(suite: Suite, *overrides: str, count_flops: bool = False, family_item: str | None = None) -> dict:
+    """pairs/s of the SD 1.5 item (its levers with ``overrides``), or of another family's ``family_item``."""
     from benchmarks.bench_pairs import make_rows
     from magicseg_models.config import load_config
     from magicseg_models.generation import PairGenerator
 
     sz = suite.sizes
-    config = load_config("build", sz.build_preset, overrides=[
-        *sz.build_overrides, f"generator.resources.batch_size={sz.pair_batch}", "generator.image_format=jpeg",
-        *overrides]).generator
+    preset, base, pairs, batch = sz.build_preset, sz.build_overrides, sz.pairs, sz.pair_batch
+    if family_item is not None:
+        (preset, base), pairs, batch = sz.families[family_item], 2, 2
+    config = load_config("build", preset, overrides=[
+        *base, f"generator.resources.batch_size={batch}", "generator.image_format=jpeg", *overrides]).generator
     began = time.perf_counter()
     gen = PairGenerator(config, device=suite.device)
     load_s = time.perf_counter() - began
-    rows = make_rows(sz.pairs)
+    rows = make_rows(pairs)
     try:
         began = time.perf_counter()
-        gen(rows[:sz.pair_batch])  # warm-up: allocator, cuDNN autotuning, compilation
+        gen(rows[:batch])  # warm-up: allocator, cuDNN autotuning, compilation
         sync(suite.device)
         warmup_s = time.perf_counter() - began
         times = timed_repeats(lambda: gen(rows), suite.device, sz.repeats)
-        out = {"config": {"height": config.height, "width": config.width, "steps": config.steps,
-                          "dtype": gen.settings["dtype"], "batch": sz.pair_batch, "pairs": sz.pairs,
-                          "overrides": list(overrides)},
-               "load_s": round(load_s, 2), "warmup_s": round(warmup_s, 2), "pairs_per_s": rate(sz.pairs, times)}
+        out = {"config": {"preset": preset, "family": config.family, "height": config.height,
+                          "width": config.width, "steps": config.steps, "dtype": gen.settings["dtype"],
+                          "batch": batch, "pairs": pairs, "overrides": list(overrides)},
+               "load_s": round(load_s, 2), "warmup_s": round(warmup_s, 2), "pairs_per_s": rate(pairs, times)}
         if count_flops:
             out["flops"] = pair_flops(gen, rows[0])
     finally:
@@ -231,8 +245,9 @@ def run_pairs(suite: Suite, *overrides: str, count_flops: bool = False) -> dict:
 
 
 def pair_flops(gen, row: dict) -> dict:
-    """FLOPs of one pair on the real calls: text encoder (the pair's two prompts; the empty prompt is cached),
-    the UNet at every timestep (4 branches), the VAE decode of both images."""
+    """FLOPs of one pair on the real calls: text encoders (the pair's two prompts; the empty prompt is cached),
+    the UNet or transformer at every timestep (4 branches with guidance, 2 without), the VAE decode of both
+    images. ``unet`` is the denoiser whatever its kind."""
     from torch.utils.flop_counter import FlopCounterMode
 
     c = gen.config
@@ -241,8 +256,11 @@ def pair_flops(gen, row: dict) -> dict:
                      width=c.width, num_inference_steps=c.steps, guidance_scale=c.guidance_scale,
                      output_type="uint8")
     by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    unet = by_module.get(type(gen.pipeline.unet).__name__, 0)
-    text = by_module.get(type(gen.pipeline.text_encoder).__name__, 0)
+    denoiser = getattr(gen.pipeline, "unet", None) or gen.pipeline.transformer
+    unet = by_module.get(type(denoiser).__name__, 0)
+    encoders = {type(m).__name__ for m in (gen.pipeline.text_encoder, getattr(gen.pipeline, "text_encoder_2", None))
+                if m is not None}
+    text = sum(by_module.get(name, 0) for name in encoders)
     total = counter.get_total_flops()
     return {"per_pair": total, "unet": unet, "text_encoder": text, "vae_and_rest": total - unet - text}
 
@@ -396,7 +414,9 @@ LEVERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "pairs.compile": ("pairs", "pairs_per_s", ("generator.compile=true",)),
 }
 CORE = ("pairs", "annotate", "train", "eval")
-ITEMS = (*CORE, *LEVERS)  # core figures first: when the budget runs short, levers are what is skipped
+FAMILIES = ("pairs_sdxl", "pairs_flux")
+# core figures first, then the other generators: when the budget runs short, levers are what is skipped
+ITEMS = (*CORE, *FAMILIES, *LEVERS)
 
 
 def lever_verdict(on: dict, off: dict) -> dict:
@@ -471,9 +491,9 @@ class Suite:
                      f"{self._rate(self.results[base][figure], figure)} off; speedup {v['speedup']:.3f}, "
                      f"{v['note']}: {v['verdict']}; {peak}")
             return
-        if name == "pairs":
+        if name == "pairs" or name in FAMILIES:
             c = r["config"]
-            self.say(f"{head} {self.sizes.build_preset} {c['dtype']} {c['steps']} steps {c['height']}x{c['width']}, "
+            self.say(f"{head} {c['preset']} {c['dtype']} {c['steps']} steps {c['height']}x{c['width']}, "
                      f"{c['batch']} pairs per UNet batch: {self._rate(r['pairs_per_s'], 'pairs/s')}; {peak}")
             f = r.get("flops")
             if f:
@@ -542,20 +562,27 @@ class Suite:
         print(self.result_line(), flush=True)
 
 
+def flop_bound(suite: Suite, pairs: dict | None) -> None:
+    """The FLOP bound of a pairs item (the card's dense peak / FLOPs per pair) and its measured ratio to it."""
+    if not pairs or "flops" not in pairs:
+        return
+    peak = peak_tflops(suite.card) if suite.device.type == "cuda" else None
+    if peak is None:
+        pairs["flop_bound_note"] = (f"no FLOP ratio: '{suite.card}' has no dense fp16 peak in PEAK_TFLOPS "
+                                    "(benchmarks/gpu_suite.py); add its data-sheet figure")
+    else:
+        bound = peak[0] * 1e12 / pairs["flops"]["per_pair"]
+        pairs["flop_bound_pairs_per_s"] = bound
+        pairs["flop_ratio"] = pairs["pairs_per_s"]["best"] / bound
+        pairs["flop_bound_note"] = (f"FLOP bound {bound:.2f} pairs/s at {peak[0]:.0f} TFLOPS ({peak[1]} dense "
+                                    f"fp16): ratio {pairs['flop_ratio']:.3f}")
+
+
 def derive(suite: Suite) -> None:
-    """Figures made of two items: the FLOP ratio of the pairs, the GPU share the annotator needs."""
+    """Figures made of two items: the FLOP ratio of each pairs item, the GPU share the annotator needs."""
+    for name in ("pairs", *FAMILIES):
+        flop_bound(suite, suite.results.get(name))
     pairs, annotate = suite.results.get("pairs"), suite.results.get("annotate")
-    if pairs and "flops" in pairs:
-        peak = peak_tflops(suite.card) if suite.device.type == "cuda" else None
-        if peak is None:
-            pairs["flop_bound_note"] = (f"no FLOP ratio: '{suite.card}' has no dense fp16 peak in PEAK_TFLOPS "
-                                        "(benchmarks/gpu_suite.py); add its data-sheet figure")
-        else:
-            bound = peak[0] * 1e12 / pairs["flops"]["per_pair"]
-            pairs["flop_bound_pairs_per_s"] = bound
-            pairs["flop_ratio"] = pairs["pairs_per_s"]["best"] / bound
-            pairs["flop_bound_note"] = (f"FLOP bound {bound:.2f} pairs/s at {peak[0]:.0f} TFLOPS ({peak[1]} dense "
-                                        f"fp16): ratio {pairs['flop_ratio']:.3f}")
     if pairs and annotate and "samples_per_s" in annotate and "pairs_per_s" in pairs:
         # seconds of a whole GPU the annotator needs per second of one SD GPU's output (goal: at most 0.5)
         annotate["keep_up_share"] = pairs["pairs_per_s"]["best"] / annotate["samples_per_s"]["best"]
@@ -567,6 +594,8 @@ def run_suite(suite: Suite, only: list[str]) -> None:
             continue
         if name == "pairs":
             suite.run(name, lambda: run_pairs(suite, count_flops=True))
+        elif name in FAMILIES:
+            suite.run(name, lambda name=name: run_pairs(suite, count_flops=True, family_item=name))
         elif name == "annotate":
             suite.run(name, lambda: run_annotate(suite, busy=True))
         elif name == "train":

@@ -1,7 +1,7 @@
 """GPU-hour estimates for a build, from the throughput table in the package (``data/throughput.yaml``).
 
 Generation cost scales with denoising steps and pixels (the UNet's FLOPs per step are close to linear in the
-latent area at SD 1.5 sizes); annotation with the number of pairs. A row marked ``measured: false`` is arithmetic
+latent area at SD 1.5 sizes); annotation and the quality stage (when ``quality.enabled``) with the number of pairs. A row marked ``measured: false`` is arithmetic
 from published figures, and every estimate built on it says so.
 """
 
@@ -29,15 +29,16 @@ def estimate_build(config: BuildConfig, num_samples: int | None = None) -> dict[
         config.generator.height * config.generator.width)
     n = config.num_samples if num_samples is None else num_samples
     gen_low, gen_high = (rate * scale for rate in table["generation"]["pairs_per_s"])
-    ann_low, ann_high = table["annotation"]["pairs_per_s"]
-    # GPU-seconds per pair: generation plus annotation (they run on different actors, but both hold GPUs)
-    per_pair_best = 1 / gen_high + 1 / ann_high
-    per_pair_worst = 1 / gen_low + 1 / ann_low
-    measured = table["generation"]["measured"] and table["annotation"]["measured"]
+    stages = ["generation", "annotation"] + (["quality"] if config.quality.enabled else [])
+    # GPU-seconds per pair: the sum over stages (they run on different actors, but each holds a GPU share)
+    per_pair_best = 1 / gen_high + sum(1 / table[name]["pairs_per_s"][1] for name in stages[1:])
+    per_pair_worst = 1 / gen_low + sum(1 / table[name]["pairs_per_s"][0] for name in stages[1:])
+    measured = all(table[name]["measured"] for name in stages)
     return {
         "card": ref["card"],
         "samples": n,
         "gpu_hours": [round(n * per_pair_best / 3600, 2), round(n * per_pair_worst / 3600, 2)],
         "pairs_per_gpu_hour": [round(3600 / per_pair_worst), round(3600 / per_pair_best)],
         "basis": "measured" if measured else "estimate (arithmetic, not yet measured on a GPU)",
+        "stages": stages,
     }

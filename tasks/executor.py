@@ -1,7 +1,8 @@
 """The build's executor: batches of rows through every stage of the pipeline, on elastic Ray actor pools.
 
 - ``RayExecutor(specs, on_log=..., ray_config=...)``; ``start()`` decides where GPU stages run (asking the cluster
-  for GPUs, see :mod:`tasks.ray_runtime`), starts each stage's minimum of actors, waits until every stage has one
+  for GPUs, see :mod:`tasks.ray_runtime`), checks that a fixed cluster has the CPUs for every stage's first
+  actors (an actor Ray cannot place would wait forever, silently), starts each stage's minimum of actors, waits until every stage has one
   actor built, and returns notes for the run log (a GPU stage running on CPU). It raises a one-line
   ``MagicSegError`` before any work when a stage cannot run.
 - ``submit(rows) -> concurrent.futures.Future`` of the same rows through every stage, in order; thread-safe.
@@ -122,6 +123,7 @@ class RayExecutor:
     # ------------------------------------------------------------------------------------------ start
     def start(self) -> list[str]:
         on_cpu = self._place_gpu_stages()
+        self._check_cpus()
         token = uuid.uuid4().hex[:8]
         self.pools = [StagePool(spec, run_token=token, on_cpu=spec.name in on_cpu,
                                 max_in_flight=self.ray_config.max_in_flight,
@@ -138,6 +140,16 @@ class RayExecutor:
         self._thread = threading.Thread(target=self._loop, name="magicseg-dispatch", daemon=True)
         self._thread.start()
         return list(self.notes)
+
+    def _check_cpus(self) -> None:
+        """Refuse a pipeline whose minimum actors cannot all be placed (Ray would wait for them forever)."""
+        from tasks.ray_runtime import cpu_shortfall
+
+        needs = [(spec.name, spec.resources.num_cpus * spec.resources.actor_range[0]) for spec in self.specs]
+        reason = cpu_shortfall(needs)
+        if reason:
+            raise ClusterError(f"{reason}: lower resources.num_cpus or resources.actors of a stage, or give Ray "
+                               "more CPUs (ray.num_cpus, or join a larger cluster)")
 
     def _place_gpu_stages(self) -> set[str]:
         """Names of GPU stages that run on CPU (``gpu: optional``, no GPU to be had); raises for ``required``."""

@@ -95,6 +95,30 @@ def autoscaler_state() -> dict | None:
     return {"version": 1, "starting": starting}
 
 
+def cpu_shortfall(needs: Sequence[tuple[str, float]]) -> str | None:
+    """None when the cluster can place one actor of each ``(stage, num_cpus)``; else why not, in words.
+
+    An actor Ray cannot place waits for CPUs forever, without an error: a run whose stages ask for more CPUs than a
+    fixed cluster holds would hang before its first shard. With an autoscaler the cluster may grow, so nothing is
+    decided here.
+    """
+    import ray
+
+    asked = sum(cpus for _, cpus in needs)
+    nodes = [float(node.get("Resources", {}).get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")]
+    if not needs or autoscaler_state() is not None:
+        return None
+    have, largest = sum(nodes), max(nodes, default=0.0)
+    biggest_stage, biggest = max(needs, key=lambda need: need[1])
+    if biggest > largest:
+        return (f"stage {biggest_stage} asks for {biggest:g} CPUs per actor and the largest Ray node has "
+                f"{largest:g}")
+    if asked > have:
+        parts = ", ".join(f"{name} {cpus:g}" for name, cpus in needs)
+        return f"the stages' first actors ask for {asked:g} CPUs ({parts}) and the Ray cluster has {have:g}"
+    return None
+
+
 def gpu_unavailable(shares: Sequence[float], *, wait_s: float, settle_s: float = 30.0,
                     poll_s: float = 1.0) -> str | None:
     """None when the cluster has or can get ``shares`` (one GPU share per bundle); else why not, in words.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -99,3 +102,26 @@ def local_ray():
              object_store_memory=300 * 1024 * 1024)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def migrated_prefect_home(tmp_path_factory):
+    """A PREFECT_HOME whose SQLite database is migrated and whose block types are registered, made once: Prefect's
+    local mode does both on the first run in a home (seconds of CPU), which build and train subprocesses in
+    fresh homes would otherwise pay one by one."""
+    home = tmp_path_factory.mktemp("prefect-home-template")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env.pop("PREFECT_API_URL", None)
+    hello = ("import asyncio\nfrom prefect.client.orchestration import get_client\n"
+             "async def main():\n    async with get_client() as client:\n        await client.hello()\n"
+             "asyncio.run(main())\n")
+    subprocess.run([sys.executable, "-c", hello], env=env, check=True, capture_output=True, timeout=300)
+    return home
+
+
+@pytest.fixture
+def warm_prefect_home(migrated_prefect_home, tmp_path):
+    """``tmp_path/prefect`` (the PREFECT_HOME of ``helpers.fresh_run_env(tmp_path)``) as a copy of the migrated
+    home: the run still starts its own local Prefect, without the one-off set-up of a first run."""
+    return shutil.copytree(migrated_prefect_home, tmp_path / "prefect")

@@ -32,3 +32,15 @@ def fresh_run_env(tmp_path, **extra: str) -> dict:
     env.pop("PREFECT_API_URL", None)
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def server_run_env(tmp_path, **extra: str) -> dict:
+    """Like :func:`fresh_run_env`, but the run reports to this session's Prefect API (the ``prefect_api`` fixture)
+    instead of starting a local Prefect of its own (a server start-up per run): for tests whose point is not
+    Prefect's local mode."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise RuntimeError("server_run_env needs the prefect_api fixture (a Prefect API for the session)")
+    return {**fresh_run_env(tmp_path, **extra), "PREFECT_API_URL": url}

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import fresh_run_env
+from helpers import server_run_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -43,10 +43,10 @@ finally:
 """
 
 
-def test_gpu_stages_bring_a_gpu_worker_up_from_zero(tmp_path):
+def test_gpu_stages_bring_a_gpu_worker_up_from_zero(tmp_path, prefect_api):
     uri = str(tmp_path / "autoscaled")
-    env = fresh_run_env(tmp_path, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-                        RAY_AUTH_MODE="disabled")
+    env = server_run_env(tmp_path, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+                         RAY_AUTH_MODE="disabled")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, uri], env=env, capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

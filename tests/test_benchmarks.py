@@ -48,6 +48,10 @@ LOADED_RESULT = r" spread=[\d.]+ meaningful=(yes|no) load=[\d.]+/[\d.]+/[\d.]+"
      r"RESULT pairs speedup=[\d.]+ unet_calls_per_pair=2 steps=2 pairs_per_s=[\d.]+ device=\S+"),
     ("bench_annotate.py", ["--samples", "4", "--repeats", "2"],
      r"RESULT annotate speedup=[\d.]+ images_per_s=[\d.]+ device=\S+"),
+    # the new per-sample work of issue 16 (context classes + the quality stage) against annotate alone
+    ("bench_quality.py", ["--samples", "4", "--repeats", "2"],
+     r"RESULT quality overhead=[\d.]+ cpu_overhead=[\d.]+ annotate_ms=[\d.]+ context_ms=[\d.]+ "
+     r"quality_ms=[\d.]+ device=\S+"),
     ("bench_eval.py", ["--maps", "8", "--map-size", "64", "--images", "1", "--size", "64", "--crop", "64",
                        "--stride", "48", "--repeats", "2"],
      r"RESULT eval metric_speedup=[\d.]+ windows_per_s=[\d.]+ device=\S+"),
@@ -61,7 +65,8 @@ def test_benchmarks_report_load_and_the_spread_of_their_repeats(script, args, re
     assert re.fullmatch(result + LOADED_RESULT, out[-1]), out[-3:]
     # the best figure comes with its spread, and the ratio says whether the spread lets it mean anything
     assert re.search(r"best [\d.e+-]+ s \(median [\d.e+-]+, spread \d+% over 2\)", "\n".join(out))
-    assert script == "bench_eval.py" or re.search(r"speedup [\d.]+: (meaningful|not-meaningful)", "\n".join(out))
+    assert script == "bench_eval.py" or re.search(r"(speedup|overhead) [\d.]+: (meaningful|not-meaningful)",
+                                                  "\n".join(out))
     assert script != "bench_annotate.py" or "batched == loop: True" in "\n".join(out)
 
 

@@ -424,7 +424,7 @@ def test_debug_works_after_the_subcommand_and_help_shows_defaults_examples_env(c
     with pytest.raises(SystemExit):
         main(["build", "--help"])
     text = capsys.readouterr().out
-    assert "{sd15,sd15-random,tiny}" in text  # --preset lists its choices
+    assert "{flux-schnell,flux-schnell-random,sd15,sd15-random,sdxl,sdxl-random,tiny}" in text  # --preset choices
     assert "examples:" in text and "magicseg build --preset tiny --out out/demo" in text
     assert "environment:" in text and "RAY_ADDRESS" in text and "PREFECT_API_URL" in text
     with pytest.raises(SystemExit):

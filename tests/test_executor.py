@@ -120,6 +120,21 @@ def test_a_stage_that_cannot_be_built_fails_start(local_ray):
     assert not [n for n in ray.util.list_named_actors() if n.startswith("magicseg/broken/")]
 
 
+def test_stages_that_need_more_cpus_than_the_cluster_has_refuse_instead_of_waiting(local_ray):
+    total = ray.cluster_resources()["CPU"]
+    specs = [StageSpec("pairs", tagging_stage, ("pairs",), StageResources(num_gpus=0, num_cpus=total)),
+             StageSpec("quality", tagging_stage, ("quality",), StageResources(num_gpus=0, num_cpus=0.25))]
+    began = time.perf_counter()
+    with pytest.raises(ClusterError, match=rf"^the stages' first actors ask for {total + 0.25:g} CPUs "
+                                           rf"\(pairs {total:g}, quality 0.25\) and the Ray cluster has {total:g}: "):
+        RayExecutor(specs).start()
+    with pytest.raises(ClusterError, match=rf"^stage big asks for {total + 1:g} CPUs per actor and the largest"):
+        RayExecutor([StageSpec("big", tagging_stage, ("big",), StageResources(num_gpus=0, num_cpus=total + 1))]
+                    ).start()
+    assert time.perf_counter() - began < 30
+    assert not [n for n in ray.util.list_named_actors() if n.startswith(("magicseg/pairs/", "magicseg/big/"))]
+
+
 def test_actor_log_records_reach_the_driver(local_ray):
     spec = StageSpec("loud", tagging_stage, ("loud", 0.0, None, 1.0, "LLM call failed, template used"),
                      StageResources(**CPU))

@@ -1,13 +1,14 @@
 """``magicseg models`` and offline runs from a filled Hugging Face cache.
 
 The cache is a temporary ``HF_HOME`` holding tiny models under the real layout (``tests/tiny_repos.py``); every
-command runs in a fresh interpreter with ``HF_HUB_OFFLINE=1``, as on a cluster without internet.
+command that reads it runs in a fresh interpreter with ``HF_HUB_OFFLINE=1``, as on a cluster without internet.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from flows.cli import main
+from magicseg_models.dataset.inspect import inspect_dataset
 from tests import tiny_repos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,19 +147,19 @@ def test_a_filled_cache_lists_every_model_as_here(hub_cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_build_runs_offline_from_hub_ids_in_a_filled_cache(hub_cache):
+def test_build_runs_offline_from_hub_ids_in_a_filled_cache(hub_cache, migrated_prefect_home):
     """prompts (a hub LLM), SD (fp16 files only in the cache), Grounding DINO with its processor and SAM, all by
     hub id, with HF_HUB_OFFLINE=1: the build completes and its dataset is healthy."""
     root = hub_cache["root"]
     out = root / "ds"
+    shutil.copytree(migrated_prefect_home, root / "prefect")  # the one-off set-up of a first local Prefect, done
     env = {**hub_cache["env"], "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
     build = run("-m", "flows.cli", "build", "--config", hub_cache["config"], "--out", str(out), env=env,
                 timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
-    inspect = run("-m", "flows.cli", "inspect", str(out), "--json", env=env)
-    report = json.loads(inspect.stdout)
-    assert inspect.returncode == 0 and report["ok"], report["problems"]
+    report = inspect_dataset(str(out))  # reading shards needs no model: no second interpreter for it
+    assert report["ok"], report["problems"]
     assert report["planned"] == 4 and report["samples"] + report["dropped_total"] == 4
     assert report["samples"] > 0, report["dropped"]  # the hub models really labelled something
     # provenance from the generator itself: the fp16 files it loaded, in the manifest and every shard

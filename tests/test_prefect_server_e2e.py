@@ -4,7 +4,7 @@ build-dataset -> train -> evaluate with the tiny presets into a temp folder (iss
 What runs, all on 127.0.0.1 with a temp PREFECT_HOME (SQLite) and nothing from the network:
 
 1. ``prefect server start`` (its UI included), Prefect Variables for the roots prefect.yaml reads
-   (``magicseg_dataset_root``, ``magicseg_voc_root``), ``prefect work-pool create magicseg --type process``,
+   (``magicseg_dataset_root``, ``magicseg_voc_root``) and the process work pool ``magicseg`` (through the API),
    ``prefect --no-prompt deploy --all`` from the repository root (the real prefect.yaml), then the deployments'
    ``preset`` defaults set to ``tiny`` through the API and the nightly schedule paused (so a test that runs at
    02:00 UTC does not start an sd15 build);
@@ -188,13 +188,13 @@ def _wait(what: str, predicate, stack: PrefectStack, timeout: float):
         for name in ("server", "worker"):
             if stack.procs[name].poll() is not None:
                 raise AssertionError(f"{name} exited while waiting for {what}:\n{stack.tail(name)}")
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n--- worker log ---\n"
                          f"{stack.tail('worker')}\n--- server log ---\n{stack.tail('server', 3000)}")
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, migrated_prefect_home):
     missing = _missing_flows()
     if missing:
         pytest.fail("the deployment chain needs " + ", ".join(missing) + " (prefect.yaml names them); "
@@ -202,13 +202,12 @@ def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prefect-e2e")
     datasets, voc = tmp / "datasets", tmp / "voc"
     _write_tiny_voc(voc)
+    shutil.copytree(migrated_prefect_home, tmp / "prefect-home")  # migrated: the server starts sooner
     stack = PrefectStack(tmp, ROOT)
     began = time.monotonic()
     try:
         stack.start_server()
-        stack.cli("variable", "set", "magicseg_dataset_root", str(datasets))
-        stack.cli("variable", "set", "magicseg_voc_root", str(voc))
-        stack.cli("work-pool", "create", "magicseg", "--type", "process")
+        _variables_and_pool(stack, {"magicseg_dataset_root": str(datasets), "magicseg_voc_root": str(voc)})
         stack.cli("--no-prompt", "deploy", "--all", timeout=600)
         deployments = _tiny_deployments(stack)
         stack.start_worker()
@@ -217,6 +216,19 @@ def chain(tmp_path_factory):
         yield {"stack": stack, "deployments": deployments, "runs": runs, "datasets": datasets, "voc": voc}
     finally:
         stack.stop()
+
+
+def _variables_and_pool(stack: PrefectStack, variables: dict[str, str]) -> None:
+    """What ``prefect variable set`` and ``prefect work-pool create --type process`` do, through the API: each CLI
+    call would cost a Python start-up and Prefect's imports."""
+    from prefect.client.schemas.actions import VariableCreate, WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    with stack.client() as client:
+        for name, value in variables.items():
+            client.create_variable(VariableCreate(name=name, value=value))
+        client.create_work_pool(WorkPoolCreate(name="magicseg", type="process",
+                                               base_job_template=ProcessWorker.get_default_base_job_template()))
 
 
 def _tiny_deployments(stack: PrefectStack) -> dict:

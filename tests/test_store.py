@@ -364,3 +364,29 @@ def test_unreachable_storage_is_one_line_error(tmp_path, monkeypatch):
 def test_missing_dataset_is_one_line_error(tmp_path):
     with pytest.raises(StorageError, match="manifest.json not found"):
         DatasetReader(str(tmp_path / "nothing-here"))
+
+
+def test_schema_2_fields_round_trip_with_their_nulls(tmp_path):
+    """Context annotations (asked false), SAM scores null where a segmenter has none, clip_score null until the
+    quality stage ran: written and read back as they were; a null where the schema requires a value is refused."""
+    store = DatasetStore(str(tmp_path / "v2"))
+    store.write_run_header(config={}, planned=2, classes=[f"class{i}" for i in range(5)])
+    first, second = _rows(2)
+    context = {**first["annotations"][0], "class_id": 3, "class_name": "class3", "asked": False,
+               "predicted_iou": None, "stability_score": None}
+    first = {**first, "context_class_ids": [3, 4], "clip_score": None,
+             "annotations": [*first["annotations"], context]}
+    with store.open_shard(0) as writer:
+        writer.write([first, second])
+        writer.commit()
+    back = list(DatasetReader(store.uri).iter_rows())
+    assert back[0]["context_class_ids"] == [3, 4] and back[0]["clip_score"] is None
+    stored = back[0]["annotations"][-1]
+    assert {k: stored[k] for k in ("class_id", "mask_rle", "area", "asked", "predicted_iou", "stability_score")} == \
+        {"class_id": 3, "mask_rle": context["mask_rle"], "area": context["area"], "asked": False,
+         "predicted_iou": None, "stability_score": None}
+    assert stored["box_fill"] == pytest.approx(context["box_fill"]) and stored["box"] == pytest.approx(context["box"])
+    assert back[1]["clip_score"] == pytest.approx(second["clip_score"]) and back[1]["context_class_ids"] == []
+    with store.open_shard(1) as writer, pytest.raises(ShardError, match="do not match the schema"):
+        writer.write([{**second, "context_class_ids": None}])
+        writer.commit()

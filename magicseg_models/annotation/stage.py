@@ -250,8 +250,9 @@ class Annotator:
     def _context(self, row: Mapping, asked: list[Class]) -> list[Class]:
         """The row's context classes (``context_class_ids``, minus any asked one), in the row's order."""
         skip = {class_id for class_id, _, _ in asked}
+        ids = row.get("context_class_ids")
         out = []
-        for class_id in row.get("context_class_ids") or []:
+        for class_id in [] if ids is None else ids:
             if int(class_id) not in skip:
                 skip.add(int(class_id))
                 c = self.vocabulary[int(class_id)]

@@ -85,6 +85,9 @@ class PromptsConfig(Section):
 
 
 class GeneratorConfig(Section):
+    family: Literal["sd15", "sdxl", "flux"] = Field(
+        "sd15", description="the model family and so the paired pipeline: sd15 (Stable Diffusion 1.x), sdxl "
+        "(Stable Diffusion XL), flux (FLUX.1-schnell/-dev); docs/generators.md says which to pick")
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     revision: str | None = None
     variant: str | None = Field(
@@ -105,7 +108,16 @@ class GeneratorConfig(Section):
     vae_decode_batch: int = Field(
         16, ge=1, description="images per VAE decode call (1 = one image at a time; bounds activation memory)")
     tf32: bool = Field(False, description="TF32 tensor cores for float32 matmuls (GPU; fp16/bf16 are unaffected)")
-    safety_checker: bool = Field(False, description="off for dataset building; flagged images dropped as 'nsfw'")
+    safety_checker: bool = Field(
+        False, description="off for dataset building; flagged images dropped as 'nsfw' (sd15 only: SDXL and FLUX "
+        "ship no checker)")
+    max_sequence_length: int = Field(
+        256, ge=8, le=512, description="flux: T5 tokens the transformer reads (FLUX.1-schnell was trained with 256, "
+        "FLUX.1-dev with 512); the prompt validator checks class names fall inside")
+    license: str | None = Field(
+        None, description="licence of the generator's outputs, recorded in the settings and the manifest; None = "
+        "the family's base model licence (sd15 CreativeML OpenRAIL-M, sdxl CreativeML Open RAIL++-M, flux "
+        "Apache-2.0 for schnell); set it for a fine-tune or FLUX.1-dev (non-commercial licence)")
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = Field(95, ge=1, le=100)
     resources: StageResources = StageResources()
@@ -119,6 +131,18 @@ class GeneratorConfig(Section):
         if value % 8:
             raise ValueError("must be a multiple of 8")
         return value
+
+    @model_validator(mode="after")
+    def _flux_packs_2x2_latents(self) -> GeneratorConfig:
+        # FLUX packs 2x2 latent patches into one token: the image side must divide by 8 x 2
+        if self.family == "flux":
+            for name in ("height", "width"):
+                if getattr(self, name) % 16:
+                    raise ValueError(f"generator.{name} must be a multiple of 16 for family flux (8x VAE, 2x2 "
+                                     f"latent patches), got {getattr(self, name)}")
+        if self.safety_checker and self.family != "sd15":
+            raise ValueError(f"generator.safety_checker: family {self.family} ships no safety checker (sd15 only)")
+        return self
 
 
 class DetectorConfig(Section):

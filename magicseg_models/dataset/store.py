@@ -307,6 +307,7 @@ class ShardWriter:
                 table = rows.select(SCHEMA.names).cast(SCHEMA)
             except (ValueError, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:  # ArrowInvalid is a ValueError
                 raise ShardError(f"rows for {self.rel_path} do not match the schema: {one_line(err, 300)}") from None
+            self._check_nulls(table)
             self._writer.write_table(table.replace_schema_metadata(self._schema.metadata),
                                      row_group_size=ROW_GROUP_ROWS)
             self.rows += table.num_rows
@@ -325,11 +326,19 @@ class ShardWriter:
                         (("missing", _FIELDS - names), ("unknown", names - _FIELDS)) if keys]
             raise ShardError(f"rows for {self.rel_path} must have exactly the contract fields: {'; '.join(problems)}")
 
+    def _check_nulls(self, table: pa.Table) -> None:
+        # Parquet's writer refuses nulls in required scalar columns but writes null lists silently (pyarrow 26)
+        bad = [f.name for f in SCHEMA if not f.nullable and table.column(f.name).null_count]
+        if bad:
+            raise ShardError(f"rows for {self.rel_path} do not match the schema: null in required field "
+                             f"{', '.join(bad)}")
+
     def _flush(self) -> None:
         if not self._buffer:
             return
         try:
             table = pa.Table.from_pylist(self._buffer, schema=self._schema)
+            self._check_nulls(table)
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)  # raises on nulls in required fields
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ShardError(f"rows for {self.rel_path} do not match the schema: {one_line(err, 300)}") from None

@@ -36,9 +36,10 @@ import torch
 
 from magicseg_models.devices import resolve_device, resolve_dtype
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
+from magicseg_models.generation import architectures as arch
 from magicseg_models.weights import TINY_INIT_SEED
+from magicseg_models.weights.hub import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, has_variant, local_folder, looks_local
 from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
-from magicseg_models.weights.hub import has_variant, local_folder, looks_local
 
 logger = logging.getLogger(__name__)
 MAX_TOKENS = 77  # CLIP's context: tokens past 77 (BOS and EOS included) are invisible to the UNet
@@ -173,10 +174,7 @@ def _tiny_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...
     """Train a CLIP-style byte-level BPE (``</w>`` word ends) on vocabulary names and common words."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-    from magicseg_models.vocabulary import Vocabulary
-
-    vocabulary = Vocabulary.default()
-    corpus = sorted(set(vocabulary.names) | {c.prompt_name for c in vocabulary} | set(_COMMON_WORDS.split()))
+    corpus = _tiny_corpus()
     tok = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
     # the normalizer and pre-tokenizer of transformers' CLIPTokenizer, so training sees the words it will see
     tok.normalizer = normalizers.Sequence(
@@ -201,15 +199,45 @@ def _tiny_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...
     return vocab, merges  # type: ignore[return-value]
 
 
-def build_tiny_tokenizer():
+def build_tiny_tokenizer(pad_token: str = "<|endoftext|>"):
     """A real ``transformers.CLIPTokenizer`` (max length 77, pads with EOS) over a vocabulary trained here.
 
-    A new instance each call: tokenizers keep padding state, so threads should not share one.
+    ``pad_token="!"`` makes SDXL's second tokenizer (OpenCLIP pads with "!", token 0). A new instance each call:
+    tokenizers keep padding state, so threads should not share one.
     """
     from transformers import CLIPTokenizer
 
     vocab, merges = _tiny_vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m) for m in merges], model_max_length=MAX_TOKENS)
+    return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m) for m in merges], model_max_length=MAX_TOKENS,
+                         pad_token=pad_token)
+
+
+def _tiny_corpus() -> list[str]:
+    from magicseg_models.vocabulary import Vocabulary
+
+    vocabulary = Vocabulary.default()
+    return sorted(set(vocabulary.names) | {c.prompt_name for c in vocabulary} | set(_COMMON_WORDS.split()))
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_t5_pieces() -> tuple[tuple[str, float], ...]:
+    """A SentencePiece-style unigram vocabulary trained on the same corpus (T5's layout: pad 0, EOS 1, unk 2)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=2000, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator([name.replace("_", " ") for name in _tiny_corpus()], trainer=trainer)
+    pieces = [tuple(p) for p in json.loads(tok.to_str())["model"]["vocab"]]
+    return tuple((str(piece), float(score)) for piece, score in pieces)
+
+
+def build_tiny_t5_tokenizer(max_length: int = 512):
+    """A real ``transformers`` T5 tokenizer (unigram, appends EOS, pads with id 0) over a vocabulary trained here."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast(vocab=list(_tiny_t5_pieces()), extra_ids=0, model_max_length=max_length)
 
 
 # ----------------------------------------------------------------------------------------------- schedulers
@@ -275,40 +303,54 @@ def make_scheduler(name: str, base):
         raise ConfigError(f"scheduler {name!r} ({cls_name}) needs a missing library: {need}") from None
 
 
-def default_scheduler():
+def default_scheduler(family: str = "sd15"):
+    """The scheduler a family's model ships with (SD 1.5: PNDM; SDXL: Euler; FLUX: flow-matching Euler)."""
     import diffusers
 
-    return getattr(diffusers, SD15_SCHEDULER_CLASS).from_config(SD15_SCHEDULER_CONFIG)
+    name, config = {"sd15": (SD15_SCHEDULER_CLASS, SD15_SCHEDULER_CONFIG),
+                    "sdxl": (arch.SDXL_SCHEDULER_CLASS, arch.SDXL_SCHEDULER_CONFIG),
+                    "flux": (arch.FLUX_SCHEDULER_CLASS, arch.FLUX_SCHNELL_SCHEDULER_CONFIG)}[family]
+    return getattr(diffusers, name).from_config(config)
 
 
 # ------------------------------------------------------------------------------------------ device / dtype
 # ------------------------------------------------------------------------------------------------- loading
 @dataclass
 class Components:
-    """What a Stable Diffusion pipeline is made of (the names are diffusers' component names)."""
+    """What a generator pipeline is made of (the names are diffusers' component names).
 
-    unet: Any
+    SD 1.x fills ``unet`` .. ``feature_extractor``; SDXL adds ``text_encoder_2``/``tokenizer_2``; FLUX has a
+    ``transformer`` instead of the UNet.
+    """
+
     vae: Any
     text_encoder: Any
     tokenizer: Any
     scheduler: Any
+    unet: Any = None
     safety_checker: Any = None
     feature_extractor: Any = None
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    transformer: Any = None
     source: dict[str, Any] = field(default_factory=dict)  # what was loaded: weights, model, revision
 
     def as_kwargs(self) -> dict[str, Any]:
-        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
-                "scheduler": self.scheduler, "safety_checker": self.safety_checker,
-                "feature_extractor": self.feature_extractor}
+        names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "safety_checker", "feature_extractor",
+                 "text_encoder_2", "tokenizer_2", "transformer")
+        return {name: getattr(self, name) for name in names
+                if getattr(self, name) is not None or name in ("safety_checker", "feature_extractor")}
+
+    def modules(self) -> list[Any]:
+        """The weighted modules (what moves to the device and dtype)."""
+        names = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "safety_checker")
+        return [getattr(self, name) for name in names if getattr(self, name) is not None]
 
 
 def _text_encoder(config: dict[str, Any], tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    cfg = CLIPTextConfig(**{"vocab_size": len(tokenizer), **config},
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    return CLIPTextModel(cfg)
+    return CLIPTextModel(_clip_config(config, tokenizer))
 
 
 def _safety_checker(size: str):
@@ -339,25 +381,162 @@ def _build_from_configs(size: str, safety: bool, device: torch.device) -> Compon
     tokenizer = build_tiny_tokenizer()
     unet_cfg, vae_cfg, text_cfg = ((TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG) if size == "tiny" else
                                    (SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD15_TEXT_CONFIG))
-    # fixed init seed: the same weights in every process, whatever ran before (the global RNG is restored)
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), torch.device(device):
-        torch.manual_seed(TINY_INIT_SEED)
-        unet = UNet2DConditionModel(**unet_cfg)
-        vae = AutoencoderKL(**vae_cfg)
-        text_encoder = _text_encoder(text_cfg, tokenizer)
-        checker, extractor = _safety_checker(size) if safety else (None, None)
+
+    def build():  # the checker last: the other models' weights must not depend on whether it is built
+        models = (UNet2DConditionModel(**unet_cfg), AutoencoderKL(**vae_cfg), _text_encoder(text_cfg, tokenizer))
+        return (*models, *(_safety_checker(size) if safety else (None, None)))
+
+    unet, vae, text_encoder, checker, extractor = _seeded_build(device, build)
     return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                       scheduler=default_scheduler(), safety_checker=checker, feature_extractor=extractor)
 
 
-def resolve_variants(model: str, revision: str | None, variant: str | None, safety: bool) -> dict[str, str | None]:
-    """Per weighted component, the variant to load: ``variant`` where the model has its files, else None (plain
-    files, said in one log line)."""
-    names = [c for c in WEIGHTED_COMPONENTS if safety or c != "safety_checker"]
+def _seeded_build(device: torch.device, build, dtype: torch.dtype = torch.float32):
+    """``build()`` under the fixed init seed, on ``device``: the same weights in every process, whatever ran
+    before (the global RNG is restored afterwards). ``dtype``: the parameters' dtype from the start (FLUX's 17B
+    parameters in float32 would take 68 GB before the cast)."""
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    before = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=rng_devices), torch.device(device):
+        torch.manual_seed(TINY_INIT_SEED)
+        torch.set_default_dtype(dtype)
+        try:
+            return build()
+        finally:
+            torch.set_default_dtype(before)
+
+
+def _clip_config(config: dict[str, Any], tokenizer):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(**{"vocab_size": len(tokenizer), **config}, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def _build_sdxl(size: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Components:
+    """SDXL from configs: tiny (tests) or the published architecture (``random``)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tiny = size == "tiny"
+    tokenizer, tokenizer_2 = build_tiny_tokenizer(), build_tiny_tokenizer(pad_token="!")
+    unet_cfg = arch.TINY_SDXL_UNET_CONFIG if tiny else arch.SDXL_UNET_CONFIG
+    vae_cfg = arch.tiny_vae_config(TINY_VAE_CONFIG, latent_channels=4) if tiny else arch.SDXL_VAE_CONFIG
+    text_cfg = arch.TINY_CLIP_TEXT_CONFIG if tiny else arch.CLIP_L_TEXT_CONFIG
+    text_2_cfg = arch.TINY_CLIP_TEXT_CONFIG if tiny else arch.SDXL_TEXT_2_CONFIG
+
+    def build():
+        return (UNet2DConditionModel(**unet_cfg), AutoencoderKL(**vae_cfg),
+                CLIPTextModel(_clip_config(text_cfg, tokenizer)),
+                CLIPTextModelWithProjection(_clip_config(text_2_cfg, tokenizer_2)))
+
+    unet, vae, text_encoder, text_encoder_2 = _seeded_build(device, build, dtype)
+    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                      scheduler=default_scheduler("sdxl"), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+
+
+def _build_flux(size: str, device: torch.device, max_sequence_length: int,
+                dtype: torch.dtype = torch.float32) -> Components:
+    """FLUX.1-schnell from configs: tiny (tests) or the published architecture (``random``)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    tiny = size == "tiny"
+    tokenizer, tokenizer_2 = build_tiny_tokenizer(), build_tiny_t5_tokenizer(max_sequence_length)
+    transformer_cfg = arch.TINY_FLUX_TRANSFORMER_CONFIG if tiny else arch.FLUX_SCHNELL_TRANSFORMER_CONFIG
+    vae_cfg = arch.tiny_vae_config(TINY_VAE_CONFIG, latent_channels=4, flux=True) if tiny else arch.FLUX_VAE_CONFIG
+    text_cfg = arch.TINY_CLIP_TEXT_CONFIG if tiny else arch.CLIP_L_TEXT_CONFIG
+    t5_cfg = ({**arch.TINY_T5_ENCODER_CONFIG, "vocab_size": len(tokenizer_2)} if tiny
+              else arch.T5_XXL_ENCODER_CONFIG)
+
+    def build():
+        return (FluxTransformer2DModel(**transformer_cfg), AutoencoderKL(**vae_cfg),
+                CLIPTextModel(_clip_config(text_cfg, tokenizer)), T5EncoderModel(T5Config(**t5_cfg)))
+
+    transformer, vae, text_encoder, text_encoder_2 = _seeded_build(device, build, dtype)
+    return Components(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                      scheduler=default_scheduler("flux"), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+
+
+# the weighted components of each family's diffusers folder, and the file names of their weights
+FAMILY_WEIGHTED = {
+    "sd15": WEIGHTED_COMPONENTS,
+    "sdxl": {"unet": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS,
+             "text_encoder_2": TRANSFORMERS_WEIGHTS},
+    "flux": {"transformer": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS,
+             "text_encoder_2": TRANSFORMERS_WEIGHTS},
+}
+FAMILY_FOLDERS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                  "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+                  "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                           "scheduler")}
+FAMILY_NAMES = {"sd15": "Stable Diffusion 1.x", "sdxl": "Stable Diffusion XL", "flux": "FLUX.1"}
+FAMILY_EXAMPLES = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                   "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "flux": "black-forest-labs/FLUX.1-schnell"}
+
+
+def _checked_model(model: str, family: str) -> str:
+    """``model`` as given (a hub id) or as an absolute folder that holds the family's subfolders."""
+    if not looks_local(model):
+        return model
+    path = local_folder(model)
+    label = FAMILY_NAMES[family]
+    if not os.path.isdir(path):
+        raise WeightsError(f"generator.model: no such folder {model!r} (give a {label} diffusers folder or a hub "
+                           f"id such as {FAMILY_EXAMPLES[family]})")
+    missing = [sub for sub in FAMILY_FOLDERS[family] if not os.path.isdir(os.path.join(path, sub))]
+    if missing:
+        raise WeightsError(f"generator.model: {model!r} is not a {label} diffusers folder "
+                           f"(missing {', '.join(sub + '/' for sub in missing)})")
+    return path
+
+
+def _load_pretrained_family(model: str, revision: str | None, dtype: torch.dtype, variant: str | None,
+                            family: str) -> Components:
+    """SDXL or FLUX from a diffusers folder or hub id (each component loaded once, low CPU memory)."""
+    import diffusers
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
+
+    model = _checked_model(model, family)
+    kw = {"revision": revision} if revision else {}
+    try:
+        variants = resolve_variants(model, revision, variant, False, FAMILY_WEIGHTED[family])
+
+        def weights(name: str) -> dict:
+            return {"variant": variants[name], **kw} if variants[name] else kw
+
+        denoiser_cls, denoiser = ((UNet2DConditionModel, "unet") if family == "sdxl"
+                                  else (FluxTransformer2DModel, "transformer"))
+        parts = {denoiser: denoiser_cls.from_pretrained(model, subfolder=denoiser, torch_dtype=dtype,
+                                                        low_cpu_mem_usage=True, **weights(denoiser))}
+        parts["vae"] = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype,
+                                                     low_cpu_mem_usage=True, **weights("vae"))
+        parts["text_encoder"] = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype,
+                                                              **weights("text_encoder"))
+        second = CLIPTextModelWithProjection if family == "sdxl" else T5EncoderModel
+        parts["text_encoder_2"] = second.from_pretrained(model, subfolder="text_encoder_2", dtype=dtype,
+                                                         **weights("text_encoder_2"))
+        parts["tokenizer"] = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
+        parts["tokenizer_2"] = AutoTokenizer.from_pretrained(model, subfolder="tokenizer_2", **kw)
+        sched_cfg = diffusers.DDIMScheduler.load_config(model, subfolder="scheduler", **kw)
+        parts["scheduler"] = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+    except MagicSegError:
+        raise
+    except Exception as err:  # hub offline, missing files, unreadable weights: one line for the user
+        raise WeightsError(f"cannot load generator weights {model!r}"
+                           f"{f' (revision {revision})' if revision else ''}: {one_line(err)}") from None
+    return Components(**parts, source={"variants": variants})
+
+
+def resolve_variants(model: str, revision: str | None, variant: str | None, safety: bool,
+                     weighted: dict[str, Any] = WEIGHTED_COMPONENTS) -> dict[str, str | None]:
+    """Per weighted component (``weighted``: name -> weight file names), the variant to load: ``variant`` where
+    the model has its files, else None (plain files, said in one log line)."""
+    names = [c for c in weighted if safety or c != "safety_checker"]
     if not variant:
         return dict.fromkeys(names)
-    state = {c: has_variant(model, c, variant, WEIGHTED_COMPONENTS[c], revision) for c in names}
+    state = {c: has_variant(model, c, variant, weighted[c], revision) for c in names}
     # unknown (offline, nothing listed or cached) counts as absent: the plain files are what may be here
     found = {c: variant if state[c] else None for c in names}
     plain = [c for c, v in found.items() if v is None]
@@ -374,17 +553,7 @@ def _load_pretrained(model: str, revision: str | None, dtype: torch.dtype, safet
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if looks_local(model):
-        path = local_folder(model)
-        if not os.path.isdir(path):
-            raise WeightsError(f"generator.model: no such folder {model!r} (give an SD 1.x diffusers folder or a "
-                               f"hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5)")
-        missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-                   if not os.path.isdir(os.path.join(path, sub))]
-        if missing:
-            raise WeightsError(f"generator.model: {model!r} is not a Stable Diffusion diffusers folder "
-                               f"(missing {', '.join(sub + '/' for sub in missing)})")
-        model = path
+    model = _checked_model(model, "sd15")
     kw = {"revision": revision} if revision else {}
     try:
         variants = resolve_variants(model, revision, variant, safety)
@@ -428,6 +597,9 @@ def load_components(config, device: torch.device | None = None, dtype: torch.dty
     """
     device = resolve_device(device)
     dtype = dtype or resolve_dtype(config.dtype, device)
+    family = getattr(config, "family", "sd15")
+    if family != "sd15":
+        return _load_family_components(config, family, device, dtype)
     # check the scheduler name before anything heavy is built
     make_scheduler(config.scheduler, default_scheduler())
     if config.weights == "pretrained":
@@ -442,10 +614,41 @@ def load_components(config, device: torch.device | None = None, dtype: torch.dty
         source = {"weights": "random", "model": "sd15 architecture (random init)", "init_seed": TINY_INIT_SEED}
     components.scheduler = make_scheduler(config.scheduler, components.scheduler)
     components.source = source
-    for name in ("unet", "vae", "text_encoder", "safety_checker"):
-        module = getattr(components, name)
-        if module is not None:
-            _move(module, device, dtype)
+    for module in components.modules():
+        _move(module, device, dtype)
+    return components
+
+
+FLOW_SCHEDULERS = ("default", "FlowMatchEulerDiscreteScheduler")
+
+
+def _load_family_components(config, family: str, device: torch.device, dtype: torch.dtype) -> Components:
+    """SDXL or FLUX components for a ``GeneratorConfig`` (``tiny``, ``random`` or ``pretrained``)."""
+    if family == "flux" and config.scheduler not in FLOW_SCHEDULERS:  # flow matching: its own scheduler only
+        raise ConfigError(f"invalid config value for 'generator.scheduler': family flux samples with its own "
+                          f"flow-matching scheduler (default), got {config.scheduler!r}")
+    if family == "sdxl":  # check the scheduler name before anything heavy is built
+        make_scheduler(config.scheduler, default_scheduler("sdxl"))
+    architecture = {"sdxl": "sdxl architecture", "flux": "flux.1-schnell architecture"}[family]
+    if config.weights == "pretrained":
+        components = _load_pretrained_family(config.model, config.revision, dtype, config.variant, family)
+        source = {"weights": "pretrained", "model": config.model, "revision": config.revision,
+                  **components.source}
+    else:
+        size = "tiny" if config.weights == "tiny" else "full"
+        # tiny: float32 on the CPU (its weights are the same on every machine); full size: straight in the dtype
+        build_device, build_dtype = (torch.device("cpu"), torch.float32) if size == "tiny" else (device, dtype)
+        components = (_build_sdxl(size, build_device, build_dtype) if family == "sdxl"
+                      else _build_flux(size, build_device, config.max_sequence_length, build_dtype))
+        model = f"tiny {family} (built in code)" if size == "tiny" else f"{architecture} (random init)"
+        source = {"weights": config.weights, "model": model, "init_seed": TINY_INIT_SEED}
+    if family == "sdxl":
+        components.scheduler = make_scheduler(config.scheduler, components.scheduler)
+    components.source = {"family": family, **source}
+    for module in components.modules():
+        _move(module, device, dtype)
+    if family == "sdxl" and dtype == torch.float16 and components.vae.config.force_upcast:
+        _move(components.vae, device, torch.float32)  # SDXL's VAE overflows in float16 (diffusers upcasts it too)
     return components
 
 

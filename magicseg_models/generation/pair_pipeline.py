@@ -23,57 +23,25 @@ Two layers, as in diffusers:
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils.torch_utils import randn_tensor
 
 from magicseg_models.devices import resolve_device, resolve_dtype
-from magicseg_models.errors import MagicSegError
 from magicseg_models.generation.components import Components, load_components
-
-MAX_SEED = 2**64  # torch generators take seeds in [0, 2**64)
-OUTPUT_TYPES = ("pt", "np", "uint8", "latent")
-
-
-class GenerationInputError(MagicSegError):
-    """A generation request is malformed: bad size, step count, guidance, prompts or seeds."""
-
-
-@dataclass
-class PairPipelineOutput:
-    """What :class:`PairedStableDiffusionPipeline` returns for N pairs.
-
-    ``images`` / ``counterfactual_images``: ``pt`` (N, 3, H, W) float in [0, 1] on the pipeline's device; ``np``
-    (N, H, W, 3) float32 in [0, 1]; ``uint8`` (N, H, W, 3) uint8 arrays; ``latent`` the final latents.
-    ``initial_latents``: (N, C, H/8, W/8), the noise pair i started from (before ``init_noise_sigma``).
-    ``finite``: per pair, whether (image, counterfactual) decoded without NaN/inf.
-    ``nsfw``: per pair, the safety checker's flags, or None when no checker is loaded.
-    """
-
-    images: Any
-    counterfactual_images: Any
-    initial_latents: torch.Tensor
-    finite: list[tuple[bool, bool]]
-    nsfw: list[tuple[bool, bool]] | None
-    unet_calls: int
-
-
-def is_integer(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _clone_generator(generator: torch.Generator) -> torch.Generator:
-    clone = torch.Generator(device=generator.device)
-    clone.set_state(generator.get_state())
-    return clone
-
+from magicseg_models.generation.pair_common import (
+    GenerationInputError,
+    PairPipelineOutput,
+    check_pair_inputs,
+    convert_images,
+    decode_in_chunks,
+    extra_step_kwargs,
+    finish_pairs,
+    seeded_noise,
+)
 
 class PairedStableDiffusionPipeline(DiffusionPipeline):
     """Stable Diffusion 1.x text-to-image for (prompt, counterfactual prompt, seed) jobs, paired in one batch.
@@ -129,65 +97,23 @@ class PairedStableDiffusionPipeline(DiffusionPipeline):
     def check_inputs(self, prompt, counterfactual_prompt, seeds, height, width, num_inference_steps,
                      guidance_scale, latents=None, output_type="pt") -> None:
         """Raise :class:`GenerationInputError` (one line) for anything the pipeline would otherwise fix silently."""
-        for name, texts in (("prompt", prompt), ("counterfactual_prompt", counterfactual_prompt)):
-            if isinstance(texts, str) or not isinstance(texts, Sequence):
-                raise GenerationInputError(f"{name} must be a list of strings, got {type(texts).__name__}")
-            bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
-            if bad is not None:
-                raise GenerationInputError(f"{name}[{bad}] must be a string, got {type(texts[bad]).__name__}")
-        if not prompt:
-            raise GenerationInputError("no jobs: prompt is an empty list")
-        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
-            raise GenerationInputError(f"seeds must be a list of integers, got {type(seeds).__name__}")
-        if not len(prompt) == len(counterfactual_prompt) == len(seeds):
-            raise GenerationInputError(f"{len(prompt)} prompts, {len(counterfactual_prompt)} counterfactual "
-                                       f"prompts and {len(seeds)} seeds: one of each per job")
-        for i, seed in enumerate(seeds):
-            if not is_integer(seed) or not 0 <= int(seed) < MAX_SEED:
-                raise GenerationInputError(f"seeds[{i}] must be an integer in [0, 2**64), got {seed!r}")
+        check_pair_inputs(prompt, counterfactual_prompt, seeds, height, width, num_inference_steps, guidance_scale,
+                          output_type, self.vae_scale_factor, "the VAE's downsampling")
         scale = self.vae_scale_factor
-        for name, size in (("height", height), ("width", width)):
-            if not is_integer(size) or size < scale or size % scale:
-                raise GenerationInputError(f"{name} must be a positive multiple of {scale} (the VAE's "
-                                           f"downsampling), got {size!r}")
-        if not is_integer(num_inference_steps) or num_inference_steps < 1:
-            raise GenerationInputError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                or not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise GenerationInputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise GenerationInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if latents is not None:
             expected = (len(prompt), self.unet.config.in_channels, height // scale, width // scale)
             if tuple(latents.shape) != expected:
                 raise GenerationInputError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
 
     def prepare_latents(self, seeds: Sequence[int], height: int, width: int, dtype: torch.dtype):
-        """One CPU generator per job, seeded with its seed alone: job i's noise does not depend on the batch.
-
-        Drawn like diffusers' ``randn_tensor`` with that generator (on the CPU, then moved), so the plain pipeline
-        given ``generator=torch.Generator().manual_seed(seed)`` draws the same latents. Returns the latents and the
-        generators (advanced past the draw; stochastic schedulers continue from them).
-        """
-        generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
-        shape = (len(seeds), self.unet.config.in_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
-        return randn_tensor(shape, generator=generators, device=self.device, dtype=dtype), generators
+        """The initial latents of each job from its own seeded generator (:func:`seeded_noise`), and the
+        generators."""
+        shape = (self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        return seeded_noise(seeds, shape, self.device, dtype)
 
     def prepare_extra_step_kwargs(self, scheduler, generators: list[torch.Generator], eta: float) -> dict:
-        """``eta`` and per-branch generators for schedulers that take them.
-
-        Branch order is [images 1..N, counterfactuals 1..N]; a counterfactual gets a copy of its image's generator,
-        so ancestral schedulers add the same noise to both images of a pair, and each image gets exactly the noise
-        a plain pipeline seeded with the job's seed would add.
-        """
-        params = set(inspect.signature(scheduler.step).parameters)
-        kwargs: dict[str, Any] = {}
-        if "eta" in params:
-            kwargs["eta"] = eta
-        if "generator" in params:
-            kwargs["generator"] = generators + [_clone_generator(g) for g in generators]
-        return kwargs
+        """:func:`extra_step_kwargs` (kept as a method: diffusers pipelines have one)."""
+        return extra_step_kwargs(scheduler, generators, eta)
 
     # --------------------------------------------------------------------------------------------- call
     @torch.no_grad()
@@ -255,12 +181,8 @@ class PairedStableDiffusionPipeline(DiffusionPipeline):
             return PairPipelineOutput(x[:n], x[n:], initial, [(True, True)] * n, None, calls)
 
         # 7. Decode all 2N images (in chunks of vae_decode_batch) and flag NaN/inf before clamping hides them
-        scaled = x / self.vae.config.scaling_factor
-        decoded = torch.cat([self.vae.decode(chunk, return_dict=False)[0]
-                             for chunk in scaled.split(self.vae_decode_batch)])
-        finite_flags = torch.isfinite(decoded).flatten(1).all(1).tolist()
-        finite = list(zip(finite_flags[:n], finite_flags[n:]))
-        images = (decoded / 2 + 0.5).clamp(0, 1)
+        decoded = decode_in_chunks(self.vae, x / self.vae.config.scaling_factor, self.vae_decode_batch)
+        images, finite = finish_pairs(decoded, n)
 
         # 8. Safety checker (optional): flags only; the caller decides what to drop
         nsfw = None
@@ -269,11 +191,7 @@ class PairedStableDiffusionPipeline(DiffusionPipeline):
             nsfw = list(zip(flags[:n], flags[n:]))
 
         # 9. Convert the output
-        if output_type == "np":
-            images = images.float().permute(0, 2, 3, 1).cpu().numpy()
-        elif output_type == "uint8":  # rounded like diffusers' numpy_to_pil, on the device: 4x less to copy
-            images = images.nan_to_num(0.0).float().mul(255).round().to(torch.uint8)
-            images = images.permute(0, 2, 3, 1).cpu().numpy()
+        images = convert_images(images, output_type)
         return PairPipelineOutput(images[:n], images[n:], initial, finite, nsfw, calls)
 
     def run_safety_checker(self, images: torch.Tensor) -> list[bool]:
@@ -287,29 +205,48 @@ class PairedStableDiffusionPipeline(DiffusionPipeline):
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_pair_pipeline(config, device: str | torch.device | None = None) -> PairedStableDiffusionPipeline:
-    """The pipeline of a ``GeneratorConfig`` on ``device`` (None: the first GPU, else the CPU), loaded once.
+def load_pair_pipeline(config, device: str | torch.device | None = None):
+    """The paired pipeline of a ``GeneratorConfig`` on ``device`` (None: the first GPU, else the CPU), loaded once.
 
-    float16 is for GPUs: a CPU runs it in float32. The config's speed options (SDPA attention, channels_last,
-    torch.compile, VAE decode batch) are applied and the empty-prompt embedding computed, so the first batch
-    pays for nothing but the compile; ``pipeline.source`` says what was loaded.
+    ``config.family`` picks it: ``sd15`` :class:`PairedStableDiffusionPipeline`, ``sdxl``
+    :class:`~magicseg_models.generation.sdxl_pair_pipeline.PairedStableDiffusionXLPipeline`, ``flux``
+    :class:`~magicseg_models.generation.flux_pair_pipeline.PairedFluxPipeline`. float16 is for GPUs: a CPU runs
+    it in float32. The config's speed options (SDPA attention, channels_last, torch.compile, VAE decode batch) are
+    applied and the empty-prompt embedding computed, so the first batch pays for nothing but the compile;
+    ``pipeline.source`` says what was loaded.
     """
     device = resolve_device(device)
     components: Components = load_components(config, device, resolve_dtype(config.dtype, device))
-    pipeline = PairedStableDiffusionPipeline(**components.as_kwargs())
+    family = getattr(config, "family", "sd15")
+    if family == "sdxl":
+        from magicseg_models.generation.sdxl_pair_pipeline import PairedStableDiffusionXLPipeline as cls
+    elif family == "flux":
+        from magicseg_models.generation.flux_pair_pipeline import PairedFluxPipeline as cls
+    else:
+        cls = PairedStableDiffusionPipeline
+    pipeline = cls(**components.as_kwargs())
     pipeline.source = components.source
     pipeline.set_progress_bar_config(disable=True)
+    apply_speed_options(pipeline, config)
+    pipeline.vae_decode_batch = config.vae_decode_batch
+    if family == "flux":
+        pipeline.max_sequence_length = config.max_sequence_length
+    else:
+        pipeline.negative_prompt_embeds  # noqa: B018 - computed once per model load
+    return pipeline
 
+
+def apply_speed_options(pipeline, config) -> None:
+    """Attention processor, channels_last and torch.compile on the denoiser (UNet or transformer) and the VAE."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    pipeline.unet.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
-    pipeline.vae.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
+    denoiser = pipeline.unet if getattr(pipeline, "unet", None) is not None else pipeline.transformer
+    convolutional = [m for m in (getattr(pipeline, "unet", None), pipeline.vae) if m is not None]
+    for module in convolutional:  # FLUX's transformer keeps its own (SDPA) joint-attention processor
+        module.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
     if config.channels_last:
-        pipeline.unet.to(memory_format=torch.channels_last)
-        pipeline.vae.to(memory_format=torch.channels_last)
+        for module in convolutional:
+            module.to(memory_format=torch.channels_last)
     if config.compile:  # in place: the pipeline, hooks and settings keep seeing the same modules
-        pipeline.unet.compile()
+        denoiser.compile()
         pipeline.vae.decoder.compile()
-    pipeline.vae_decode_batch = config.vae_decode_batch
-    pipeline.negative_prompt_embeds  # noqa: B018 - computed once per model load
-    return pipeline

@@ -1,10 +1,10 @@
 """The generation stage: rows of (prompt, counterfactual prompt, seed) in, rows with an encoded image pair out.
 
-It drives a :class:`~magicseg_models.generation.pair_pipeline.PairedStableDiffusionPipeline` (loaded from the
-``GeneratorConfig``, or handed in as ``pipeline=``, the way ``Annotator(detector=, segmenter=)`` takes its
-models), cuts a batch into UNet batches, and applies the output policy: non-finite and NSFW-flagged pairs are
-dropped at once; the all-black check and JPEG/PNG encoding run in a thread pool while the next UNet batch
-computes. It runs the same in a test, a notebook or a Ray actor (this package imports neither Ray nor Prefect).
+It drives a paired pipeline (``PairedStableDiffusionPipeline``, ``PairedStableDiffusionXLPipeline`` or
+``PairedFluxPipeline``, by ``generator.family``; loaded from the ``GeneratorConfig``, or handed in as
+``pipeline=``, the way ``Annotator(detector=, segmenter=)`` takes its models), cuts a batch into denoiser
+batches, and applies the output policy: non-finite and NSFW-flagged pairs are dropped at once; the all-black
+check and JPEG/PNG encoding run in a thread pool while the next denoiser batch computes. It runs the same in a test, a notebook or a Ray actor (this package imports neither Ray nor Prefect).
 """
 
 from __future__ import annotations
@@ -19,13 +19,9 @@ import torch
 
 from magicseg_models.dataset.codecs import encode_image
 from magicseg_models.devices import matmul_tf32
-from magicseg_models.generation.pair_pipeline import (
-    MAX_SEED,
-    GenerationInputError,
-    PairedStableDiffusionPipeline,
-    is_integer,
-    load_pair_pipeline,
-)
+from magicseg_models.generation.architectures import generator_license
+from magicseg_models.generation.pair_common import MAX_SEED, GenerationInputError, is_integer
+from magicseg_models.generation.pair_pipeline import PairedStableDiffusionPipeline, load_pair_pipeline
 
 BLACK_MAX = 1  # an image whose every uint8 value is <= this is "all black" (fp16 overflow, blanked output)
 DROP_REASONS = ("nonfinite", "nsfw", "black")
@@ -68,7 +64,8 @@ def _check_rows(rows: Sequence[Mapping]) -> None:
 
 
 class PairGenerator:
-    """The generation stage: loads SD 1.x once (``GeneratorConfig``), then maps rows to rows.
+    """The generation stage: loads the generator once (``GeneratorConfig``; ``family`` sd15, sdxl or flux picks
+    the paired pipeline), then maps rows to rows.
 
     Input rows need ``prompt``, ``counterfactual_prompt`` and ``seed``; every other field passes through. Output
     rows add ``image`` and ``counterfactual_image`` (encoded bytes), ``height``, ``width`` and ``drop_reason``
@@ -78,7 +75,7 @@ class PairGenerator:
     (``device`` is then the pipeline's own).
     """
 
-    def __init__(self, config, pipeline: PairedStableDiffusionPipeline | None = None, *,
+    def __init__(self, config, pipeline: PairedStableDiffusionPipeline | Any | None = None, *,
                  device: str | torch.device | None = None, encode_workers: int | None = None):
         self.config = config
         self.pipeline = pipeline if pipeline is not None else load_pair_pipeline(config, device)
@@ -95,8 +92,11 @@ class PairGenerator:
 
         c = self.config
         scheduler = self.pipeline.scheduler
+        family = getattr(c, "family", "sd15")
         return {
-            **self.source, "height": c.height, "width": c.width, "steps": c.steps,
+            **self.source, "family": family, "license": generator_license(c),
+            **({"max_sequence_length": c.max_sequence_length} if family == "flux" else {}),
+            "height": c.height, "width": c.width, "steps": c.steps,
             "guidance_scale": c.guidance_scale, "scheduler": type(scheduler).__name__,
             "scheduler_config": _plain({k: v for k, v in scheduler.config.items() if not k.startswith("_")}),
             "dtype": str(self.dtype).removeprefix("torch."), "device": self.device.type,

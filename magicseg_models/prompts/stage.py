@@ -26,8 +26,8 @@ from magicseg_models.config import PromptsConfig
 from magicseg_models.errors import one_line
 from magicseg_models.prompts.cache import PromptCache, cache_key
 from magicseg_models.prompts.text import (
-    INSTRUCTION_VERSION, ContextMatcher, build_instruction, counterfactual, covering_names, mention_phrases, parse_completion,
-    template_prompts, tokenizer_counter, validate_prompt,
+    INSTRUCTION_VERSION, ContextMatcher, build_instruction, counterfactual, covering_names, mention_phrases,
+    parse_completion, template_prompts, tokenizer_counter, validate_prompt,
 )
 from magicseg_models.vocabulary import VocabClass, Vocabulary
 
@@ -41,26 +41,28 @@ def estimated_clip_tokens(text: str) -> int:
 
 
 def generator_token_counter(generator) -> Callable[[str], int]:
-    """Token counts with the generator's own tokenizer (SD's text encoder reads only 77 tokens).
+    """Token counts against every text encoder of the generator that carries the prompt to the image, with each
+    encoder's own tokenizer (:mod:`magicseg_models.prompts.text_limits`: SD 1.5 CLIP 77; SDXL two CLIPs, 77 each;
+    FLUX T5 ``generator.max_sequence_length``).
 
-    When that tokenizer cannot be loaded (offline, no files), a warning and :func:`estimated_clip_tokens`,
-    which errs on the long side: a prompt may be rejected needlessly, never accepted with an invisible class.
+    When a tokenizer cannot be loaded (offline, no files), a warning and :func:`estimated_clip_tokens` for that
+    encoder, which errs on the long side: a prompt may be rejected needlessly, never accepted with an invisible
+    class.
     """
-    try:
-        if generator.weights == "pretrained":
-            from transformers import CLIPTokenizer
+    from magicseg_models.prompts.text_limits import combine, encoder_limits, load_tokenizer
 
-            kw = {"revision": generator.revision} if generator.revision else {}
-            tokenizer = CLIPTokenizer.from_pretrained(generator.model, subfolder="tokenizer", **kw)
-        else:
-            from magicseg_models.generation.components import build_tiny_tokenizer
-
-            tokenizer = build_tiny_tokenizer()
-    except Exception as err:  # noqa: BLE001 - any load failure means: no token check
-        logger.warning("no generator tokenizer (%s): estimating tokens for the 77-token window",
-                       one_line(err, 200))
-        return estimated_clip_tokens
-    return tokenizer_counter(tokenizer)
+    limits = encoder_limits(generator)
+    counters = []
+    for limit in (lim for lim in limits if lim.carries_content):
+        try:
+            count = tokenizer_counter(load_tokenizer(generator, limit))
+        except Exception as err:  # noqa: BLE001 - any load failure means: estimate instead
+            logger.warning("no generator tokenizer for %s (%s): estimating tokens for its %d-token window",
+                           limit.name, one_line(err, 200),
+                           limit.max_tokens)
+            count = estimated_clip_tokens
+        counters.append((limit, count))
+    return combine(limits, counters)
 
 
 def make_chat(config: PromptsConfig, api_key: str | None = None, seed: int = 0):

@@ -32,7 +32,7 @@ from magicseg_models.devices import autocast_context, resolve_device
 from magicseg_models.config import QualityConfig
 from magicseg_models.dataset.codecs import decode_image
 from magicseg_models.errors import MagicSegError
-from magicseg_models.quality.dedup import FINGERPRINT, DedupRule, phash
+from magicseg_models.quality.dedup import FINGERPRINT, DedupRule, phash, require_imagehash
 from magicseg_models.zegclip.build import MAX_TOKENS, load_clip
 from magicseg_models.zegclip.model import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD
 from magicseg_models.zegclip.text import CLIPTextEncoder
@@ -73,6 +73,8 @@ class QualityScorer:
         self.config = config
         self.device = resolve_device(device)
         self.dedup = DedupRule.from_config(config.dedup)
+        if self.dedup is not None and self.dedup.method == "phash":
+            require_imagehash()  # a missing library fails when the actor is built, not on the first batch
         clip, tokenizer, self.source = load_clip(config.clip, config.tokenizer, config.weights, self.device,
                                                  key="quality")
         clip.eval().requires_grad_(False)

@@ -107,7 +107,13 @@ def _close(a: np.ndarray, b: np.ndarray, rule: DedupRule) -> np.ndarray:
         return np.zeros((len(a), len(b)), dtype=bool)
     if rule.method == "clip":
         return a @ b.T >= rule.threshold
-    return np.bitwise_count(a[:, None] ^ b[None, :]) <= rule.threshold
+    return _popcount(a[:, None] ^ b[None, :]) <= rule.threshold
+
+
+def _popcount(words: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy < 2 has no ``bitwise_count``)."""
+    as_bytes = np.ascontiguousarray(words).view(np.uint8).reshape(*words.shape, 8)
+    return np.unpackbits(as_bytes, axis=-1).sum(axis=-1)
 
 
 class ShardDeduplicator:
@@ -150,11 +156,16 @@ class ShardDeduplicator:
         self._count += len(new)
 
 
-def phash(image) -> int:
-    """64-bit perceptual hash of a PIL image, as an int (``imagehash.phash``, hash size 8)."""
+def require_imagehash():
+    """The ``imagehash`` module, or the one line that installs it."""
     try:
         import imagehash
     except ImportError:
         raise ConfigError("quality.dedup.method=phash needs imagehash: pip install 'imagehash>=4.3'") from None
-    bits = imagehash.phash(image, hash_size=8).hash.flatten()
+    return imagehash
+
+
+def phash(image) -> int:
+    """64-bit perceptual hash of a PIL image, as an int (``imagehash.phash``, hash size 8)."""
+    bits = require_imagehash().phash(image, hash_size=8).hash.flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
