@@ -63,7 +63,7 @@ def load_tokenizer(generator, limit: EncoderLimit):
         kw = {"revision": generator.revision} if generator.revision else {}
         cls = CLIPTokenizer if limit.kind == "clip" else AutoTokenizer
         return cls.from_pretrained(generator.model, subfolder=limit.tokenizer, **kw)
-    from magicseg_models.generation.components import build_tiny_t5_tokenizer, build_tiny_tokenizer
+    from magicseg_models.weights.tiny_tokenizers import build_tiny_t5_tokenizer, build_tiny_tokenizer
 
     return build_tiny_tokenizer() if limit.kind == "clip" else build_tiny_t5_tokenizer(limit.max_tokens)
 

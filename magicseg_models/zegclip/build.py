@@ -204,7 +204,7 @@ def load_clip(clip: str, tokenizer: str | None = None, weights: str = "pretraine
 def _build_clip(clip: str, tokenizer: str | None, weights: str, device: torch.device, tiny_projection_dim: int,
                 seed: int, key: str = "model") -> tuple[nn.Module, Any, dict[str, Any]]:
     """:func:`load_clip` with the model left where it was made: the CPU, except ``random`` (on ``device``)."""
-    from magicseg_models.generation.components import build_tiny_tokenizer
+    from magicseg_models.weights.tiny_tokenizers import build_tiny_tokenizer
 
     if weights == "pretrained":
         model, tok = _load_pretrained(clip, tokenizer, key)
