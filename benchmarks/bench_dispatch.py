@@ -171,7 +171,7 @@ def main() -> None:
     from tasks.executor import RayExecutor
 
     print(f"# bench_dispatch start {load_average()} pieces={args.pieces} piece_s={args.piece_s} slow={SLOW}x")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     rows = _rows(args.pieces * BATCH)
     per_row = args.piece_s / BATCH
     window = RayExecutor([_spec(per_row, 1.0)]).batches_in_flight

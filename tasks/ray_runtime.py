@@ -31,6 +31,8 @@ def ensure_ray(config: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     address = config.address or os.environ.get("RAY_ADDRESS") or None
+    # ray.init(address=None) attaches to the cluster named in /tmp/ray/ray_current_cluster - whatever `ray start`
+    # last wrote there, alive or long dead - and then refuses num_cpus: "local" always starts this run's own Ray
     # worker output reaches the driver's terminal; the records of our own loggers also travel with each batch's
     # result to the flow run's log (tasks.stage_pool), which is where Prefect users look
     kwargs: dict = {"log_to_driver": True, "configure_logging": False}
@@ -41,7 +43,7 @@ def ensure_ray(config: RayConfig) -> bool:
                       include_dashboard=config.dashboard)
         if config.dashboard:
             kwargs["dashboard_host"] = "127.0.0.1"
-    context = ray.init(address=address, **{k: v for k, v in kwargs.items() if v is not None})
+    context = ray.init(address=address or "local", **{k: v for k, v in kwargs.items() if v is not None})
     if address is None and config.dashboard and getattr(context, "dashboard_url", None):
         logger.info("Ray dashboard at http://%s", context.dashboard_url)
     return True
@@ -81,10 +83,17 @@ def autoscaler_state() -> dict | None:
             return {"version": 2, "starting": len(status.pending_launches) + len(status.pending_nodes)}
     except Exception as err:  # an older GCS or a transient RPC error: fall through to the v1 record
         logger.debug("autoscaler v2 status unavailable: %s", err)
-    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    if not raw:
-        return None
-    record = json.loads(raw)
+    deadline = time.monotonic() + 10.0
+    while True:
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        if not raw:
+            return None
+        record = json.loads(raw)
+        # a monitor's first records, seconds after the cluster starts, carry no report yet: wait for one (the
+        # monitor reports every few seconds) rather than guess from an empty one
+        if record.get("autoscaler_report") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if time.time() - float(record.get("time", 0)) > 120:  # a monitor that stopped long ago
         return None
     report = record.get("autoscaler_report") or {}

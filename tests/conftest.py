@@ -98,7 +98,7 @@ def local_ray():
     """A local Ray for the session (one start costs seconds); enough logical CPUs for a few stage actors."""
     import ray
 
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=300 * 1024 * 1024)
     yield ray
     ray.shutdown()
