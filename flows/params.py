@@ -10,7 +10,7 @@ from magicseg_models.config import KINDS, BenchmarkName, load_config, redact
 from magicseg_models.errors import ConfigError
 
 # the choice lists of the flows' UI forms (a test keeps them equal to the presets shipped in the package)
-BuildPreset = Literal["sd15", "sd15-random", "tiny"]
+BuildPreset = Literal["flux-schnell", "flux-schnell-random", "sd15", "sd15-random", "sdxl", "sdxl-random", "tiny"]
 TrainPreset = Literal["tiny", "zegclip-vitb16", "zegclip-vitb16-plus"]
 EvalPreset = Literal["tiny", "zegclip-vitb16"]
 Benchmark = BenchmarkName
