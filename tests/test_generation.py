@@ -7,7 +7,6 @@ step per batch; bad settings fail with one line; the output policy drops NaN/bla
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -18,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers_generation import one_line, pixels
 
 from magicseg_models.config import GeneratorConfig, load_config
-from magicseg_models.errors import ConfigError, MagicSegError
+from magicseg_models.errors import ConfigError
 from magicseg_models.generation import (
     GenerationInputError,
     PairedStableDiffusionPipeline,
@@ -54,17 +53,6 @@ def job(i: int, seed: int | None = None, same: bool = False) -> dict:
     return {"sample_id": f"t-{i}", "class_ids": [224], "prompt": prompt,
             "counterfactual_prompt": prompt if same else prompt.replace("cat", "nothing"),
             "seed": 1000 + i if seed is None else seed}
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def one_line(err: BaseException) -> str:
-    message = str(err)
-    assert isinstance(err, MagicSegError), type(err)
-    assert message and "\n" not in message, message
-    return message
 
 
 class CallCounter:
