@@ -42,5 +42,8 @@ def test_a_shard_is_complete_only_under_the_plan_it_was_committed_for():
 def test_build_stages_follow_the_config_in_pipeline_order():
     config = load_config("build", "tiny", overrides=["annotate.resources.batch_size=3"])
     stages = build_stages(config)
-    assert [s.name for s in stages] == ["prompts", "pairs", "annotate"]
+    assert [s.name for s in stages] == ["prompts", "pairs", "annotate", "quality"]
     assert stages[2].batch_size == 3 and stages[1].resources == config.generator.resources
+    assert stages[3].resources == config.quality.resources
+    config.quality.enabled = False
+    assert [s.name for s in build_stages(config)] == ["prompts", "pairs", "annotate"]

@@ -22,7 +22,7 @@ def test_pairs_stream_through_actor_pools(local_ray, tmp_path):
     config = load_config("build", "tiny", overrides=["prompts.backend=template", f"out={tmp_path}/ds",
                                                      "generator.resources.actors=2",
                                                      "generator.resources.batch_size=2"])
-    prompts, pairs, _ = build_stages(config)
+    prompts, pairs, *_ = build_stages(config)  # annotate and quality are not started here
     cat = Vocabulary.default().resolve("cat")
     rows = [{"sample_id": f"s0-{i}", "class_ids": [cat.id], "class_names": [cat.name], "seed": i, "variant": i}
             for i in range(6)]
