@@ -85,18 +85,9 @@ SD15_VAE_CONFIG: dict[str, Any] = {
     "scaling_factor": 0.18215,
 }
 
-# CLIP ViT-L/14's text tower (openai/clip-vit-large-patch14), as SD 1.5's text_encoder/config.json.
-SD15_TEXT_CONFIG: dict[str, Any] = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "projection_dim": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": MAX_TOKENS,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-}
+# CLIP ViT-L/14's text tower (openai/clip-vit-large-patch14), as SD 1.5's text_encoder/config.json: the same tower
+# SDXL and FLUX use as their first text encoder
+SD15_TEXT_CONFIG: dict[str, Any] = arch.CLIP_L_TEXT_CONFIG
 
 SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
