@@ -60,7 +60,10 @@ def test_missing_models_exit_1_with_the_command_that_fetches_each(tmp_path):
     assert by_role["generator"]["fetch"] == (
         'hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include "*.json" --include "*.txt" '
         '--include "unet/diffusion_pytorch_model.fp16.safetensors" '
-        '--include "vae/diffusion_pytorch_model.fp16.safetensors" --include "text_encoder/model.fp16.safetensors"')
+        '--include "unet/diffusion_pytorch_model.fp16-*-of-*.safetensors" '
+        '--include "vae/diffusion_pytorch_model.fp16.safetensors" '
+        '--include "vae/diffusion_pytorch_model.fp16-*-of-*.safetensors" '
+        '--include "text_encoder/model.fp16.safetensors" --include "text_encoder/model.fp16-*-of-*.safetensors"')
     assert by_role["detector"]["fetch"].startswith("hf download IDEA-Research/grounding-dino-tiny ")
     sam = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
     assert by_role["segmenter"]["source"] == sam and sam in by_role["segmenter"]["fetch"]

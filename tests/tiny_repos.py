@@ -44,6 +44,26 @@ def save_tiny_sd(folder: Path, variant: str | None = None, *, plain_offset: floa
     return folder
 
 
+def save_tiny_family(folder: Path, family: str, variant: str | None = None, max_shard_size: str | None = None) -> Path:
+    """The tiny preset's SDXL or FLUX components, saved by diffusers' own ``StableDiffusionXLPipeline`` /
+    ``FluxPipeline`` (the folder layout of stabilityai/stable-diffusion-xl-base-1.0 and FLUX.1-schnell);
+    ``variant="fp16"``: the weights under ``*.fp16.*`` names only; ``max_shard_size``: weights split into shards
+    with a json index, as the released FLUX transformer and T5 encoder are."""
+    from diffusers import FluxPipeline, StableDiffusionXLPipeline
+
+    from magicseg_models.config import load_config
+    from magicseg_models.generation.components import load_components
+
+    config = load_config("build", "tiny", overrides=[f"generator.family={family}"]).generator
+    kwargs = {k: v for k, v in load_components(config, device=torch.device("cpu")).as_kwargs().items()
+              if k not in ("safety_checker", "feature_extractor")}
+    pipeline = StableDiffusionXLPipeline(**kwargs) if family == "sdxl" else FluxPipeline(**kwargs)
+    if variant is not None:
+        pipeline.to(torch.float16)
+    pipeline.save_pretrained(folder, variant=variant, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    return folder
+
+
 def save_tiny_grounding_dino(folder: Path) -> Path:
     from transformers import GroundingDinoForObjectDetection, GroundingDinoImageProcessor, GroundingDinoProcessor
 

@@ -39,6 +39,7 @@ from magicseg_models.generation import architectures as arch
 from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.tiny_tokenizers import build_tiny_t5_tokenizer, build_tiny_tokenizer  # noqa: F401
 from magicseg_models.weights.hub import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, has_variant, local_folder, looks_local
+from magicseg_models.weights.hub import FAMILY_FOLDERS, FAMILY_NAMES, FAMILY_WEIGHTED
 from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
 
 logger = logging.getLogger(__name__)
@@ -361,19 +362,6 @@ def _build_flux(size: str, device: torch.device, max_sequence_length: int,
                       scheduler=default_scheduler("flux"), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
 
-# the weighted components of each family's diffusers folder, and the file names of their weights
-FAMILY_WEIGHTED = {
-    "sd15": WEIGHTED_COMPONENTS,
-    "sdxl": {"unet": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS,
-             "text_encoder_2": TRANSFORMERS_WEIGHTS},
-    "flux": {"transformer": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS,
-             "text_encoder_2": TRANSFORMERS_WEIGHTS},
-}
-FAMILY_FOLDERS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-                  "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
-                  "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                           "scheduler")}
-FAMILY_NAMES = {"sd15": "Stable Diffusion 1.x", "sdxl": "Stable Diffusion XL", "flux": "FLUX.1"}
 FAMILY_EXAMPLES = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
                    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "flux": "black-forest-labs/FLUX.1-schnell"}
 

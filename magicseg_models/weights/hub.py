@@ -19,11 +19,25 @@ TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "py
                         "pytorch_model.bin.index.json")
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
                      "diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 # the components of an SD 1.x diffusers folder that hold weights, and the file names of their weights
 SD_WEIGHTED_COMPONENTS = {"unet": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS,
                           "safety_checker": TRANSFORMERS_WEIGHTS}
+# per generator family: the weighted components of its diffusers folder (and their weight file names), and every
+# subfolder the paired pipeline loads (the SD 1.x safety checker is optional, so it is not among them)
+FAMILY_WEIGHTED = {
+    "sd15": SD_WEIGHTED_COMPONENTS,
+    "sdxl": {"unet": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS,
+             "text_encoder_2": TRANSFORMERS_WEIGHTS},
+    "flux": {"transformer": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS,
+             "text_encoder_2": TRANSFORMERS_WEIGHTS},
+}
+FAMILY_FOLDERS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                  "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+                  "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                           "scheduler")}
+FAMILY_NAMES = {"sd15": "Stable Diffusion 1.x", "sdxl": "Stable Diffusion XL", "flux": "FLUX.1"}
 HF_SAM_IDS = {"vit_h": "facebook/sam-vit-huge", "vit_l": "facebook/sam-vit-large", "vit_b": "facebook/sam-vit-base"}
 
 
@@ -163,8 +177,9 @@ def download_command(repo_id: str, revision: str | None, patterns: Sequence[str]
 
 
 def include_patterns(requirements: Sequence[Requirement]) -> list[str]:
-    """``--include`` globs for requirements: small text files by extension, weights by their first name (so a
-    repo holding both fp16 and fp32 files sends only the ones that load)."""
+    """``--include`` globs for requirements: small text files by extension, weights by their first name and
+    that name's shards (so a repo holding both fp16 and fp32 files sends only the ones that load, and a sharded
+    FLUX transformer or T5 encoder arrives whole)."""
     patterns = ["*.json", "*.txt"]
     for alternatives in requirements:
         name = alternatives[0]
@@ -174,4 +189,7 @@ def include_patterns(requirements: Sequence[Requirement]) -> list[str]:
             patterns.append("*.model")
             continue
         patterns.append(name)
+        stem, dot, ext = name.rpartition(".")
+        if ext in ("safetensors", "bin"):  # large models ship sharded: name-00001-of-00003.ext (+ a json index)
+            patterns.append(f"{stem}-*-of-*{dot}{ext}")
     return list(dict.fromkeys(patterns))

@@ -18,9 +18,9 @@ from typing import Any
 
 from magicseg_models.weights.fetch import cached_checkpoint, hub_download_command, is_url, parse_hf_url
 from magicseg_models.weights.hub import (
-    HF_SAM_IDS, PROCESSOR_FILES, SD_WEIGHTED_COMPONENTS, TOKENIZER_FILES, TRANSFORMERS_WEIGHTS, Requirement,
-    download_command, groundingdino_config_file, has_variant, include_patterns, local_folder, looks_local, missing_files, model_files,
-    with_variant,
+    FAMILY_FOLDERS, FAMILY_WEIGHTED, HF_SAM_IDS, PROCESSOR_FILES, TOKENIZER_FILES, TRANSFORMERS_WEIGHTS,
+    Requirement, download_command, groundingdino_config_file, has_variant, include_patterns, local_folder,
+    looks_local, missing_files, model_files, with_variant,
 )
 from magicseg_models.weights.openai_clip import OPENAI_TOKENIZER, is_openai_file
 
@@ -110,12 +110,13 @@ def _prompts(config) -> list[ModelEntry]:
                           "bfloat16 on GPU, else float32", tokenizer=True)]
 
 
-def generator_requirements(model: str, revision: str | None, variant: str | None,
-                           safety: bool) -> tuple[list[Requirement], list[str]]:
-    """The files an SD 1.x diffusers model loads, and the components whose ``variant`` files it lacks."""
+def generator_requirements(model: str, revision: str | None, variant: str | None, safety: bool,
+                           family: str = "sd15") -> tuple[list[Requirement], list[str]]:
+    """The files a diffusers model of ``family`` (sd15 | sdxl | flux) loads, and the components whose ``variant``
+    files it lacks."""
     requirements: list[Requirement] = []
     plain = []
-    for name, weights in SD_WEIGHTED_COMPONENTS.items():
+    for name, weights in FAMILY_WEIGHTED[family].items():
         if name == "safety_checker" and not safety:
             continue
         state = has_variant(model, name, variant, weights, revision, online=False) if variant else False
@@ -125,20 +126,30 @@ def generator_requirements(model: str, revision: str | None, variant: str | None
         if state is not True:  # no variant, or unknown yet: the plain files serve too
             names += list(weights)
         requirements += [(f"{name}/config.json",), tuple(f"{name}/{n}" for n in names)]
-    requirements += [tuple(f"tokenizer/{n}" for n in TOKENIZER_FILES), ("scheduler/scheduler_config.json",)]
+    tokenizers = [folder for folder in FAMILY_FOLDERS[family] if folder.startswith("tokenizer")]
+    requirements += [tuple(f"{folder}/{n}" for n in TOKENIZER_FILES) for folder in tokenizers]
+    requirements.append(("scheduler/scheduler_config.json",))
     if safety:
         requirements.append(("feature_extractor/preprocessor_config.json",))
     return requirements, plain
 
 
+GENERATOR_KINDS = {  # per family: its short name, and what its tiny and random weights built in code are
+    "sd15": ("SD 1.x", "tiny UNet + VAE + CLIP text encoder", "SD 1.5 architecture"),
+    "sdxl": ("SDXL", "tiny SDXL UNet + VAE + two CLIP text encoders", "SDXL base architecture"),
+    "flux": ("FLUX.1", "tiny FLUX transformer + VAE + CLIP and T5 text encoders", "FLUX.1-schnell architecture"),
+}
+
+
 def _generator(config) -> list[ModelEntry]:
     c = config.generator
+    short, tiny, full = GENERATOR_KINDS[c.family]
     if c.weights == "tiny":
-        return [_built("generator", "tiny UNet + VAE + CLIP text encoder (random init), local tokenizer", "float32")]
+        return [_built("generator", f"{tiny} (random init), local tokenizers", "float32")]
     if c.weights == "random":
-        return [_built("generator", "SD 1.5 architecture (random init), local tokenizer", c.dtype)]
-    requirements, plain = generator_requirements(c.model, c.revision, c.variant, c.safety_checker)
-    fmt = "diffusers SD 1.x folder" + (f", {c.variant} variant" if c.variant else "")
+        return [_built("generator", f"{full} (random init), local tokenizers", c.dtype)]
+    requirements, plain = generator_requirements(c.model, c.revision, c.variant, c.safety_checker, c.family)
+    fmt = f"diffusers {short} folder" + (f", {c.variant} variant" if c.variant else "")
     if plain:
         fmt += f" (plain files for {', '.join(plain)})"
     return [_hub_model("generator", c.model, c.revision, fmt, c.dtype, requirements)]
