@@ -80,3 +80,39 @@ def test_an_unknown_generator_says_so_instead_of_claiming_a_licence(local_datase
     card = DatasetStore(local_dataset).storage.read_bytes("README.md").decode()
     assert _header(card)["license"] == "other"
     assert "licence not known to MagicSeg" in card
+
+
+def _card_for(dataset: str, pairs: dict) -> tuple[dict, str]:
+    store = DatasetStore(dataset)
+    header = store.read_run_header()
+    store.write_run_header(config=header["config"], planned=header["planned"], classes=header["classes"],
+                           selected_classes=header["selected_classes"], models={**SD15, "pairs": pairs})
+    card = store.storage.read_bytes("README.md").decode()
+    return _header(card), card
+
+
+@pytest.mark.parametrize("model,license,header,name", [
+    ("black-forest-labs/FLUX.1-schnell", "Apache-2.0", "apache-2.0", None),
+    ("stabilityai/stable-diffusion-xl-base-1.0", "CreativeML Open RAIL++-M", "openrail++", None),
+    ("black-forest-labs/FLUX.1-dev", "FLUX.1 [dev] Non-Commercial License", "other",
+     "flux-1-dev-non-commercial-license"),
+    # the licence the build recorded wins over the model id: a user's own fine-tune under generator.license
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "MIT", "mit", None),
+    ("my-org/in-house-model", "In-house Research Licence v2", "other", "in-house-research-licence-v2"),
+])
+def test_the_card_takes_the_licence_the_generator_stage_recorded(local_dataset, model, license, header, name):
+    meta, card = _card_for(local_dataset, {"model": model, "weights": "pretrained", "license": license})
+    assert meta["license"] == header and meta.get("license_name") == name
+    assert f"Generator outputs (`{model}`): {license}, as the build recorded it" in card
+    assert "Grounding DINO (boxes): Apache-2.0" in card  # the other models' lines stay
+
+
+def test_random_weights_and_an_undecidable_flux_claim_no_licence(local_dataset):
+    from magicseg_models.licences import NO_LICENSE
+
+    meta, card = _card_for(local_dataset, {"model": "black-forest-labs/FLUX.1-schnell", "weights": "random",
+                                           "license": NO_LICENSE})
+    assert meta["license"] == "other" and NO_LICENSE in card and "FLUX.1-schnell outputs" not in card
+    meta, card = _card_for(local_dataset, {"model": "someone/flux-merge", "weights": "pretrained",
+                                           "license": "unknown: set generator.license"})
+    assert meta["license"] == "other" and "licence not known to MagicSeg" in card

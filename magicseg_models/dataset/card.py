@@ -16,22 +16,9 @@ from typing import Any, Iterable
 import yaml
 
 from magicseg_models.dataset.schema import SCHEMA_VERSION
+from magicseg_models.licences import NO_LICENSE, UNKNOWN_PREFIX, card_id, model_licence
 
 CARD = "README.md"
-
-# licences of the models whose outputs or weights shape the data (by hub id fragment; first match wins)
-LICENCES = [
-    ("stable-diffusion-v1-5", "creativeml-openrail-m",
-     "Stable Diffusion 1.5 outputs: CreativeML OpenRAIL-M (use restrictions of its Attachment A apply)"),
-    ("runwayml/stable-diffusion", "creativeml-openrail-m",
-     "Stable Diffusion 1.5 outputs: CreativeML OpenRAIL-M (use restrictions of its Attachment A apply)"),
-    ("stable-diffusion-xl", "openrail++", "SDXL outputs: CreativeML OpenRAIL++-M"),
-    ("flux.1-schnell", "apache-2.0", "FLUX.1-schnell outputs: Apache-2.0"),
-    ("grounding-dino", "apache-2.0", "Grounding DINO (boxes): Apache-2.0"),
-    ("groundingdino", "apache-2.0", "Grounding DINO (boxes): Apache-2.0"),
-    ("sam_vit", "apache-2.0", "Segment Anything (masks): Apache-2.0"),
-    ("segment-anything", "apache-2.0", "Segment Anything (masks): Apache-2.0"),
-]
 
 _FEATURES_BEFORE_ANNOTATIONS = [
     {"name": "sample_id", "dtype": "string"},
@@ -39,12 +26,25 @@ _FEATURES_BEFORE_ANNOTATIONS = [
 ]
 
 
-def _licence(model: str) -> tuple[str, str] | None:
-    lowered = (model or "").lower()
-    for fragment, spdx, text in LICENCES:
-        if fragment in lowered:
-            return spdx, text
-    return None
+def _generator_licence(models: dict[str, Any], generator: str) -> tuple[dict[str, str], str]:
+    """The card header's licence keys and the Licence section's line for the generator's outputs.
+
+    The licence the generator stage recorded (``models.pairs.license``: ``generator.license`` or the family's
+    released weights) comes first; a manifest from before it was recorded falls back to the model id."""
+    pairs = models.get("pairs", models.get("generator"))
+    recorded = str(pairs.get("license") or "") if isinstance(pairs, dict) else ""
+    unknown = ({"license": "other"}, f"Generator `{generator}`: licence not known to MagicSeg, check the model's "
+                                     "own card (the header says `other`)")
+    if recorded == NO_LICENSE:
+        return {"license": "other"}, f"Generator `{generator}`: {NO_LICENSE}"
+    if recorded and not recorded.startswith(UNKNOWN_PREFIX):
+        spdx, name = card_id(recorded)
+        return ({"license": spdx, **({"license_name": name} if name else {})},
+                f"Generator outputs (`{generator}`): {recorded}, as the build recorded it")
+    if recorded:
+        return unknown
+    known = model_licence(generator)
+    return ({"license": known[0]}, known[1]) if known else unknown
 
 
 def _model_ids(models: dict[str, Any]) -> dict[str, str]:
@@ -108,9 +108,9 @@ def render_card(manifest: dict, class_counts: Counter, uri: str) -> str:
     """The whole README.md for a dataset whose manifest is ``manifest``; ``class_counts`` per class id."""
     classes = list(manifest.get("classes") or [])
     models = _model_ids(manifest.get("models") or {})
-    generator_licence = _licence(models["generator"])
+    licence_keys, generator_line = _generator_licence(manifest.get("models") or {}, models["generator"])
     header = {
-        "license": generator_licence[0] if generator_licence else "other",
+        **licence_keys,
         "pretty_name": "MagicSeg synthetic segmentation data",
         "task_categories": ["image-segmentation", "object-detection"],
         "tags": ["synthetic", "magicseg", "open-vocabulary-segmentation", "counterfactual"],
@@ -120,11 +120,8 @@ def render_card(manifest: dict, class_counts: Counter, uri: str) -> str:
             {"name": "train", "num_examples": int(manifest["counts"]["kept"])}]},
     }
     counts = manifest["counts"]
-    licence_lines = [text for text in dict.fromkeys(
-        (_licence(m) or ("", ""))[1] for m in models.values()) if text]
-    if not generator_licence:
-        licence_lines.insert(0, f"Generator `{models['generator']}`: licence not known to MagicSeg, check the "
-                                "model's own card (the header says `other`)")
+    licence_lines = [generator_line, *[text for text in dict.fromkeys(
+        (model_licence(m) or ("", ""))[1] for role, m in models.items() if role != "generator") if text]]
     dropped = counts.get("dropped") or {}
     covered = sorted(class_counts.items(), key=lambda item: -item[1])
     lines = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 CLIP_TOKENS = 77  # both CLIP text towers (ViT-L/14 and OpenCLIP ViT-bigG/14) read 77 tokens, BOS and EOS included
 
 # ------------------------------------------------------------------------------------------------ SDXL
@@ -157,31 +158,3 @@ def tiny_vae_config(base: dict[str, Any], *, latent_channels: int, flux: bool = 
     else:
         config.update(scaling_factor=SDXL_VAE_CONFIG["scaling_factor"])
     return config
-
-
-# --------------------------------------------------------------------------------------------- licences
-# What the outputs of each family's released weights are licensed under (their model cards).
-FAMILY_LICENSES = {
-    "sd15": "CreativeML OpenRAIL-M",
-    "sdxl": "CreativeML Open RAIL++-M",
-    "flux": "Apache-2.0",  # FLUX.1-schnell; FLUX.1-dev has its own non-commercial licence
-}
-FLUX_DEV_LICENSE = "FLUX.1 [dev] Non-Commercial License"
-NO_LICENSE = "none (random weights: no model licence applies)"
-
-
-def generator_license(config) -> str:
-    """The licence the settings and the manifest record: ``generator.license`` when set, else the family's.
-
-    Random and tiny weights are no released model, so no model licence applies to their (noise) images. A FLUX
-    model id naming neither schnell nor dev cannot be told apart: the user is asked to say.
-    """
-    if config.license:
-        return config.license
-    if config.weights != "pretrained":
-        return NO_LICENSE
-    family = getattr(config, "family", "sd15")
-    model = (config.model or "").lower()
-    if family == "flux" and "schnell" not in model:
-        return FLUX_DEV_LICENSE if "dev" in model else "unknown: set generator.license"
-    return FAMILY_LICENSES[family]

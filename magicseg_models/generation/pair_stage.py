@@ -19,7 +19,7 @@ import torch
 
 from magicseg_models.dataset.codecs import encode_image
 from magicseg_models.devices import matmul_tf32
-from magicseg_models.generation.architectures import generator_license
+from magicseg_models.licences import generator_license
 from magicseg_models.generation.pair_common import MAX_SEED, GenerationInputError, is_integer
 from magicseg_models.generation.pair_pipeline import PairedStableDiffusionPipeline, load_pair_pipeline
 
