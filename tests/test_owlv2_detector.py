@@ -18,7 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from magicseg_models.annotation import Annotator, DetectorWeightsError, make_detector, select_boxes
+from magicseg_models.annotation import (
+    DROP_COUNTERFACTUAL,
+    Annotator,
+    DetectorWeightsError,
+    make_detector,
+    not_detected_reason,
+    select_boxes,
+)
 from magicseg_models.annotation.owlv2 import Owlv2Detector, PhraseTooLongError
 from magicseg_models.config import DetectorConfig, load_config
 from magicseg_models.config.build import OWLV2_MODEL
@@ -329,9 +336,9 @@ def test_annotator_runs_on_owlv2_with_counterfactuals_and_context_classes(owl_an
                         detector=annotator.detector, segmenter=annotator.segmenter)
     for before, r in zip(out, checker(rows)):
         if before["drop_reason"] is None:
-            assert (r["drop_reason"] == "counterfactual_contains_class") == (max(r["counterfactual_scores"]) > threshold)
-    assert checker.stats()["dropped"].get("counterfactual_contains_class", 0) >= 1
+            assert (r["drop_reason"] == DROP_COUNTERFACTUAL) == (max(r["counterfactual_scores"]) > threshold)
+    assert checker.stats()["dropped"].get(DROP_COUNTERFACTUAL, 0) >= 1
     blind_cfg = owl_annotate.model_copy(deep=True)
     blind_cfg.detector.box_threshold = 1.0  # no probability is above 1: nothing is detected
     blind = Annotator(blind_cfg, vocab, segmenter=annotator.segmenter)
-    assert [r["drop_reason"] for r in blind(rows)] == [f"class_not_detected:{r['class_names'][0]}" for r in rows]
+    assert [r["drop_reason"] for r in blind(rows)] == [not_detected_reason(r["class_names"][0]) for r in rows]

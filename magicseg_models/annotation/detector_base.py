@@ -82,13 +82,13 @@ class BaseDetector:
 
     def detect(self, images: Sequence[Image.Image], phrases: Sequence[Sequence[str]]) -> list[Detections]:
         """Per image, the boxes of its phrases. Images that may share a pass (``_batch_key``: the same size for
-        Grounding DINO) are batched (``detector.batch_size``), each with its own caption; an image with several caption chunks is run once per chunk and the chunks'
-        detections merged."""
+        Grounding DINO) are batched (``detector.batch_size``), each with its own caption; an image with several
+        caption chunks is run once per chunk and the chunks' detections merged."""
         if len(images) != len(phrases):
             raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
         items = [(i, caption) for i, ph in enumerate(phrases) if len(ph) for caption in self.captions_for(ph)]
-        # same-size images per batch: padding would change the backbone's view of a smaller image, and an
-        # image's boxes must not depend on which images it was batched with
+        # Grounding DINO batches same-size images only: padding would change the backbone's view of a smaller
+        # image, and an image's boxes must not depend on which images it was batched with
         by_size: dict[Any, list[tuple[int, Caption]]] = {}
         for item in items:
             by_size.setdefault(self._batch_key(images[item[0]]), []).append(item)
