@@ -1,6 +1,9 @@
-"""Grounding DINO architectures built from configs in code: ``tiny`` (tests, CPU) and ``random`` (full size)."""
+"""Detector architectures built from configs in code, Grounding DINO's and OWLv2's: ``tiny`` (tests, CPU) and
+``random`` (full size)."""
 
 from __future__ import annotations
+
+from magicseg_models.config.build import OWLV2_TEXT_WINDOW
 
 
 def tiny_grounding_dino_config(vocab_size: int):
@@ -24,7 +27,6 @@ def random_grounding_dino_config(vocab_size: int = 30522):
     return GroundingDinoConfig(text_config=BertConfig(vocab_size=max(vocab_size, 30522)))
 
 
-OWLV2_TEXT_WINDOW = 16  # token positions of OWLv2's text encoder (BOS and EOS included), every released model
 # Owlv2Config has no initializer_range of its own, and without one its box/class heads start at std 1: boxes
 # collapse to a corner and logits reach +-50. The towers' configs use 0.02; so do the heads here.
 OWLV2_HEAD_INIT_STD = 0.02

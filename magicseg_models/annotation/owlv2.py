@@ -40,8 +40,9 @@ from PIL import Image
 
 from magicseg_models.annotation.captions import Caption, clean_phrase
 from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
-from magicseg_models.annotation.detector_configs import OWLV2_TEXT_WINDOW, random_owlv2_config, tiny_owlv2_config
+from magicseg_models.annotation.detector_configs import random_owlv2_config, tiny_owlv2_config
 from magicseg_models.config import DetectorConfig
+from magicseg_models.config.build import OWLV2_TEXT_WINDOW
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights import TINY_INIT_SEED

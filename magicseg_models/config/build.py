@@ -147,9 +147,11 @@ class GeneratorConfig(Section):
 
 GROUNDING_DINO_MODEL = "IDEA-Research/grounding-dino-tiny"
 OWLV2_MODEL = "google/owlv2-base-patch16-ensemble"
+OWLV2_TEXT_WINDOW = 16  # token positions of OWLv2's text encoder per query (BOS and EOS included), every release
 # what backend owlv2 uses for the fields nobody set: its hub model, the threshold transformers' OWLv2
 # post-processing uses (a box's two scores are one number there), and its text encoder's 16 positions per phrase
-OWLV2_DEFAULTS = {"model": OWLV2_MODEL, "box_threshold": 0.1, "text_threshold": 0.1, "max_text_tokens": 16}
+OWLV2_DEFAULTS = {"model": OWLV2_MODEL, "box_threshold": 0.1, "text_threshold": 0.1,
+                  "max_text_tokens": OWLV2_TEXT_WINDOW}
 _OFFICIAL_ONLY = ("config_file", "checkpoint", "text_encoder")
 
 
@@ -209,9 +211,9 @@ class DetectorConfig(Section):
         if official:
             raise ValueError(f"detector.{official[0]} is for backend official (groundingdino-py); backend owlv2 "
                              f"loads detector.model")
-        if self.max_text_tokens > OWLV2_DEFAULTS["max_text_tokens"]:
+        if self.max_text_tokens > OWLV2_TEXT_WINDOW:
             raise ValueError(f"detector.max_text_tokens {self.max_text_tokens}: OWLv2's text encoder reads at most "
-                             f"{OWLV2_DEFAULTS['max_text_tokens']} tokens per class phrase")
+                             f"{OWLV2_TEXT_WINDOW} tokens per class phrase")
         return self
 
 
