@@ -12,6 +12,10 @@ does the rest as for Grounding DINO: boxes under a pixel dropped, per-class NMS,
 ``best_scores`` (per class, the best probability of a box that went to it, before thresholds) for the
 counterfactual check.
 
+OWLv2's objectness head (a query-agnostic "is this an object" score) is not run: boxes are selected by class
+probability, as transformers' own post-processing selects them, and queries are text (image-guided queries are
+not used).
+
 Queries do not see one another: adding context phrases leaves the asked classes' logits exactly as they were
 (unlike Grounding DINO, where every query attends to the whole caption); only which class a box goes to can
 move to a context class.
