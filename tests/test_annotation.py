@@ -31,17 +31,16 @@ from magicseg_models.annotation import (
 )
 from magicseg_models.annotation.stage import decide_drop
 from magicseg_models.config import AnnotateConfig, DetectorConfig, SegmenterConfig, load_config
-from magicseg_models.dataset.codecs import decode_mask, encode_image
+from magicseg_models.dataset.codecs import decode_mask
 from magicseg_models.dataset.schema import SCHEMA
 from magicseg_models.errors import MagicSegError
 from magicseg_models.vocabulary import Vocabulary
+from tests.helpers_annotation import annotation_rows as _rows
+from tests.helpers_annotation import random_image as _image
+from tests.helpers_annotation import with_context as _with_context
 
 TINY_DET = dict(weights="tiny", image_size=64)
 TINY_SEG = dict(weights="tiny", checkpoint=None, model_type="vit_b")
-
-
-def _image(seed: int, h: int = 64, w: int = 64) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +61,6 @@ def tiny_annotate_config():
 @pytest.fixture(scope="module")
 def vocab():
     return Vocabulary.load(classes=load_config("build", "tiny").vocabulary.classes)
-
-
-def _rows(vocab, n: int, seed: int = 0, sizes=((64, 64),)) -> list[dict]:
-    ids = vocab.ids
-    rows = []
-    for k in range(n):
-        cls = [ids[k % len(ids)]] + ([ids[(k + 3) % len(ids)]] if k % 2 else [])
-        h, w = sizes[k % len(sizes)]
-        rows.append({"sample_id": f"s{k}", "class_ids": cls, "class_names": [vocab[c].name for c in cls],
-                     "prompt": "p", "counterfactual_prompt": "q", "seed": k,
-                     "image": encode_image(_image(seed + 2 * k, h, w), "png"),
-                     "counterfactual_image": encode_image(_image(seed + 2 * k + 1, h, w), "png"),
-                     "height": h, "width": w, "drop_reason": None})
-    return rows
 
 
 # ------------------------------------------------------------------------------------ captions, spans
@@ -452,13 +437,6 @@ def test_transformers_sam_backend_gives_the_scores_too():
 
 
 # ------------------------------------------------------------------------------------- context classes
-def _with_context(rows: list[dict], vocab) -> list[dict]:
-    """Each row's prompt names two other classes of the tiny vocabulary (context classes)."""
-    ids = vocab.ids
-    return [{**row, "context_class_ids": [i for i in (ids[(k + 1) % len(ids)], ids[(k + 5) % len(ids)])
-                                          if i not in row["class_ids"]]} for k, row in enumerate(rows)]
-
-
 def test_context_classes_are_masked_as_not_asked_and_change_no_asked_label(tiny_annotate_config, vocab, annotator):
     rows = _with_context(_rows(vocab, 6, seed=11), vocab)
     off = Annotator(tiny_annotate_config.model_copy(update={"context_classes": False}), vocab,

@@ -78,6 +78,19 @@ def save_tiny_grounding_dino(folder: Path) -> Path:
     return folder
 
 
+def save_tiny_owlv2(folder: Path, image_size: int = 64) -> Path:
+    """The ``tiny`` OWLv2 detector's model and processor (local CLIP tokenizer), as an OWLv2 hub repo holds them."""
+    from transformers import Owlv2Processor
+
+    from magicseg_models.annotation.owlv2 import Owlv2Detector
+    from magicseg_models.config import DetectorConfig
+
+    detector = Owlv2Detector(DetectorConfig(backend="owlv2", weights="tiny", image_size=image_size))
+    detector.model.save_pretrained(folder)
+    Owlv2Processor(image_processor=detector.image_processor, tokenizer=detector.tokenizer).save_pretrained(folder)
+    return folder
+
+
 def save_tiny_sam(folder: Path) -> Path:
     from transformers import SamImageProcessor, SamModel, SamProcessor
 

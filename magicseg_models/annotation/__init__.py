@@ -2,7 +2,8 @@
 SAM's mask scores, context classes, counterfactual and mask-quality checks.
 
 ``Annotator(config.annotate, vocabulary)`` is the stage (rows in, rows out). Under it: ``make_detector`` -
-``GroundingDinoDetector`` (transformers, default) or ``OfficialGroundingDino`` (groundingdino-py) - and
+``GroundingDinoDetector`` (transformers, default), ``OfficialGroundingDino`` (groundingdino-py) or
+``Owlv2Detector`` (transformers OWLv2, one query per class phrase) - and
 ``make_segmenter`` - ``SamSegmenter`` (segment-anything, default) or ``HFSamSegmenter`` (transformers SamModel).
 ``post_process``/``select_boxes`` tie each box to one class through the token span of its phrase in the caption.
 """
@@ -12,6 +13,7 @@ from magicseg_models.annotation.detector import make_detector
 from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
 from magicseg_models.annotation.detector_tokenizer import build_detector_tokenizer
 from magicseg_models.annotation.grounding_dino import GroundingDinoDetector
+from magicseg_models.annotation.owlv2 import Owlv2Detector, PhraseTooLongError
 from magicseg_models.annotation.postprocess import Detections, post_process, select_boxes
 from magicseg_models.annotation.text_cache import TextFeatureCache
 from magicseg_models.annotation.segmenter import (
@@ -44,6 +46,8 @@ __all__ = [
     "DetectorWeightsError",
     "GroundingDinoDetector",
     "HFSamSegmenter",
+    "Owlv2Detector",
+    "PhraseTooLongError",
     "SamSegmenter",
     "ScoredMasks",
     "SegmenterWeightsError",

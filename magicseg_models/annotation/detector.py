@@ -1,9 +1,10 @@
-"""The detector factory: ``detector.backend`` -> transformers Grounding DINO or the official groundingdino-py.
+"""The detector factory: ``detector.backend`` -> transformers Grounding DINO, the official groundingdino-py, or
+transformers OWLv2.
 
 The detector is split by job: :mod:`.captions` (caption planning), :mod:`.postprocess` (outputs -> boxes per
 class), :mod:`.text_cache`, :mod:`.detector_tokenizer`, :mod:`.detector_configs` (tiny and random
 architectures), :mod:`.detector_base` (batching, chunking, merging), and the backends :mod:`.grounding_dino` and
-:mod:`.official`.
+:mod:`.official` (Grounding DINO), :mod:`.owlv2` (OWLv2: one query per phrase instead of token spans).
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from magicseg_models.errors import ConfigError
 
 
 def make_detector(config: DetectorConfig, device: str | torch.device | None = None) -> BaseDetector:
-    """The detector of ``config.backend``: transformers (default) or the official groundingdino-py."""
+    """The detector of ``config.backend``: transformers (default), the official groundingdino-py, or owlv2."""
+    if config.backend == "owlv2":
+        from magicseg_models.annotation.owlv2 import Owlv2Detector
+
+        return Owlv2Detector(config, device)
     if config.backend == "official":
         from magicseg_models.annotation.official import OfficialGroundingDino
 

@@ -71,25 +71,34 @@ class BaseDetector:
     def _forward(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _run(self, images: list[Image.Image], captions: list[Caption]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: per image, logits over its caption's positions and boxes (cx, cy, w, h relative to the image).
+        A backend whose queries are not caption texts (OWLv2: one query per phrase) overrides this."""
+        return self._forward(images, [caption.text for caption in captions])
+
+    def _batch_key(self, image: Image.Image) -> Any:
+        """Images with equal keys may share a forward pass (Grounding DINO: the same size)."""
+        return image.size
+
     def detect(self, images: Sequence[Image.Image], phrases: Sequence[Sequence[str]]) -> list[Detections]:
-        """Per image, the boxes of its phrases. Images of the same size are batched (``detector.batch_size``),
-        each with its own caption; an image with several caption chunks is run once per chunk and the chunks'
-        detections merged."""
+        """Per image, the boxes of its phrases. Images that may share a pass (``_batch_key``: the same size for
+        Grounding DINO) are batched (``detector.batch_size``), each with its own caption; an image with several
+        caption chunks is run once per chunk and the chunks' detections merged."""
         if len(images) != len(phrases):
             raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
         items = [(i, caption) for i, ph in enumerate(phrases) if len(ph) for caption in self.captions_for(ph)]
-        # same-size images per batch: padding would change the backbone's view of a smaller image, and an
-        # image's boxes must not depend on which images it was batched with
-        by_size: dict[tuple[int, int], list[tuple[int, Caption]]] = {}
+        # Grounding DINO batches same-size images only: padding would change the backbone's view of a smaller
+        # image, and an image's boxes must not depend on which images it was batched with
+        by_size: dict[Any, list[tuple[int, Caption]]] = {}
         for item in items:
-            by_size.setdefault(images[item[0]].size, []).append(item)
+            by_size.setdefault(self._batch_key(images[item[0]]), []).append(item)
         batches = [group[s:s + self.config.batch_size] for group in by_size.values()
                    for s in range(0, len(group), self.config.batch_size)]
         parts: list[list[tuple[Caption, dict]]] = [[] for _ in images]
         c = self.config
         for chunk in batches:
             batch_images = [images[i] for i, _ in chunk]
-            logits, boxes = self._forward(batch_images, [cap.text for _, cap in chunk])
+            logits, boxes = self._run(batch_images, [cap for _, cap in chunk])
             self.forwards += 1
             for (i, caption), lg, bx in zip(chunk, logits, boxes):
                 size = (images[i].height, images[i].width)

@@ -145,9 +145,23 @@ class GeneratorConfig(Section):
         return self
 
 
+GROUNDING_DINO_MODEL = "IDEA-Research/grounding-dino-tiny"
+OWLV2_MODEL = "google/owlv2-base-patch16-ensemble"
+OWLV2_TEXT_WINDOW = 16  # token positions of OWLv2's text encoder per query (BOS and EOS included), every release
+# what backend owlv2 uses for the fields nobody set: its hub model, the threshold transformers' OWLv2
+# post-processing uses (a box's two scores are one number there), and its text encoder's 16 positions per phrase
+OWLV2_DEFAULTS = {"model": OWLV2_MODEL, "box_threshold": 0.1, "text_threshold": 0.1,
+                  "max_text_tokens": OWLV2_TEXT_WINDOW}
+_OFFICIAL_ONLY = ("config_file", "checkpoint", "text_encoder")
+
+
 class DetectorConfig(Section):
-    backend: Literal["transformers", "official"] = "transformers"
-    model: str = "IDEA-Research/grounding-dino-tiny"
+    backend: Literal["transformers", "official", "owlv2"] = Field(
+        "transformers", description="transformers / official: Grounding DINO (transformers port / groundingdino-py); "
+        "owlv2: OWLv2 (transformers), one query per class phrase; docs/annotators.md says which to pick")
+    model: str = Field(
+        GROUNDING_DINO_MODEL, description=f"hub id or folder; follows the backend: owlv2 unset (or left at the "
+        f"Grounding DINO default the presets spell out) = {OWLV2_MODEL}")
     weights: Weights = "pretrained"
     config_file: str | None = Field(None, description="official backend: GroundingDINO_SwinT_OGC.py")
     checkpoint: str | None = Field(
@@ -155,11 +169,18 @@ class DetectorConfig(Section):
     text_encoder: str | None = Field(
         None, description="official backend: its BERT, a folder or hub id; None = the config file's "
         "text_encoder_type (bert-base-uncased)")
-    box_threshold: float = Field(0.3, ge=0, le=1)
-    text_threshold: float = Field(0.25, ge=0, le=1)
-    max_text_tokens: int = Field(256, ge=8, description="captions longer than this are split into chunks")
+    box_threshold: float = Field(
+        0.3, ge=0, le=1, description="a box is kept above it: Grounding DINO's best caption token; owlv2 (default "
+        "0.1 there): its best class probability, the same number as its class score")
+    text_threshold: float = Field(
+        0.25, ge=0, le=1, description="the box's class score must be above it: mean probability over the class "
+        "phrase's tokens; owlv2 (default 0.1 there): the class's sigmoid probability")
+    max_text_tokens: int = Field(
+        256, ge=8, description="captions longer than this are split into chunks; owlv2: tokens per class phrase, "
+        "at most (and by default) its text encoder's 16")
     image_size: int | None = Field(
-        None, ge=32, description="shortest image side fed to the detector; None = 800 (longest side at most 1333)")
+        None, ge=32, description="shortest image side fed to the detector; None = 800 (longest side at most 1333); "
+        "owlv2: the side of the square each image is padded and resized to, None = the model's own (960)")
     nms_iou: float | None = Field(
         0.8, gt=0, le=1, description="per-class NMS of near-duplicate boxes at this IoU; None = off")
     max_boxes: int = Field(50, ge=1, description="at most this many boxes per class in an image, best first")
@@ -171,6 +192,29 @@ class DetectorConfig(Section):
     _local_paths = field_validator("model", "text_encoder")(lambda value: resolve_local_path(value))
     _local_files = field_validator("config_file", "checkpoint")(
         lambda value: resolve_local_path(value, hub_id_allowed=False))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow_the_backend(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("backend") != "owlv2":
+            return data
+        data = {**{k: v for k, v in OWLV2_DEFAULTS.items() if k not in data}, **data}
+        if data.get("model") == GROUNDING_DINO_MODEL:  # the pretrained presets name it; it is no OWLv2
+            data["model"] = OWLV2_MODEL
+        return data
+
+    @model_validator(mode="after")
+    def _owlv2_combinations(self) -> DetectorConfig:
+        if self.backend != "owlv2":
+            return self
+        official = [k for k in _OFFICIAL_ONLY if getattr(self, k) is not None]
+        if official:
+            raise ValueError(f"detector.{official[0]} is for backend official (groundingdino-py); backend owlv2 "
+                             f"loads detector.model")
+        if self.max_text_tokens > OWLV2_TEXT_WINDOW:
+            raise ValueError(f"detector.max_text_tokens {self.max_text_tokens}: OWLv2's text encoder reads at most "
+                             f"{OWLV2_TEXT_WINDOW} tokens per class phrase")
+        return self
 
 
 class SegmenterConfig(Section):

@@ -1,0 +1,211 @@
+"""OWLv2 (transformers' ``Owlv2ForObjectDetection``) as a detector backend: ``detector.backend=owlv2``.
+
+How a box gets its class. OWLv2 predicts one box per image patch (3600 for the 960 px base models) and scores it
+against every text query with a sigmoid head: logit = (cosine(patch embedding, query embedding) + shift) x scale,
+shift and scale computed from the patch alone. Each class phrase of an image is its own query, so Grounding
+DINO's caption becomes a list of queries, and a phrase's token span becomes the one position of its query. The
+shared :func:`~magicseg_models.annotation.postprocess.select_boxes` then reads, per box: box score = the best class
+probability (sigmoid of the logit) over the image's classes; the box goes to that class, and its class score is
+that same probability. So a box is kept when its probability is above both ``box_threshold`` and
+``text_threshold`` (the larger one decides). :func:`~magicseg_models.annotation.postprocess.merge_selections`
+does the rest as for Grounding DINO: boxes under a pixel dropped, per-class NMS, ``max_boxes`` per class, and
+``best_scores`` (per class, the best probability of a box that went to it, before thresholds) for the
+counterfactual check.
+
+OWLv2's objectness head (a query-agnostic "is this an object" score) is not run: boxes are selected by class
+probability, as transformers' own post-processing selects them, and queries are text (image-guided queries are
+not used).
+
+Queries do not see one another: adding context phrases leaves the asked classes' logits exactly as they were
+(unlike Grounding DINO, where every query attends to the whole caption); only which class a box goes to can
+move to a context class.
+
+Batching. The processor pads every image to a square (bottom and right) and resizes it to the model's side, so
+images of any size share a forward pass; boxes come out relative to the square and are rescaled here to the
+image. Images with different class lists are padded to the same number of queries and the padded ones masked
+(probability 0). The text tower runs once per distinct phrase per detector (:class:`QueryEmbeddingCache`).
+
+Text window: 16 token positions per phrase, BOS and EOS included; a longer phrase is refused
+(:class:`PhraseTooLongError`) when first seen, before any forward pass of that call.
+
+Weights (``detector.weights``): ``pretrained`` loads ``detector.model`` (hub id or folder; its config must be an
+OWLv2's); ``random`` builds owlv2-base-patch16 at 960 px and ``tiny`` a few hundred kB model, both from configs
+in code with a CLIP BPE tokenizer made here (no download).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+from magicseg_models.annotation.captions import Caption, clean_phrase
+from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
+from magicseg_models.annotation.detector_configs import random_owlv2_config, tiny_owlv2_config
+from magicseg_models.config import DetectorConfig
+from magicseg_models.config.build import OWLV2_TEXT_WINDOW
+from magicseg_models.devices import model_context, resolve_device
+from magicseg_models.errors import ConfigError, MagicSegError, one_line
+from magicseg_models.weights import TINY_INIT_SEED
+
+
+class PhraseTooLongError(MagicSegError):
+    """A detector phrase needs more token positions than the detector's text encoder reads."""
+
+
+@dataclass(frozen=True)
+class QueryCaption(Caption):
+    """The queries of one image: one per phrase (the span of phrase ``k`` is query position ``k``)."""
+
+    queries: tuple[str, ...] = ()
+
+
+class QueryEmbeddingCache:
+    """Normalised text embeddings per phrase: the text tower runs once per distinct phrase (bounded LRU).
+
+    A phrase's embedding does not depend on the other queries (a causal text tower over its own tokens,
+    padding masked), so cached and freshly computed embeddings agree.
+    """
+
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor], max_entries: int = 8192):
+        self.encode = encode
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __call__(self, phrases: Sequence[str]) -> torch.Tensor:
+        missing = [p for p in dict.fromkeys(phrases) if p not in self._cache]
+        self.hits += len(phrases) - len(missing)
+        self.misses += len(missing)
+        fresh = dict(zip(missing, self.encode(missing))) if missing else {}
+        rows = [fresh[p] if p in fresh else self._cache[p] for p in phrases]
+        for p in phrases:
+            if p in self._cache:
+                self._cache.move_to_end(p)
+        for p, value in fresh.items():
+            self._cache[p] = value
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return torch.stack(rows)
+
+
+def build_owlv2_tokenizer():
+    """The tiny CLIP BPE tokenizer (no download) set up as OWLv2's: 16 positions, padded with ``!`` (id 0)."""
+    from magicseg_models.weights.tiny_tokenizers import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(pad_token="!")
+    tokenizer.model_max_length = OWLV2_TEXT_WINDOW
+    return tokenizer
+
+
+class Owlv2Detector(BaseDetector):
+    """transformers' Owlv2ForObjectDetection, batched across image sizes, text embeddings cached per phrase."""
+
+    def __init__(self, config: DetectorConfig, device: str | torch.device | None = None):
+        super().__init__()
+        from transformers import Owlv2ForObjectDetection, Owlv2ImageProcessor
+
+        self.config = config
+        self.device = resolve_device(device)
+        if config.weights == "pretrained":
+            model, processor = _load_pretrained(config.model)
+            self.tokenizer, self.image_processor = processor.tokenizer, processor.image_processor
+            self.source = {"detector": config.model, "detector_weights": "pretrained"}
+        else:
+            self.tokenizer = build_owlv2_tokenizer()
+            tok = self.tokenizer
+            cfg = (tiny_owlv2_config(len(tok), tok.bos_token_id, tok.eos_token_id, config.image_size or 64)
+                   if config.weights == "tiny" else random_owlv2_config())
+            torch.manual_seed(TINY_INIT_SEED)  # the same random weights on every worker and rerun
+            model = Owlv2ForObjectDetection(cfg)
+            self.image_processor = Owlv2ImageProcessor()
+            self.source = {"detector": f"owlv2 ({config.weights} weights, local tokenizer)",
+                           "detector_weights": config.weights}
+        vision = model.config.vision_config
+        self.side = config.image_size or vision.image_size
+        if self.side % vision.patch_size:
+            raise ConfigError(f"detector.image_size {self.side} must be a multiple of the OWLv2 patch size "
+                              f"{vision.patch_size}")
+        self.image_processor.size = {"height": self.side, "width": self.side}
+        self.interpolate = self.side != vision.image_size  # another side: position embeddings interpolated
+        self.model = model.to(self.device).eval()
+        self.max_text_tokens = min(config.max_text_tokens, model.config.text_config.max_position_embeddings)
+        self.text_cache = QueryEmbeddingCache(self._encode)
+        self._lengths: dict[str, int] = {}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {**self.source, "detector_backend": "owlv2", "box_threshold": c.box_threshold,
+                "text_threshold": c.text_threshold, "max_text_tokens": self.max_text_tokens,
+                "image_size": [self.side, self.side], "nms_iou": c.nms_iou, "max_boxes": c.max_boxes,
+                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32", "detector_tf32": c.tf32}
+
+    def check_phrases(self, phrases: Sequence[str]) -> list[str]:
+        """The cleaned phrases; :class:`PhraseTooLongError` for the first that does not fit the text window."""
+        cleaned = [clean_phrase(p) for p in phrases]
+        for raw, p in zip(phrases, cleaned):
+            if not p:
+                raise ValueError(f"empty detector phrase in {list(phrases)!r}")
+            if p not in self._lengths:
+                self._lengths[p] = len(self.tokenizer(p)["input_ids"])
+            if self._lengths[p] > self.max_text_tokens:
+                raise PhraseTooLongError(f"detector phrase {raw!r} needs {self._lengths[p]} tokens, more than "
+                                         f"OWLv2's text window of {self.max_text_tokens} (BOS and EOS included)")
+        return cleaned
+
+    def captions_for(self, phrases: Sequence[str]) -> list[Caption]:
+        queries = tuple(self.check_phrases(phrases))
+        n = len(queries)
+        return [QueryCaption(". ".join(queries) + ".", tuple((k,) for k in range(n)), tuple(range(n)), n, queries)]
+
+    def _encode(self, phrases: list[str]) -> torch.Tensor:
+        text = self.tokenizer(phrases, padding="max_length", max_length=self.max_text_tokens, return_tensors="pt")
+        embeds = self.model.owlv2.get_text_features(input_ids=text["input_ids"].to(self.device),
+                                                    attention_mask=text["attention_mask"].to(self.device))
+        embeds = embeds.pooler_output
+        return embeds / torch.linalg.norm(embeds, ord=2, dim=-1, keepdim=True)  # as Owlv2Model's forward
+
+    def _batch_key(self, image: Image.Image) -> Any:
+        return None  # every image becomes the same square: any sizes share a pass
+
+    def _run(self, images: list[Image.Image], captions: list[Caption]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        with torch.inference_mode(), model_context(self.device, self.config):
+            embeds = [self.text_cache(caption.queries) for caption in captions]  # type: ignore[attr-defined]
+            width = max(len(e) for e in embeds)
+            queries = embeds[0].new_zeros((len(embeds), width, embeds[0].shape[-1]))
+            mask = torch.zeros((len(embeds), width), dtype=torch.bool, device=self.device)
+            for b, e in enumerate(embeds):
+                queries[b, :len(e)], mask[b, :len(e)] = e, True
+            feature_map, _ = self.model.image_embedder(pixel_values=pixels, interpolate_pos_encoding=self.interpolate)
+            b, h, w, d = feature_map.shape
+            feats = feature_map.reshape(b, h * w, d)
+            logits, _ = self.model.class_predictor(feats, queries, mask)
+            boxes = self.model.box_predictor(feats, feature_map, self.interpolate)
+        # boxes are relative to the padded square (side = the image's longer side): make them relative to the image
+        sizes = torch.tensor([[im.width, im.height] for im in images], dtype=torch.float32)
+        scale = (sizes.max(dim=1, keepdim=True).values / sizes).repeat(1, 2).to(boxes.device)
+        return logits.float(), boxes.float() * scale[:, None, :]
+
+
+def _load_pretrained(model_id: str):
+    from transformers import AutoConfig, AutoProcessor, Owlv2ForObjectDetection
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_id)
+        if cfg.model_type != "owlv2":
+            raise DetectorWeightsError(f"detector.model '{model_id}' is a {cfg.model_type} model, not OWLv2 "
+                                       f"(detector.backend=owlv2)")
+        processor = AutoProcessor.from_pretrained(model_id)
+        model = Owlv2ForObjectDetection.from_pretrained(model_id, config=cfg)
+    except OSError as err:
+        raise DetectorWeightsError(f"detector.model '{model_id}' could not be loaded: {one_line(err)}") from None
+    return model, processor
