@@ -342,3 +342,20 @@ def test_annotator_runs_on_owlv2_with_counterfactuals_and_context_classes(owl_an
     blind_cfg.detector.box_threshold = 1.0  # no probability is above 1: nothing is detected
     blind = Annotator(blind_cfg, vocab, segmenter=annotator.segmenter)
     assert [r["drop_reason"] for r in blind(rows)] == [not_detected_reason(r["class_names"][0]) for r in rows]
+
+
+@pytest.mark.parametrize("backend,overrides,limit", [
+    ("owlv2", [], "OWLv2's text window of 16"),
+    # Grounding DINO reads 256 tokens; a window of 8 makes a five-word class name too long for it
+    ("transformers", ["annotate.detector.max_text_tokens=8"], "more than the text encoder's 8"),
+])
+def test_a_class_name_past_the_detectors_text_window_is_refused_when_the_annotator_is_built(backend, overrides, limit):
+    """Refused before any image is generated (the annotator is built when its actors start), not at the first
+    sample of that class - which in a large vocabulary may come hours into a run."""
+    name = "giant pacific octopus of the northern deep sea reefs at dusk"
+    annotate = load_config("build", "tiny", overrides=[f"annotate.detector.backend={backend}", *overrides]).annotate
+    vocabulary = Vocabulary.from_names(["cat", name])
+    with pytest.raises(PhraseTooLongError) as err:
+        Annotator(annotate, vocabulary)
+    assert "\n" not in str(err.value) and name in str(err.value) and limit in str(err.value)
+    Annotator(annotate, Vocabulary.from_names(["cat", "dog"]))  # names that fit build

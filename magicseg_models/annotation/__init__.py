@@ -8,12 +8,14 @@ SAM's mask scores, context classes, counterfactual and mask-quality checks.
 ``post_process``/``select_boxes`` tie each box to one class through the token span of its phrase in the caption.
 """
 
-from magicseg_models.annotation.captions import Caption, build_caption, clean_phrase, plan_captions
+from magicseg_models.annotation.captions import (
+    Caption, PhraseTooLongError, build_caption, clean_phrase, plan_captions,
+)
 from magicseg_models.annotation.detector import make_detector
 from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
 from magicseg_models.annotation.detector_tokenizer import build_detector_tokenizer
 from magicseg_models.annotation.grounding_dino import GroundingDinoDetector
-from magicseg_models.annotation.owlv2 import Owlv2Detector, PhraseTooLongError
+from magicseg_models.annotation.owlv2 import Owlv2Detector
 from magicseg_models.annotation.postprocess import Detections, post_process, select_boxes
 from magicseg_models.annotation.text_cache import TextFeatureCache
 from magicseg_models.annotation.segmenter import (

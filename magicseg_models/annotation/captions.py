@@ -11,7 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-DELIMITERS = ("[CLS]", "[SEP]", ".", "?")  # the tokens Grounding DINO splits phrases at
+from magicseg_models.errors import MagicSegError
+
+DELIMITERS = ("[CLS]", "[SEP]", ".", "?")
+
+
+class PhraseTooLongError(MagicSegError):
+    """A detector phrase needs more token positions than the detector's text encoder reads."""  # the tokens Grounding DINO splits phrases at
 
 
 def clean_phrase(phrase: str) -> str:
@@ -63,7 +69,7 @@ def plan_captions(phrases: Sequence[str], tokenizer, max_tokens: int) -> list[Ca
     used = 2  # [CLS] ... [SEP]
     for k, n in enumerate(lengths):
         if 2 + n > max_tokens:
-            raise MagicSegError(f"detector phrase {phrases[k]!r} needs {n + 2} tokens, more than the "
+            raise PhraseTooLongError(f"detector phrase {phrases[k]!r} needs {n + 2} tokens, more than the "
                                 f"text encoder's {max_tokens}")
         if not chunks or used + n > max_tokens:
             chunks.append([])

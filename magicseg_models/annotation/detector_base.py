@@ -68,6 +68,12 @@ class BaseDetector:
                 self._captions.popitem(last=False)
         return self._captions[key]
 
+    def check_phrases(self, phrases: Sequence[str]) -> None:
+        """:class:`~magicseg_models.annotation.captions.PhraseTooLongError` for the first phrase that cannot fit
+        the text encoder's window even alone in a caption (the annotator asks this of its whole vocabulary when it
+        is built, so a build refuses before any image is made rather than at the first sample of that class)."""
+        plan_captions(list(phrases), self.tokenizer, self.max_text_tokens)
+
     def _forward(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 

@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from magicseg_models.annotation.captions import Caption, clean_phrase
+from magicseg_models.annotation.captions import Caption, PhraseTooLongError, clean_phrase
 from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
 from magicseg_models.annotation.detector_configs import random_owlv2_config, tiny_owlv2_config
 from magicseg_models.config import DetectorConfig
@@ -50,10 +50,6 @@ from magicseg_models.config.build import OWLV2_TEXT_WINDOW
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights import TINY_INIT_SEED
-
-
-class PhraseTooLongError(MagicSegError):
-    """A detector phrase needs more token positions than the detector's text encoder reads."""
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,9 @@ class Annotator:
         self.vocabulary = vocabulary
         self.device = resolve_device(device)
         self.detector = detector if detector is not None else make_detector(config.detector, self.device)
+        check = getattr(self.detector, "check_phrases", None)
+        if check is not None:  # a phrase past the detector's text window: refused now, not at its first sample
+            check([c.detector_phrase for c in vocabulary])
         self.segmenter = segmenter if segmenter is not None else make_segmenter(config.segmenter, self.device)
         self.minimums = {score: getattr(config, key) for key, score in MASK_THRESHOLDS.items()
                          if getattr(config, key) is not None}

@@ -160,6 +160,11 @@ def _gpu_dtype(dtype: str) -> str:
 
 
 def _detector(c) -> list[ModelEntry]:
+    if c.backend == "owlv2":
+        if c.weights != "pretrained":
+            return [_built("detector", f"OWLv2 ({c.weights}, random init), local tokenizer", "float32")]
+        return [_transformers("detector", c.model, None, "transformers Owlv2ForObjectDetection + processor",
+                              _gpu_dtype(c.dtype), processor=True, tokenizer=True)]
     if c.backend == "transformers":
         if c.weights != "pretrained":
             return [_built("detector", f"Grounding DINO ({c.weights}, random init), local tokenizer", "float32")]

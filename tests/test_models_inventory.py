@@ -1,8 +1,10 @@
-"""``magicseg models`` for SDXL and FLUX: the files each family's diffusers folder must hold, checked the way
-``from_pretrained`` will find them (a local folder, or the Hugging Face cache with ``HF_HUB_OFFLINE=1``).
+"""``magicseg models`` for the SDXL and FLUX generator families and the OWLv2 / SAM 2 annotator backends: the
+files each model's folder must hold, checked the way ``from_pretrained`` will find them (a local folder, or the
+Hugging Face cache with ``HF_HUB_OFFLINE=1``).
 
-The folders are written by diffusers' own ``StableDiffusionXLPipeline`` / ``FluxPipeline.save_pretrained`` over
-tiny components, so their layout is the one the released repos have.
+The folders are written by the libraries' own ``save_pretrained`` (diffusers' ``StableDiffusionXLPipeline`` /
+``FluxPipeline``, transformers' OWLv2 and SAM 2 models and processors) over tiny models, so their layout is the one
+the released repos have.
 """
 
 from __future__ import annotations
@@ -111,3 +113,24 @@ def test_the_download_command_fetches_a_sharded_flux_whole(tmp_path, hf_cache):
     tiny_repos.put_in_hf_cache(hf_cache, repo_id, partial)
     assert generator_entry("flux", repo_id).available == "yes"
     assert not [f for f in files if f.endswith(".safetensors") and f not in fetched]
+
+
+def annotate_entry(role: str, *overrides: str):
+    config = load_config("build", "tiny", overrides=list(overrides))
+    return next(e for e in list_models(config) if e.role == role)
+
+
+def test_owlv2_is_listed_as_an_owlv2_model_with_its_processor(tmp_path, hf_cache):
+    built = annotate_entry("detector", "annotate.detector.backend=owlv2")
+    assert (built.available, built.format) == ("yes", "OWLv2 (tiny, random init), local tokenizer")
+    folder = tiny_repos.save_tiny_owlv2(tmp_path / "owlv2")
+    pretrained = ("annotate.detector.backend=owlv2", "annotate.detector.weights=pretrained")
+    entry = annotate_entry("detector", *pretrained, f"annotate.detector.model={folder}")
+    assert (entry.available, entry.format) == ("yes", "transformers Owlv2ForObjectDetection + processor")
+    (folder / "processor_config.json").unlink()  # transformers 5 saves the processor's settings in one file
+    assert annotate_entry("detector", *pretrained, f"annotate.detector.model={folder}").missing == [
+        "processor_config.json"]
+    # the backend's own default model, by hub id, not Grounding DINO's
+    entry = annotate_entry("detector", *pretrained)
+    assert entry.source == "google/owlv2-base-patch16-ensemble" and entry.available == "no"
+    assert entry.fetch.startswith('hf download google/owlv2-base-patch16-ensemble --include "*.json"')
