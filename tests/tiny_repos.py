@@ -71,6 +71,33 @@ def save_tiny_sam(folder: Path) -> Path:
     return folder
 
 
+def save_tiny_sam2(folder: Path, *, video_layout: bool = False) -> Path:
+    """The ``tiny`` SAM 2 segmenter's model and processor. ``video_layout``: as Meta's ``facebook/sam2.1-hiera-*``
+    repos hold them - a ``Sam2VideoModel`` (the image model plus video-memory modules, ``sam2_video`` config) and a
+    ``Sam2VideoProcessor`` - else ``Sam2Model.save_pretrained``, as a user saves a fine-tuned model."""
+    from transformers import Sam2VideoConfig, Sam2VideoModel, Sam2VideoProcessor, Sam2VideoVideoProcessor
+
+    from magicseg_models.annotation.sam2_segmenter import Sam2Segmenter
+    from magicseg_models.config import SegmenterConfig
+
+    seg = Sam2Segmenter(SegmenterConfig(backend="sam2", weights="tiny"), device="cpu")
+    if not video_layout:
+        seg.model.save_pretrained(folder)
+        seg.processor.save_pretrained(folder)
+        return folder
+    c = seg.model.config
+    video = Sam2VideoModel(Sam2VideoConfig(vision_config=c.vision_config,
+                                           prompt_encoder_config=c.prompt_encoder_config.to_dict(),
+                                           mask_decoder_config=c.mask_decoder_config.to_dict()))
+    _, unexpected = video.load_state_dict(seg.model.state_dict(), strict=False)  # memory modules stay random
+    assert not unexpected, unexpected
+    video.save_pretrained(folder)
+    side = seg.processor.image_processor.size["height"]
+    Sam2VideoProcessor(image_processor=seg.processor.image_processor, video_processor=Sam2VideoVideoProcessor(
+        size={"height": side, "width": side})).save_pretrained(folder)
+    return folder
+
+
 def save_tiny_llm(folder: Path) -> Path:
     from magicseg_models.prompts.hf_writer import tiny_model, tiny_chat_tokenizer
 

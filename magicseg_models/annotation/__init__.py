@@ -3,7 +3,8 @@ SAM's mask scores, context classes, counterfactual and mask-quality checks.
 
 ``Annotator(config.annotate, vocabulary)`` is the stage (rows in, rows out). Under it: ``make_detector`` -
 ``GroundingDinoDetector`` (transformers, default) or ``OfficialGroundingDino`` (groundingdino-py) - and
-``make_segmenter`` - ``SamSegmenter`` (segment-anything, default) or ``HFSamSegmenter`` (transformers SamModel).
+``make_segmenter`` - ``SamSegmenter`` (segment-anything, default), ``HFSamSegmenter`` (transformers SamModel) or
+``Sam2Segmenter`` (SAM 2, transformers Sam2Model).
 ``post_process``/``select_boxes`` tie each box to one class through the token span of its phrase in the caption.
 """
 
@@ -14,6 +15,7 @@ from magicseg_models.annotation.detector_tokenizer import build_detector_tokeniz
 from magicseg_models.annotation.grounding_dino import GroundingDinoDetector
 from magicseg_models.annotation.postprocess import Detections, post_process, select_boxes
 from magicseg_models.annotation.text_cache import TextFeatureCache
+from magicseg_models.annotation.sam2_segmenter import Sam2Segmenter
 from magicseg_models.annotation.segmenter import (
     HFSamSegmenter,
     SamSegmenter,
@@ -44,6 +46,7 @@ __all__ = [
     "DetectorWeightsError",
     "GroundingDinoDetector",
     "HFSamSegmenter",
+    "Sam2Segmenter",
     "SamSegmenter",
     "ScoredMasks",
     "SegmenterWeightsError",

@@ -15,6 +15,7 @@ Two backends (``segmenter.backend``):
 - ``transformers``: ``SamModel`` + ``SamProcessor``; ``segmenter.checkpoint`` is a hub id or folder
   (``None`` or a ``.pth`` path = ``facebook/sam-vit-<size>`` of ``model_type``); ``random``/``tiny`` build from
   ``SamConfig`` in code.
+- ``sam2``: SAM 2 through transformers' ``Sam2Model`` (:mod:`magicseg_models.annotation.sam2_segmenter`).
 
 ``segment(images, boxes)`` returns, per image, a boolean array (num_boxes, height, width) at the image's size;
 ``segment_scored`` returns :class:`ScoredMasks`: those masks with SAM's two quality scores per mask -
@@ -316,9 +317,13 @@ def _split_empty(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> t
 
 
 def make_segmenter(config: SegmenterConfig, device: str | torch.device | None = None):
-    """The segmenter of ``config.backend``: segment-anything (default) or transformers' SamModel."""
+    """The segmenter of ``config.backend``: segment-anything (default), transformers' SamModel, or SAM 2."""
     if config.backend == "transformers":
         return HFSamSegmenter(config, device)
+    if config.backend == "sam2":
+        from magicseg_models.annotation.sam2_segmenter import Sam2Segmenter
+
+        return Sam2Segmenter(config, device)
     if config.backend != "segment-anything":
         raise ConfigError(f"unknown segmenter.backend {config.backend!r}")
     return SamSegmenter(config, device)
