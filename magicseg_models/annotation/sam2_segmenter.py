@@ -21,12 +21,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from magicseg_models.annotation.segmenter import (
+from magicseg_models.annotation.segmenter_base import (
     PROMPTS_PER_CALL,
     ScoredMasks,
     SegmenterWeightsError,
-    _concat,
-    _split_empty,
+    concat_masks,
+    split_empty,
     stability_score,
 )
 from magicseg_models.config import SegmenterConfig
@@ -53,10 +53,10 @@ def sam2_config(size: str):
 
     blocks, global_blocks, width, heads, background, windows = HIERA[size]
     dims = [width * 2 ** i for i in range(4)]
-    trunk = Sam2HieraDetConfig(hidden_size=width, num_attention_heads=heads, blocks_per_stage=blocks,
-                               embed_dim_per_stage=dims, num_attention_heads_per_stage=[heads * 2 ** i for i in range(4)],
-                               global_attention_blocks=global_blocks,
-                               window_positional_embedding_background_size=background, window_size_per_stage=windows)
+    trunk = Sam2HieraDetConfig(
+        hidden_size=width, num_attention_heads=heads, blocks_per_stage=blocks, embed_dim_per_stage=dims,
+        num_attention_heads_per_stage=[heads * 2 ** i for i in range(4)], global_attention_blocks=global_blocks,
+        window_positional_embedding_background_size=background, window_size_per_stage=windows)
     return Sam2Config(vision_config=Sam2VisionConfig(backbone_config=trunk, backbone_channel_list=dims[::-1]))
 
 
@@ -144,7 +144,7 @@ class Sam2Segmenter:
     @torch.inference_mode()
     def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:
         """As :meth:`segment`, with SAM 2's predicted IoU and the stability score of every mask."""
-        out, todo = _split_empty(images, boxes)
+        out, todo = split_empty(images, boxes)
         for start in range(0, len(todo), self.config.batch_size):
             chunk = todo[start:start + self.config.batch_size]
             pixel_values = self.processor(images=[images[i] for i in chunk], return_tensors="pt")["pixel_values"]
@@ -182,4 +182,4 @@ class Sam2Segmenter:
             parts.append(ScoredMasks((logits > MASK_THRESHOLD).cpu().numpy(),
                                      result.iou_scores[0, :, 0].float().cpu().numpy(),
                                      stability_score(logits, MASK_THRESHOLD).cpu().numpy()))
-        return _concat(parts)
+        return concat_masks(parts)
