@@ -142,6 +142,20 @@ def test_missing_weights_are_one_line_errors(tmp_path, where):
     assert "\n" not in str(err.value) and checkpoint in str(err.value)
 
 
+@pytest.mark.parametrize("size, published", [("tiny", 38.9), ("small", 46.0), ("base-plus", 80.8),
+                                              ("large", 224.4)])
+def test_full_size_architectures_have_the_published_parameter_counts(size, published):
+    """Meta's README counts SAM 2.1 with its video-memory modules: the same trunk in a Sam2VideoModel (built on
+    the meta device: no memory, no time) must have that many parameters."""
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    from magicseg_models.annotation.sam2_segmenter import sam2_config
+
+    with torch.device("meta"):
+        video = Sam2VideoModel(Sam2VideoConfig(vision_config=sam2_config(size).vision_config))
+    assert sum(p.numel() for p in video.parameters()) / 1e6 == pytest.approx(published, abs=0.1)
+
+
 @pytest.mark.slow  # the full-size encoder at 1024 px: ~20 s on two CPU cores
 def test_random_weights_build_the_full_size_architecture():
     seg = Sam2Segmenter(SegmenterConfig(backend="sam2", weights="random", sam2_size="tiny"), device="cpu")
