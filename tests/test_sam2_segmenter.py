@@ -217,3 +217,15 @@ def test_annotator_with_sam2_stores_mask_scores():
         for a in row["annotations"]:
             assert 0 <= a["predicted_iou"] <= 1 and 0 <= a["stability_score"] <= 1 and 0 <= a["box_fill"] <= 1
     assert any(a["area"] > 0 for row in kept for a in row["annotations"])
+
+
+def test_the_dataset_card_states_sam2s_licence():
+    from collections import Counter
+
+    from magicseg_models.dataset.card import render_card
+
+    manifest = {"counts": {"planned": 1, "kept": 1, "dropped": {}}, "classes": ["cat"],
+                "models": {"pairs": {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
+                           "annotate": {"segmenter": "transformers Sam2Model facebook/sam2.1-hiera-large"}}}
+    card = render_card(manifest, Counter({0: 1}), "/data/run")
+    assert "- Segment Anything 2 (masks): Apache-2.0" in card

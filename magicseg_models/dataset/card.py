@@ -30,6 +30,7 @@ LICENCES = [
     ("grounding-dino", "apache-2.0", "Grounding DINO (boxes): Apache-2.0"),
     ("groundingdino", "apache-2.0", "Grounding DINO (boxes): Apache-2.0"),
     ("sam_vit", "apache-2.0", "Segment Anything (masks): Apache-2.0"),
+    ("sam2", "apache-2.0", "Segment Anything 2 (masks): Apache-2.0"),
     ("segment-anything", "apache-2.0", "Segment Anything (masks): Apache-2.0"),
 ]
 
