@@ -93,7 +93,7 @@ def annotate_config(*overrides: str):
     return load_config("build", preset="tiny", overrides=list(overrides)).annotate
 
 
-@pytest.mark.parametrize("backend", ["segment-anything", "transformers"])
+@pytest.mark.parametrize("backend", ["segment-anything", "transformers", "sam2"])
 def test_sam_encoder_dtype_bfloat16_casts_the_image_encoder_and_masks_stay_close(backend):
     config = annotate_config(f"annotate.segmenter.backend={backend}").segmenter
     plain = make_segmenter(config, "cpu")
