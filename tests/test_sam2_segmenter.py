@@ -105,10 +105,11 @@ def test_pretrained_from_a_save_pretrained_folder_gives_the_in_memory_masks(batc
 
 def test_default_hub_id_loads_offline_from_the_hugging_face_cache(batched, tmp_path):
     """checkpoint=None means facebook/sam2.1-hiera-large: here a tiny model in Meta's repo layout (sam2_video
-    config and processor) under that id in a fresh HF_HOME, read by a fresh interpreter with HF_HUB_OFFLINE=1."""
+    config, 4.x processor files) under that id in a fresh HF_HOME, read by a fresh interpreter with
+    HF_HUB_OFFLINE=1."""
     hf_home = tmp_path / "hf"
     repo_id = HF_SAM2_IDS["large"]
-    tiny_repos.put_in_hf_cache(hf_home, repo_id, tiny_repos.save_tiny_sam2(tmp_path / "repo", video_layout=True))
+    tiny_repos.put_in_hf_cache(hf_home, repo_id, tiny_repos.save_tiny_sam2(tmp_path / "repo", hub_layout=True))
     np.savez(tmp_path / "inputs.npz", *IMAGES, *BOXES)
     script = f"""
 import numpy as np
