@@ -77,6 +77,21 @@ def test_batched_path_equals_transformers_single_image_path(seg, batched):
     assert compared == 8
 
 
+def test_more_boxes_than_one_decoder_call_takes_are_chunked_in_order():
+    from magicseg_models.annotation.segmenter_base import PROMPTS_PER_CALL
+
+    seg = Sam2Segmenter(SegmenterConfig(**TINY_SAM2), device="cpu")
+    rng = np.random.default_rng(5)
+    corners = rng.uniform(0, 30, (PROMPTS_PER_CALL + 6, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(8, 30, corners.shape)], axis=1).astype(np.float32)
+    [result] = seg.segment_scored([IMAGES[1]], [boxes])
+    assert seg.decoder_calls == 2 and result.masks.shape == (len(boxes), 48, 80)
+    logits, iou = reference(seg.model, seg.processor, IMAGES[1], boxes)  # all boxes in one call
+    sure = (logits.abs() > LOGIT_ATOL).numpy()
+    np.testing.assert_array_equal(result.masks[sure], (logits > 0).numpy()[sure])
+    np.testing.assert_allclose(result.predicted_iou, iou.numpy(), atol=1e-5)
+
+
 def test_stability_score_is_the_iou_of_the_masks_at_plus_and_minus_one(seg, batched):
     results, _, _ = batched
     scores = []
