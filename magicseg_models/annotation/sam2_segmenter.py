@@ -1,8 +1,8 @@
 """SAM 2 (``segmenter.backend: sam2``): transformers' ``Sam2Model``, the same contract as the SAM backends.
 
 transformers rather than Meta's ``sam2`` package: the model is maintained there, loads from the Hugging Face cache
-or a ``save_pretrained`` folder like every other model here, and needs no CUDA extension build (the official
-package compiles one for its video post-processing). Meta's ``facebook/sam2.1-hiera-*`` repos carry the
+or a ``save_pretrained`` folder like every other model here, and needs no CUDA extension build (Meta's package
+compiles one for its hole-filling mask post-processing). Meta's ``facebook/sam2.1-hiera-*`` repos carry the
 transformers weights in a ``sam2_video`` config; ``Sam2Model`` reads its image half from them.
 
 Per batch of ``segmenter.batch_size`` images: ``Sam2Processor`` resizes each to the model's square input (1024
