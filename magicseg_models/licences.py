@@ -57,7 +57,7 @@ MODEL_LICENCES = [
     ("grounding-dino", "apache-2.0", "Grounding DINO (boxes): Apache-2.0"),
     ("groundingdino", "apache-2.0", "Grounding DINO (boxes): Apache-2.0"),
     ("owlv2", "apache-2.0", "OWLv2 (boxes): Apache-2.0"),
-    ("sam2", "apache-2.0", "SAM 2 (masks): Apache-2.0"),
+    ("sam2", "apache-2.0", "Segment Anything 2 (masks): Apache-2.0"),
     ("sam_vit", "apache-2.0", "Segment Anything (masks): Apache-2.0"),
     ("sam-vit", "apache-2.0", "Segment Anything (masks): Apache-2.0"),
     ("segment-anything", "apache-2.0", "Segment Anything (masks): Apache-2.0"),

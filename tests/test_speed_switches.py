@@ -93,7 +93,7 @@ def annotate_config(*overrides: str):
     return load_config("build", preset="tiny", overrides=list(overrides)).annotate
 
 
-@pytest.mark.parametrize("backend", ["segment-anything", "transformers"])
+@pytest.mark.parametrize("backend", ["segment-anything", "transformers", "sam2"])
 def test_sam_encoder_dtype_bfloat16_casts_the_image_encoder_and_masks_stay_close(backend):
     config = annotate_config(f"annotate.segmenter.backend={backend}").segmenter
     plain = make_segmenter(config, "cpu")
@@ -109,6 +109,16 @@ def test_sam_encoder_dtype_bfloat16_casts_the_image_encoder_and_masks_stay_close
     for a, b in zip(plain.segment(images, boxes), half.segment(images, boxes)):
         assert a.shape == b.shape == (2, 48, 64)
         assert (a == b).mean() > 0.95  # bf16 rounding moves a few pixels at mask borders
+
+
+def test_sam2_tf32_applies_to_its_encoder_and_decoder_calls():
+    seg = make_segmenter(annotate_config("annotate.segmenter.backend=sam2",
+                                         "annotate.segmenter.tf32=true").segmenter, "cpu")
+    encoder_calls, decoder_calls = calls_of(seg.model.vision_encoder), calls_of(seg.model.mask_decoder)
+    image = np.random.default_rng(2).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    seg.segment([image], [np.array([[2, 2, 30, 30]], dtype=np.float32)])
+    assert encoder_calls == [True] and decoder_calls == [True] and seg.settings["segmenter_tf32"] is True
+    assert torch.backends.cuda.matmul.allow_tf32 is False  # restored after each call
 
 
 def test_detector_and_sam_tf32_apply_to_their_own_calls():

@@ -104,6 +104,40 @@ def save_tiny_sam(folder: Path) -> Path:
     return folder
 
 
+def save_tiny_sam2(folder: Path, *, hub_layout: bool = False) -> Path:
+    """The ``tiny`` SAM 2 segmenter's model and processor. ``hub_layout``: as Meta's ``facebook/sam2.1-hiera-*``
+    repos hold them - a ``Sam2VideoModel`` (the image model plus video-memory modules, ``sam2_video`` config),
+    the image processor's own ``preprocessor_config.json`` under its transformers 4.x name and the repos'
+    ``processor_config.json`` naming ``Sam2VideoProcessor`` - else ``save_pretrained`` of the image model and its
+    processor, as a user saves a fine-tuned model."""
+    import json
+
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    from magicseg_models.annotation.sam2_segmenter import Sam2Segmenter
+    from magicseg_models.config import SegmenterConfig
+
+    seg = Sam2Segmenter(SegmenterConfig(backend="sam2", weights="tiny"), device="cpu")
+    if not hub_layout:
+        seg.model.save_pretrained(folder)
+        seg.processor.save_pretrained(folder)
+        return folder
+    c = seg.model.config
+    video = Sam2VideoModel(Sam2VideoConfig(vision_config=c.vision_config,
+                                           prompt_encoder_config=c.prompt_encoder_config.to_dict(),
+                                           mask_decoder_config=c.mask_decoder_config.to_dict()))
+    _, unexpected = video.load_state_dict(seg.model.state_dict(), strict=False)  # memory modules stay random
+    assert not unexpected, unexpected
+    video.save_pretrained(folder)
+    image_processor = {**seg.processor.image_processor.to_dict(), "image_processor_type": "Sam2ImageProcessorFast",
+                       "processor_class": "Sam2VideoProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=2))
+    (folder / "processor_config.json").write_text(json.dumps(
+        {"point_pad_value": -10, "processor_class": "Sam2VideoProcessor",
+         "target_size": seg.processor.target_size}))
+    return folder
+
+
 def save_tiny_llm(folder: Path) -> Path:
     from magicseg_models.prompts.hf_writer import tiny_model, tiny_chat_tokenizer
 

@@ -4,7 +4,8 @@ SAM's mask scores, context classes, counterfactual and mask-quality checks.
 ``Annotator(config.annotate, vocabulary)`` is the stage (rows in, rows out). Under it: ``make_detector`` -
 ``GroundingDinoDetector`` (transformers, default), ``OfficialGroundingDino`` (groundingdino-py) or
 ``Owlv2Detector`` (transformers OWLv2, one query per class phrase) - and
-``make_segmenter`` - ``SamSegmenter`` (segment-anything, default) or ``HFSamSegmenter`` (transformers SamModel).
+``make_segmenter`` - ``SamSegmenter`` (segment-anything, default), ``HFSamSegmenter`` (transformers SamModel) or
+``Sam2Segmenter`` (SAM 2, transformers Sam2Model).
 ``post_process``/``select_boxes`` tie each box to one class through the token span of its phrase in the caption.
 """
 
@@ -18,6 +19,7 @@ from magicseg_models.annotation.grounding_dino import GroundingDinoDetector
 from magicseg_models.annotation.owlv2 import Owlv2Detector
 from magicseg_models.annotation.postprocess import Detections, post_process, select_boxes
 from magicseg_models.annotation.text_cache import TextFeatureCache
+from magicseg_models.annotation.sam2_segmenter import Sam2Segmenter
 from magicseg_models.annotation.segmenter import (
     HFSamSegmenter,
     SamSegmenter,
@@ -50,6 +52,7 @@ __all__ = [
     "HFSamSegmenter",
     "Owlv2Detector",
     "PhraseTooLongError",
+    "Sam2Segmenter",
     "SamSegmenter",
     "ScoredMasks",
     "SegmenterWeightsError",

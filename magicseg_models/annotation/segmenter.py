@@ -15,6 +15,7 @@ Two backends (``segmenter.backend``):
 - ``transformers``: ``SamModel`` + ``SamProcessor``; ``segmenter.checkpoint`` is a hub id or folder
   (``None`` or a ``.pth`` path = ``facebook/sam-vit-<size>`` of ``model_type``); ``random``/``tiny`` build from
   ``SamConfig`` in code.
+- ``sam2``: SAM 2 through transformers' ``Sam2Model`` (:mod:`magicseg_models.annotation.sam2_segmenter`).
 
 ``segment(images, boxes)`` returns, per image, a boolean array (num_boxes, height, width) at the image's size;
 ``segment_scored`` returns :class:`ScoredMasks`: those masks with SAM's two quality scores per mask -
@@ -25,55 +26,28 @@ computes it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from magicseg_models.annotation.sam2_segmenter import Sam2Segmenter
+from magicseg_models.annotation.segmenter_base import (  # noqa: F401 - the shared names, importable from here too
+    PROMPTS_PER_CALL,
+    STABILITY_OFFSET,
+    ScoredMasks,
+    SegmenterWeightsError,
+    concat_masks,
+    split_empty,
+    stability_score,
+)
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.config import SegmenterConfig
-from magicseg_models.errors import ConfigError, MagicSegError, one_line
+from magicseg_models.errors import ConfigError, one_line
 from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.fetch import Checkpoint, CheckpointFetchError, local_checkpoint
 from magicseg_models.weights.hub import HF_SAM_IDS
-
-PROMPTS_PER_CALL = 64  # boxes per mask-decoder call (memory bound for images with very many boxes)
-
-
-STABILITY_OFFSET = 1.0  # segment-anything's default stability_score_offset
-
-
-class SegmenterWeightsError(MagicSegError):
-    """SAM weights cannot be found or loaded."""
-
-
-@dataclass
-class ScoredMasks:
-    """The masks of one image's boxes with SAM's quality scores, one entry per box."""
-
-    masks: np.ndarray  # (N, H, W) bool
-    predicted_iou: np.ndarray  # (N,) float32
-    stability_score: np.ndarray  # (N,) float32
-
-    @classmethod
-    def empty(cls, height: int, width: int) -> ScoredMasks:
-        return cls(np.zeros((0, height, width), bool), np.zeros(0, np.float32), np.zeros(0, np.float32))
-
-
-def stability_score(logits: torch.Tensor, threshold: float, offset: float = STABILITY_OFFSET) -> torch.Tensor:
-    """Per mask (the last two dims are the pixels), the IoU of the mask binarised at ``threshold + offset`` and at
-    ``threshold - offset`` - segment-anything's ``calculate_stability_score``. The high mask lies inside the low
-    one, so the IoU is their pixel-count ratio; 0 where even the low mask is empty (SAM's own gives NaN there)."""
-    high = (logits > threshold + offset).flatten(-2).sum(-1)
-    low = (logits > threshold - offset).flatten(-2).sum(-1)
-    return torch.where(low > 0, high.double() / low.clamp(min=1).double(), 0.0).float()
-
-
-def _concat(parts: list[ScoredMasks]) -> ScoredMasks:
-    return ScoredMasks(np.concatenate([p.masks for p in parts]), np.concatenate([p.predicted_iou for p in parts]),
-                       np.concatenate([p.stability_score for p in parts]))
 
 
 def build_tiny_sam():
@@ -166,7 +140,7 @@ class SamSegmenter:
     @torch.inference_mode()
     def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:
         """As :meth:`segment`, with SAM's predicted IoU and stability score of every mask."""
-        out, todo = _split_empty(images, boxes)
+        out, todo = split_empty(images, boxes)
         step = self.config.batch_size
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
@@ -198,7 +172,7 @@ class SamSegmenter:
             parts.append(ScoredMasks((logits > sam.mask_threshold).cpu().numpy(),
                                      iou[:, 0].float().cpu().numpy(),
                                      stability_score(logits, sam.mask_threshold).cpu().numpy()))
-        return _concat(parts)
+        return concat_masks(parts)
 
 
 # ------------------------------------------------------------------------------------- transformers SAM
@@ -271,7 +245,7 @@ class HFSamSegmenter:
 
     @torch.inference_mode()
     def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:
-        out, todo = _split_empty(images, boxes)
+        out, todo = split_empty(images, boxes)
         threshold = 0.0  # SamProcessor.post_process_masks' mask_threshold (and SAM's model.mask_threshold)
         for start in range(0, len(todo), self.config.batch_size):
             chunk = todo[start:start + self.config.batch_size]
@@ -296,29 +270,16 @@ class HFSamSegmenter:
                     parts.append(ScoredMasks((logits > threshold).numpy(),
                                              result.iou_scores[0, :, 0].float().cpu().numpy(),
                                              stability_score(logits, threshold).numpy()))
-                out[i] = _concat(parts)
+                out[i] = concat_masks(parts)
         return out  # type: ignore[return-value]
 
 
-def _split_empty(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> tuple[list, list[int]]:
-    """(outputs with empty results filled in for images without boxes, indices of images to embed):
-    an image without boxes is never sent through the image encoder."""
-    if len(images) != len(boxes):
-        raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
-    out: list[ScoredMasks | None] = [None] * len(images)
-    todo = []
-    for i, (image, b) in enumerate(zip(images, boxes)):
-        if len(b) == 0:
-            out[i] = ScoredMasks.empty(*image.shape[:2])
-        else:
-            todo.append(i)
-    return out, todo
-
-
 def make_segmenter(config: SegmenterConfig, device: str | torch.device | None = None):
-    """The segmenter of ``config.backend``: segment-anything (default) or transformers' SamModel."""
+    """The segmenter of ``config.backend``: segment-anything (default), transformers' SamModel, or SAM 2."""
     if config.backend == "transformers":
         return HFSamSegmenter(config, device)
+    if config.backend == "sam2":
+        return Sam2Segmenter(config, device)
     if config.backend != "segment-anything":
         raise ConfigError(f"unknown segmenter.backend {config.backend!r}")
     return SamSegmenter(config, device)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from magicseg_models.config.base import RayConfig, Section, StageResources, StorageConfig, Weights, resolve_local_path
+from magicseg_models.weights.hub import HF_SAM2_IDS
 
 
 # segment-anything's released checkpoints, one per model_type (its README's download links)
@@ -218,12 +219,19 @@ class DetectorConfig(Section):
 
 
 class SegmenterConfig(Section):
-    backend: Literal["segment-anything", "transformers"] = "segment-anything"
-    model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    backend: Literal["segment-anything", "transformers", "sam2"] = Field(
+        "segment-anything", description="segment-anything: Meta's SAM package; transformers: SamModel; sam2: SAM 2 "
+        "through transformers' Sam2Model (no CUDA extension to build)")
+    model_type: Literal["vit_h", "vit_l", "vit_b"] = Field(
+        "vit_h", description="SAM (ViT) size of the segment-anything and transformers backends")
+    sam2_size: Literal["tiny", "small", "base-plus", "large"] = Field(
+        "large", description="SAM 2.1 Hiera size of backend sam2: the architecture weights=random builds and the "
+        "hub id checkpoint=None loads (facebook/sam2.1-hiera-<size>)")
     checkpoint: str | None = Field(
         None, description="segment-anything .pth: a path or URL (s3://, https://, hf://), fetched once per node "
         "into $MAGICSEG_CACHE/checkpoints; None = the official release file of model_type (dl.fbaipublicfiles.com); "
-        "transformers backend: hub id or folder (None or a .pth = facebook/sam-vit-<size>)")
+        "transformers backend: hub id or folder (None or a .pth = facebook/sam-vit-<size>); sam2 backend: hub id "
+        "or save_pretrained folder (None = facebook/sam2.1-hiera-<sam2_size>)")
     weights: Weights = "pretrained"
     batch_size: int = Field(4, ge=1, description="images per SAM image-encoder pass (each image embedded once)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -236,13 +244,29 @@ class SegmenterConfig(Section):
     @field_validator("checkpoint")
     @classmethod
     def _local_checkpoint_path(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return resolve_local_path(value, hub_id_allowed=info.data.get("backend") == "transformers")
+        return resolve_local_path(value, hub_id_allowed=info.data.get("backend") in ("transformers", "sam2"))
+
+    @model_validator(mode="after")
+    def _sam2_reads_transformers_folders(self) -> SegmenterConfig:
+        # Sam2Model.from_pretrained reads a hub id or a folder; a .pt/.pth file or a URL would fail only on a worker
+        c = self.checkpoint
+        if self.backend == "sam2" and c and (c.lower().endswith((".pt", ".pth")) or
+                                                  ("://" in c and not c.startswith("file://"))):
+            raise ValueError(f"segmenter.backend=sam2 loads a transformers Sam2Model (hub id or save_pretrained "
+                             f"folder), not '{c}': set segmenter.checkpoint to one, or to null for "
+                             f"{HF_SAM2_IDS[self.sam2_size]}")
+        return self
 
     @property
     def checkpoint_source(self) -> str:
         """The segment-anything .pth to load: ``checkpoint``, or the release file of ``model_type`` (a vit_b run
         must not download the 2.5 GB vit_h file only to refuse it)."""
         return self.checkpoint or SAM_CHECKPOINT_URLS[self.model_type]
+
+    @property
+    def sam2_source(self) -> str:
+        """The hub id or folder backend sam2 loads: ``checkpoint``, or Meta's SAM 2.1 repo of ``sam2_size``."""
+        return self.checkpoint or HF_SAM2_IDS[self.sam2_size]
 
 
 class AnnotateConfig(Section):

@@ -39,6 +39,9 @@ FAMILY_FOLDERS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedule
                            "scheduler")}
 FAMILY_NAMES = {"sd15": "Stable Diffusion 1.x", "sdxl": "Stable Diffusion XL", "flux": "FLUX.1"}
 HF_SAM_IDS = {"vit_h": "facebook/sam-vit-huge", "vit_l": "facebook/sam-vit-large", "vit_b": "facebook/sam-vit-base"}
+# SAM 2.1 by Hiera size (segmenter.sam2_size): Meta's repos hold transformers weights (a sam2_video config,
+# which Sam2Model reads for the image path) beside the official .pt files
+HF_SAM2_IDS = {size: f"facebook/sam2.1-hiera-{size}" for size in ("tiny", "small", "base-plus", "large")}
 
 
 def groundingdino_config_file() -> str | None:

@@ -200,8 +200,11 @@ def _official_config(c) -> ModelEntry:
 def _segmenter(c) -> list[ModelEntry]:
     dtype = _gpu_dtype(c.dtype)
     if c.weights != "pretrained":
-        size = "tiny" if c.weights == "tiny" else c.model_type
+        size = "tiny" if c.weights == "tiny" else (f"2.1 hiera-{c.sam2_size}" if c.backend == "sam2" else c.model_type)
         return [_built("segmenter", f"SAM {size} ({c.backend}, random init)", "float32")]
+    if c.backend == "sam2":
+        return [_transformers("segmenter", c.sam2_source, None, "transformers Sam2Model + processor", dtype,
+                              processor=True)]
     if c.backend == "transformers":
         name = c.checkpoint if c.checkpoint and not c.checkpoint.endswith(".pth") else HF_SAM_IDS[c.model_type]
         return [_transformers("segmenter", name, None, "transformers SamModel + processor", dtype, processor=True)]
