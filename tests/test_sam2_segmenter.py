@@ -203,12 +203,15 @@ def test_sam2_refuses_files_and_urls_in_one_line(checkpoint):
     assert "\n" not in str(err.value)
 
 
-def test_sd15_preset_names_the_fix_for_its_segment_anything_checkpoint():
+def test_the_presets_sam_release_file_follows_the_backend_and_any_other_pth_is_refused():
+    """The pretrained presets name SAM's release file; with backend sam2 that means SAM 2's own default (as the
+    detector's model follows backend owlv2). A .pth the user chose is theirs: refused with the fix."""
+    c = load_config("build", "sd15", overrides=["annotate.segmenter.backend=sam2"]).annotate.segmenter
+    assert c.weights == "pretrained" and c.checkpoint is None and c.sam2_source == "facebook/sam2.1-hiera-large"
+    assert load_config("build", "sd15").annotate.segmenter.checkpoint.endswith("sam_vit_h_4b8939.pth")
     with pytest.raises(ConfigError, match="or to null for facebook/sam2.1-hiera-large"):
-        load_config("build", "sd15", overrides=["annotate.segmenter.backend=sam2"])
-    c = load_config("build", "sd15", overrides=["annotate.segmenter.backend=sam2",
-                                                "annotate.segmenter.checkpoint=null"]).annotate.segmenter
-    assert c.weights == "pretrained" and c.sam2_source == "facebook/sam2.1-hiera-large"
+        load_config("build", "sd15", overrides=["annotate.segmenter.backend=sam2",
+                                                "annotate.segmenter.checkpoint=/models/my_sam_finetune.pth"])
 
 
 # ------------------------------------------------------------------------------------------------- stage

@@ -246,6 +246,16 @@ class SegmenterConfig(Section):
     def _local_checkpoint_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         return resolve_local_path(value, hub_id_allowed=info.data.get("backend") in ("transformers", "sam2"))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _checkpoint_follows_the_backend(cls, data: Any) -> Any:
+        # the pretrained presets spell out SAM's release file; switching the backend to sam2 means its own model
+        # (as detector.model follows backend owlv2); any other .pth is the user's and is refused below
+        if isinstance(data, dict) and data.get("backend") == "sam2" \
+                and data.get("checkpoint") in SAM_CHECKPOINT_URLS.values():
+            data = {**data, "checkpoint": None}
+        return data
+
     @model_validator(mode="after")
     def _sam2_reads_transformers_folders(self) -> SegmenterConfig:
         # Sam2Model.from_pretrained reads a hub id or a folder; a .pt/.pth file or a URL would fail only on a worker
