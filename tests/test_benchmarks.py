@@ -55,6 +55,11 @@ LOADED_RESULT = r" spread=[\d.]+ meaningful=(yes|no) load=[\d.]+/[\d.]+/[\d.]+"
     ("bench_eval.py", ["--maps", "8", "--map-size", "64", "--images", "1", "--size", "64", "--crop", "64",
                        "--stride", "48", "--repeats", "2"],
      r"RESULT eval metric_speedup=[\d.]+ windows_per_s=[\d.]+ device=\S+"),
+    # OWLv2 against Grounding DINO and SAM 2 against SAM, with FLOPs per image of each
+    ("bench_annotators.py", ["--images", "2", "--repeats", "2", "--warmup", "0"],
+     r"RESULT annotators detector_speedup=[\d.]+ segmenter_speedup=[\d.]+ gd_ms=[\d.]+ owlv2_ms=[\d.]+ "
+     r"sam_ms=[\d.]+ sam2_ms=[\d.]+ gd_gflop=[\d.]+ owlv2_gflop=[\d.]+ sam_gflop=[\d.]+ sam2_gflop=[\d.]+ "
+     r"device=\S+"),
 ])
 def test_benchmarks_report_load_and_the_spread_of_their_repeats(script, args, result):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

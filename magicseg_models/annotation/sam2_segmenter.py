@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from magicseg_models.annotation.segmenter_base import (
+    BaseSegmenter,
     PROMPTS_PER_CALL,
     ScoredMasks,
     SegmenterWeightsError,
@@ -116,8 +117,10 @@ def load_sam2(config: SegmenterConfig) -> tuple[Any, Any, str]:
     return model, processor, f"transformers Sam2Model {name}"
 
 
-class Sam2Segmenter:
+class Sam2Segmenter(BaseSegmenter):
     """SAM 2 through transformers: batched image embeddings, all boxes of an image in one decoder call."""
+
+    backend = "sam2"
 
     def __init__(self, config: SegmenterConfig, device: str | torch.device | None = None):
         self.config = config
@@ -131,15 +134,7 @@ class Sam2Segmenter:
 
     @property
     def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"segmenter": self.source, "segmenter_backend": "sam2", "sam2_size": c.sam2_size,
-                "segmenter_weights": c.weights, "multimask_output": False,
-                "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32",
-                "segmenter_encoder_dtype": c.encoder_dtype, "segmenter_tf32": c.tf32}
-
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """``images``: HxWx3 uint8 RGB; ``boxes``: per image (N, 4) xyxy pixels -> per image (N, H, W) bool."""
-        return [result.masks for result in self.segment_scored(images, boxes)]
+        return {**self.common_settings(), "sam2_size": self.config.sam2_size}
 
     @torch.inference_mode()
     def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:

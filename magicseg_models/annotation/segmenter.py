@@ -34,6 +34,7 @@ import torch
 
 from magicseg_models.annotation.sam2_segmenter import Sam2Segmenter
 from magicseg_models.annotation.segmenter_base import (  # noqa: F401 - the shared names, importable from here too
+    BaseSegmenter,
     PROMPTS_PER_CALL,
     STABILITY_OFFSET,
     ScoredMasks,
@@ -104,8 +105,10 @@ def _load_error(err: BaseException) -> str:
     return one_line(err)
 
 
-class SamSegmenter:
+class SamSegmenter(BaseSegmenter):
     """segment-anything SAM: batched image embeddings, all boxes of an image in one decoder call."""
+
+    backend = "segment-anything"
 
     def __init__(self, config: SegmenterConfig, device: str | torch.device | None = None):
         from segment_anything.utils.transforms import ResizeLongestSide
@@ -122,20 +125,12 @@ class SamSegmenter:
 
     @property
     def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"segmenter": self.source, "segmenter_backend": "segment-anything", "model_type": c.model_type,
-                "segmenter_weights": c.weights, "multimask_output": False,
-                "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32",
-                "segmenter_encoder_dtype": c.encoder_dtype, "segmenter_tf32": c.tf32}
+        return {**self.common_settings(), "model_type": self.config.model_type}
 
     def _prepare(self, image: np.ndarray) -> torch.Tensor:
         resized = self.transform.apply_image(image)  # exactly SamPredictor.set_image's resize
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous().float()
         return tensor
-
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """``images``: HxWx3 uint8 RGB; ``boxes``: per image (N, 4) xyxy pixels -> per image (N, H, W) bool."""
-        return [result.masks for result in self.segment_scored(images, boxes)]
 
     @torch.inference_mode()
     def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:
@@ -198,8 +193,10 @@ def random_sam_config(model_type: str):
                                                    num_attention_heads=heads, global_attn_indexes=global_idx))
 
 
-class HFSamSegmenter:
+class HFSamSegmenter(BaseSegmenter):
     """transformers' SamModel: the same contract as :class:`SamSegmenter` (embed once, all boxes at once)."""
+
+    backend = "transformers"
 
     def __init__(self, config: SegmenterConfig, device: str | torch.device | None = None):
         from transformers import SamImageProcessor, SamModel, SamProcessor
@@ -234,14 +231,7 @@ class HFSamSegmenter:
 
     @property
     def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {"segmenter": self.source, "segmenter_backend": "transformers", "model_type": c.model_type,
-                "segmenter_weights": c.weights, "multimask_output": False,
-                "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32",
-                "segmenter_encoder_dtype": c.encoder_dtype, "segmenter_tf32": c.tf32}
-
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [result.masks for result in self.segment_scored(images, boxes)]
+        return {**self.common_settings(), "model_type": self.config.model_type}
 
     @torch.inference_mode()
     def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:

@@ -1,10 +1,11 @@
-"""What every segmenter backend shares: the scored-mask result, SAM's stability score, the error, and the split of
-images with boxes (embedded) from those without (never sent through an image encoder)."""
+"""What every segmenter backend shares: the scored-mask result, SAM's stability score, the error, the split of
+images with boxes (embedded) from those without (never sent through an image encoder), and the base class that
+gives each backend ``segment`` and the settings keys every manifest records."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -59,3 +60,26 @@ def split_empty(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> tu
         else:
             todo.append(i)
     return out, todo
+
+
+class BaseSegmenter:
+    """A backend sets ``config``, ``device``, ``source`` (what was loaded) and ``backend``, and implements
+    ``segment_scored``; ``settings`` adds the backend's own keys to :meth:`common_settings`."""
+
+    backend: str
+    config: Any
+    device: torch.device
+    source: str
+
+    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``images``: HxWx3 uint8 RGB; ``boxes``: per image (N, 4) xyxy pixels -> per image (N, H, W) bool."""
+        return [result.masks for result in self.segment_scored(images, boxes)]
+
+    def segment_scored(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[ScoredMasks]:
+        raise NotImplementedError
+
+    def common_settings(self) -> dict[str, Any]:
+        c = self.config
+        return {"segmenter": self.source, "segmenter_backend": self.backend, "segmenter_weights": c.weights,
+                "multimask_output": False, "segmenter_dtype": c.dtype if self.device.type == "cuda" else "float32",
+                "segmenter_encoder_dtype": c.encoder_dtype, "segmenter_tf32": c.tf32}
