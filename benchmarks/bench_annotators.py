@@ -57,11 +57,15 @@ def _timed(fn) -> float:
 
 
 def gflop(fn) -> float:
-    """Floating-point operations of one call, in GFLOP (a multiply-add counts as two)."""
+    """Floating-point operations of one call, in GFLOP (a multiply-add counts as two).
+
+    Attention runs on PyTorch's math kernel here: the counter has no formula for the fused CPU attention kernel
+    and would count its FLOPs as zero (it does count the fused CUDA kernels, and the math kernel everywhere)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
+    with counter, torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
         fn()
     return counter.get_total_flops() / 1e9
 

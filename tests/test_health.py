@@ -74,3 +74,19 @@ def test_presets_turn_health_on_for_sd15_and_off_for_random_weights():
 def test_ceilings_must_be_shares():
     with pytest.raises(ConfigError, match="max_drop_rate"):
         load_config("build", "tiny", overrides=["health.max_drop_rate={all: 1.5}"])
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sdxl", "flux-schnell"])
+def test_every_quality_drop_has_its_own_ceiling_in_the_healthy_presets(preset):
+    """A clip_score_min set off CLIP's scale drops a third of a run: the run stops naming low_clip_score, long
+    before 'all' (0.7) would notice; so do mask thresholds and a prompt stage that repeats itself (duplicates)."""
+    from magicseg_models.annotation import DROP_LOW_MASK_QUALITY
+    from magicseg_models.quality.clip_score import DROP_LOW_CLIP_SCORE
+    from magicseg_models.quality.dedup import DROP_DUPLICATE
+
+    health = load_config("build", preset).health
+    assert health.max_drop_rate == HealthConfig().max_drop_rate  # the presets spell out the defaults
+    for reason, drops in ((DROP_LOW_MASK_QUALITY, 31), (DROP_LOW_CLIP_SCORE, 31), (DROP_DUPLICATE, 11)):
+        with pytest.raises(HealthError, match=f"drop_rate.{reason} is"):
+            check(health, 100, {reason: drops})
+        check(health, 100, {reason: drops - 2})  # just under the ceiling: healthy

@@ -126,11 +126,7 @@ class Sam2Segmenter(BaseSegmenter):
         self.config = config
         self.device = resolve_device(device)
         model, self.processor, self.source = load_sam2(config)
-        self.model = model.to(self.device).eval()
-        self.encoder_dtype = getattr(torch, config.encoder_dtype)
-        self.model.vision_encoder.to(self.encoder_dtype)
-        self.images_embedded = 0
-        self.decoder_calls = 0
+        self.model = self._place(model, model.vision_encoder)
 
     @property
     def settings(self) -> dict[str, Any]:

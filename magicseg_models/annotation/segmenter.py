@@ -116,12 +116,8 @@ class SamSegmenter(BaseSegmenter):
         self.config = config
         self.device = resolve_device(device)
         sam, self.source, self.checkpoint = _load_sam(config)
-        self.sam = sam.to(self.device)
-        self.encoder_dtype = getattr(torch, config.encoder_dtype)
-        self.sam.image_encoder.to(self.encoder_dtype)
+        self.sam = self._place(sam, sam.image_encoder)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
-        self.images_embedded = 0
-        self.decoder_calls = 0
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -223,11 +219,7 @@ class HFSamSegmenter(BaseSegmenter):
                 size={"longest_edge": size}, pad_size={"height": size, "width": size},
                 mask_size={"longest_edge": size // 4}, mask_pad_size={"height": size // 4, "width": size // 4}))
             self.source = f"transformers SamModel ({config.weights} weights)"
-        self.model = model.to(self.device).eval()
-        self.encoder_dtype = getattr(torch, config.encoder_dtype)
-        self.model.vision_encoder.to(self.encoder_dtype)
-        self.images_embedded = 0
-        self.decoder_calls = 0
+        self.model = self._place(model, model.vision_encoder)
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -71,6 +71,16 @@ class BaseSegmenter:
     device: torch.device
     source: str
 
+    def _place(self, model: Any, encoder: Any) -> Any:
+        """``model`` on the device in eval mode, its image ``encoder`` in ``config.encoder_dtype`` (the mask decoder
+        stays float32), the counters at zero."""
+        model = model.to(self.device).eval()
+        self.encoder_dtype = getattr(torch, self.config.encoder_dtype)
+        encoder.to(self.encoder_dtype)
+        self.images_embedded = 0
+        self.decoder_calls = 0
+        return model
+
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """``images``: HxWx3 uint8 RGB; ``boxes``: per image (N, 4) xyxy pixels -> per image (N, H, W) bool."""
         return [result.masks for result in self.segment_scored(images, boxes)]

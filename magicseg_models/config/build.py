@@ -339,8 +339,11 @@ class HealthConfig(Section):
     enabled: bool = Field(True, description="check the run's health live (off for random-weight presets)")
     min_samples: int = Field(50, ge=1, description="rows processed in this run before any figure is checked")
     max_drop_rate: dict[str, float] = Field(
+        # the quality drops (low_mask_quality, low_clip_score, duplicate) come from opt-in thresholds: their
+        # ceilings catch a threshold set far off the model's scale, or an LLM that keeps repeating one prompt
         default_factory=lambda: {"all": 0.7, "prompt_failed": 0.1, "class_not_detected": 0.6,
-                                 "counterfactual_contains_class": 0.3, "nsfw": 0.1, "black": 0.1, "nonfinite": 0.01},
+                                 "counterfactual_contains_class": 0.3, "nsfw": 0.1, "black": 0.1, "nonfinite": 0.01,
+                                 "low_mask_quality": 0.3, "low_clip_score": 0.3, "duplicate": 0.1},
         description="drop reason -> highest share of processed rows it may drop ('all': every reason together)")
     min_llm_prompt_share: float | None = Field(
         0.9, ge=0, le=1, description="lowest share of prompted rows whose prompt came from the LLM rather than a "
