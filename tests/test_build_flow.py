@@ -86,14 +86,7 @@ def test_tiny_build_on_s3_with_prefect_and_ray(s3_bucket, prefect_api, local_ray
     again = build_dataset(config=config)
     assert again["stages"]["pairs"]["rows"] == 0 and again["kept"] == summary["kept"]
 
-    # growing: only the new jobs run, earlier shards stay byte-identical
-    before = {s["path"]: s["sha256"] for s in manifest["shards"]}
-    bigger = load_config("build", "tiny", out=uri, num_samples=24)
-    grown = build_dataset(config=bigger)
-    assert grown["planned"] == 24 and grown["stages"]["pairs"]["rows"] == 8
-    after = {s["path"]: s["sha256"] for s in Storage(uri).read_json("manifest.json")["shards"]}
-    assert all(after[path] == sha for path, sha in before.items())
-    _assert_exact(uri, bigger)
+    # (growing a dataset is the killed build's rerun below: one build less)
 
     # another content-changing config on the same URI is refused, naming the keys
     with pytest.raises(ConfigError, match="generator.steps"):
@@ -123,20 +116,20 @@ def _assert_provenance_is_the_stages_settings(uri: str, config) -> None:
         assert json.loads(meta[META_SETTINGS]) == expected
 
 
-def test_killed_build_resumes_to_the_exact_plan_and_its_json_rerun_prints_only_the_summary(tmp_path,
-                                                                                          prefect_api):
+def test_killed_build_resumes_and_grows_to_the_exact_plan_and_its_json_rerun_prints_only_the_summary(
+        tmp_path, prefect_api):
     """A SIGKILL of the whole process tree after the first commit, then the rerun as a user types it with
-    ``--json``: it does only the missing shards, stdout holds the run summary alone (logs, progress bar and
-    per-shard lines go to stderr). One rerun carries both checks: each real build process pays Python's,
-    Prefect's and Ray's start-up again."""
+    ``--json`` and a larger ``--num-samples``: it does only the missing shards and the new jobs, the shards
+    committed before the kill stay byte-identical, stdout holds the run summary alone (logs, progress bar and
+    per-shard lines go to stderr). One rerun carries the resume, the growth and ``--json``: each real build
+    process pays Python's, Prefect's and Ray's start-up again."""
     import datasets  # the built folder is a Hugging Face dataset (its README.md card)
 
     uri = str(tmp_path / "killed")
     env = server_run_env(tmp_path)
-    cmd = [sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out", uri, "--num-samples", "32",
-           "--set", "shard_size=4"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "flows.cli", "build", "--preset", "tiny", "--out", uri, "--set", "shard_size=4"]
+    proc = subprocess.Popen([*cmd, "--num-samples", "32"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     commits = tmp_path / "killed" / "_magicseg" / "commits"
     deadline = time.time() + 300
     while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
@@ -144,23 +137,27 @@ def test_killed_build_resumes_to_the_exact_plan_and_its_json_rerun_prints_only_t
     assert commits.exists() and any(commits.iterdir()), "the build committed nothing before the deadline"
     os.killpg(proc.pid, signal.SIGKILL)  # the flow, its Ray and everything they started
     proc.wait(timeout=60)
-    done_before = len(list(commits.iterdir()))
+    before = {r["path"]: r["sha256"] for r in (json.loads(p.read_text()) for p in commits.iterdir())}
+    done_before = len(before)
     assert done_before < 8, "killed too late to test a resume"
-    redone = 32 - 4 * done_before
+    redone = 36 - 4 * done_before  # the 8 planned shards less the committed ones, and one new shard of 4
 
     # the rerun draws its terminal progress bar (forced: stderr is a pipe here) over the missing rows only
-    rerun = subprocess.run([*cmd, "--json"], env={**env, "MAGICSEG_PROGRESS": "1"}, capture_output=True,
-                           text=True, timeout=600)
+    rerun = subprocess.run([*cmd, "--num-samples", "36", "--json"], env={**env, "MAGICSEG_PROGRESS": "1"},
+                           capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "building samples" in rerun.stderr and f"/{redone}" in rerun.stderr.replace(" ", "")
-    config = load_config("build", "tiny", out=uri, num_samples=32, overrides=["shard_size=4"])
+    config = load_config("build", "tiny", out=uri, num_samples=36, overrides=["shard_size=4"])
     _assert_exact(uri, config)
     records = [json.loads(p.read_text()) for p in commits.iterdir()]
-    assert len(records) == 8
+    assert len(records) == 9
+    after = {s["path"]: s["sha256"] for s in Storage(uri).read_json("manifest.json")["shards"]}
+    assert all(after[path] == sha for path, sha in before.items())  # what was committed stays as it was
 
     summary = json.loads(rerun.stdout)  # nothing else on stdout
-    assert summary["planned"] == 32 and summary["kept"] + sum(summary["dropped"].values()) == 32
+    assert summary["planned"] == 36 and summary["kept"] + sum(summary["dropped"].values()) == 36
     assert set(summary["stages"]) == {"prompts", "pairs", "annotate", "quality"}
+    assert summary["stages"]["pairs"]["rows"] == redone  # only the missing and the new jobs ran
     # the quality stage scored every kept sample (inspect reads the clip_score column of every shard)
     report = inspect_dataset(uri)
     assert report["ok"] and report["samples"] == summary["kept"], report["problems"]
@@ -169,7 +166,7 @@ def test_killed_build_resumes_to_the_exact_plan_and_its_json_rerun_prints_only_t
     assert -1 <= clip["min"] <= clip["max"] <= 1
     # tiny's GPU stages are optional: on this GPU-less machine they ran on CPU, and the summary says so
     assert [note.split(":")[0] for note in summary["notes"]] == ["stage pairs runs on CPU", "stage annotate runs on CPU"]
-    # the rerun's rows (the missing shards only) through each of the 4 stages (tiny drops nothing)
+    # the rerun's rows through each of the 4 stages (tiny drops nothing)
     assert sum(summary["nodes"].values()) == sum(s["rows"] for s in summary["stages"].values()) == 4 * redone
     figures = {f["figure"]: f for f in summary["health"]}
     assert {"drop_rate.all", "drop_rate.prompt_failed", "llm_prompt_share"} <= set(figures)
