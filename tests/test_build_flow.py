@@ -165,7 +165,8 @@ def test_killed_build_resumes_and_grows_to_the_exact_plan_and_its_json_rerun_pri
     assert clip["status"] == "ok" and clip["values"] == report["samples"] and clip["null"] == 0
     assert -1 <= clip["min"] <= clip["max"] <= 1
     # tiny's GPU stages are optional: on this GPU-less machine they ran on CPU, and the summary says so
-    assert [note.split(":")[0] for note in summary["notes"]] == ["stage pairs runs on CPU", "stage annotate runs on CPU"]
+    assert [note.split(":")[0] for note in summary["notes"]] == ["stage pairs runs on CPU",
+                                                                 "stage annotate runs on CPU"]
     # the rerun's rows through each of the 4 stages (tiny drops nothing)
     assert sum(summary["nodes"].values()) == sum(s["rows"] for s in summary["stages"].values()) == 4 * redone
     figures = {f["figure"]: f for f in summary["health"]}
