@@ -10,15 +10,11 @@ passes ``magicseg inspect``.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import fresh_run_env
 from helpers_generation import (
     COUNTERFACTUALS, PROMPTS, SEEDS, SIZE, STEPS, DenoiserCalls, class_at_token, one_line, one_thread, pixels,
     rows, tiny_family_config, validate,
@@ -27,7 +23,6 @@ from magicseg_models.errors import ConfigError
 from magicseg_models.generation import GenerationInputError, PairGenerator
 from magicseg_models.generation.flux_pair_pipeline import PairedFluxPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
 single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
@@ -149,28 +144,28 @@ def test_validator_reads_t5s_window_not_clips():
 
 
 # ------------------------------------------------------------------------------------------- end to end
-def run_cli(*args: str, env: dict, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=timeout)
-
-
 @pytest.mark.slow
-def test_tiny_builds_with_sdxl_and_flux_pass_inspect(tmp_path):
-    """The real stages on a local Ray through the CLI, with each new family's tiny models; the family and its
-    licence line reach the manifest."""
-    env = fresh_run_env(tmp_path)
+def test_tiny_builds_with_sdxl_and_flux_pass_inspect(tmp_path, capsys, prefect_api, local_ray):
+    """The real stages on a local Ray through the CLI's own entry point, with each new family's tiny models; the
+    family and its licence line reach the manifest. In this process (the session's Prefect API and Ray): a
+    subprocess per family would only pay Python's, Prefect's and Ray's start-up again, and a real ``magicseg``
+    process is tested in test_build_flow.py and test_cli.py."""
+    from flows.cli import main as cli_main
+
     for family in ("sdxl", "flux"):
         out = tmp_path / family
-        build = run_cli("build", "--preset", "tiny", "--out", str(out), "--num-samples", "4", "--shard-size", "4",
-                        "--set", f"generator.family={family}", "--set", "generator.height=32",
-                        "--set", "generator.width=32",
-                        # the generator is under test: the quality stage's actor is not needed here (and in the
-                        # tiny preset its quarter CPU does not fit beside the other stages' 4 of ray.num_cpus=4)
-                        "--set", "quality.enabled=false", env=env)
-        assert build.returncode == 0, build.stderr[-3000:]
-        inspect = run_cli("inspect", str(out), "--json", env=env)
-        report = json.loads(inspect.stdout)
-        assert inspect.returncode == 0 and report["ok"], report["problems"]
+        capsys.readouterr()
+        code = cli_main(["build", "--preset", "tiny", "--out", str(out), "--num-samples", "4", "--shard-size", "4",
+                         "--set", f"generator.family={family}", "--set", "generator.height=32",
+                         "--set", "generator.width=32",
+                         # the generator is under test: the quality stage's actor is not needed here
+                         "--set", "quality.enabled=false"])
+        err = capsys.readouterr().err
+        assert code == 0, err[-3000:]
+        assert "next: magicseg inspect" in err  # the human summary ends by saying what to run next
+        code = cli_main(["inspect", str(out), "--json"])
+        report = json.loads(capsys.readouterr().out)
+        assert code == 0 and report["ok"], report["problems"]
         assert report["planned"] == 4 and report["samples"] + report["dropped_total"] == 4
         pairs = json.loads((out / "manifest.json").read_text())["models"]["pairs"]
         assert pairs["family"] == family and pairs["license"].startswith("none")

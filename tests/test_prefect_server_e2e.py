@@ -6,8 +6,8 @@ What runs, all on 127.0.0.1 with a temp PREFECT_HOME (SQLite) and nothing from t
 1. ``prefect server start`` (its UI included), Prefect Variables for the roots prefect.yaml reads
    (``magicseg_dataset_root``, ``magicseg_voc_root``) and the process work pool ``magicseg`` (through the API),
    ``prefect --no-prompt deploy --all`` from the repository root (the real prefect.yaml), then the deployments'
-   ``preset`` defaults set to ``tiny`` through the API and the nightly schedule paused (so a test that runs at
-   02:00 UTC does not start an sd15 build);
+   ``preset`` defaults set to ``tiny`` (train's ``steps`` to 2) through the API and the nightly schedule paused
+   (so a test that runs at 02:00 UTC does not start an sd15 build);
 2. ``prefect worker start --pool magicseg``;
 3. ``prefect deployment run build-dataset/scheduled --param num_samples=8`` without ``out``: the build goes to
    ``<magicseg_dataset_root>/<UTC date of its scheduled start>`` and emits ``magicseg.dataset.completed``; the
@@ -71,7 +71,8 @@ class PrefectStack:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(self.port),
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            # how often the worker asks for scheduled runs: each run of the chain waits for the next poll
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_LOGGING_LEVEL": "INFO",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
@@ -231,8 +232,13 @@ def _variables_and_pool(stack: PrefectStack, variables: dict[str, str]) -> None:
                                                base_job_template=ProcessWorker.get_default_base_job_template()))
 
 
+# the tiny train preset's 4 steps checkpoint twice; one checkpoint is all evaluate/adhoc needs
+TINY_DEFAULTS = {"train/adhoc": {"steps": 2}}
+
+
 def _tiny_deployments(stack: PrefectStack) -> dict:
-    """Read the three deployments back, set their preset defaults to tiny and pause the nightly schedule."""
+    """Read the three deployments back, set their preset defaults to tiny (and train's steps to 2) and pause the
+    nightly schedule."""
     from prefect.client.schemas.actions import DeploymentUpdate
 
     found = {}
@@ -240,7 +246,8 @@ def _tiny_deployments(stack: PrefectStack) -> dict:
         for name in ("build-dataset/scheduled", "train/adhoc", "evaluate/adhoc"):
             dep = client.read_deployment_by_name(name)
             assert dep.work_pool_name == "magicseg", (name, dep.work_pool_name)
-            client.update_deployment(dep.id, DeploymentUpdate(parameters={**dep.parameters, "preset": "tiny"}))
+            parameters = {**dep.parameters, "preset": "tiny", **TINY_DEFAULTS.get(name, {})}
+            client.update_deployment(dep.id, DeploymentUpdate(parameters=parameters))
             found[name] = client.read_deployment(dep.id)
         for schedule in client.read_deployment_schedules(found["build-dataset/scheduled"].id):
             client.update_deployment_schedule(found["build-dataset/scheduled"].id, schedule.id, active=False)
@@ -290,7 +297,7 @@ def test_a_build_triggers_training_and_training_triggers_evaluation(chain):
     assert train.parameters["data"] == out
     assert train.parameters["out"] == f"{out}/train/{build.id}"
     assert train.parameters["resume"] is True
-    assert train.parameters["preset"] == "tiny"
+    assert train.parameters["preset"] == "tiny" and train.parameters["steps"] == 2
     assert (train.created_by.type, train.created_by.display_value) == ("AUTOMATION", "train-on-dataset-completed")
     train_out = Path(train.parameters["out"])
     assert (train_out / "metrics.jsonl").exists(), sorted(p.name for p in train_out.iterdir())

@@ -94,30 +94,24 @@ def test_ray_train_two_workers_checkpoint_to_s3_and_resume(s3_bucket, local_ray,
     assert storage.read_bytes("loss_curve.png")[:4] == b"\x89PNG"
 
 
-def test_cli_train_then_eval_with_relative_paths(tmp_path, warm_prefect_home, tiny_plan, monkeypatch, capsys,
-                                                prefect_api):
-    """What a user types: relative local paths (Ray Train workers run elsewhere), then eval on the result."""
-    import subprocess
-    import sys
-
+def test_cli_train_then_eval_with_relative_paths(tmp_path, tiny_plan, monkeypatch, capsys, prefect_api, local_ray):
+    """What a user types: relative local paths (Ray Train workers run elsewhere: the session's Ray started them
+    in another folder), then eval on the result. Both commands in this process, from the dataset's folder: a
+    process of their own would only pay Python's, Prefect's and Ray's start-up again."""
     from flows.cli import main
     from magicseg_models.dataset.synthetic import write_synthetic_dataset
     from tests.benchmark_data import make_voc
-    from tests.helpers import fresh_run_env
 
     spec, jobs = tiny_plan
     write_synthetic_dataset(str(tmp_path / "ds"), jobs[:6], list(spec.class_names), height=64, width=64)
     make_voc(tmp_path / "bench")
-    train = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--data", "ds", "--out", "runs/t",
-                            "--steps", "2", "--set", "data_workers=0"], cwd=tmp_path, env=fresh_run_env(tmp_path),
-                           capture_output=True, text=True, timeout=600)
-    assert train.returncode == 0, train.stderr[-3000:]
-    assert (tmp_path / "runs" / "t" / "checkpoints" / "latest.json").exists()
-    assert "trained to step 2" in train.stderr
-    # eval runs no Ray: the same command in this process, from the same folder (a second process would only pay
-    # for Prefect's start-up again)
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
+    code = main(["train", "--data", "ds", "--out", "runs/t", "--steps", "2", "--set", "data_workers=0"])
+    train = capsys.readouterr()
+    assert code == 0, train.err[-3000:]
+    assert (tmp_path / "runs" / "t" / "checkpoints" / "latest.json").exists()
+    assert "trained to step 2" in train.err
     code = main(["eval", "--checkpoint", "runs/t", "--benchmark", "voc", "--data-root", "bench", "--limit", "2",
                  "--out", "runs/e"])
     evaluate = capsys.readouterr()
