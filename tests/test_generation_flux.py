@@ -4,7 +4,7 @@ What must hold: the paired path is two plain ``FluxPipeline`` calls on the same 
 transformer call per step holds the 2N branches (no classifier-free guidance: no unconditional branch); image and
 counterfactual start from the same packed noise; the validator reads T5's window (256 for schnell), not CLIP's;
 a pretrained folder loads and its licence reaches the settings; an end-to-end tiny build with each new family
-passes ``magicseg inspect``.
+passes ``magicseg inspect`` (the FLUX one annotated by the other new backends, OWLv2 and SAM 2).
 """
 
 from __future__ import annotations
@@ -147,17 +147,22 @@ def test_validator_reads_t5s_window_not_clips():
 @pytest.mark.slow
 def test_tiny_builds_with_sdxl_and_flux_pass_inspect(tmp_path, capsys, prefect_api, local_ray):
     """The real stages on a local Ray through the CLI's own entry point, with each new family's tiny models; the
-    family and its licence line reach the manifest. In this process (the session's Prefect API and Ray): a
-    subprocess per family would only pay Python's, Prefect's and Ray's start-up again, and a real ``magicseg``
-    process is tested in test_build_flow.py and test_cli.py."""
+    family and its licence line reach the manifest. The FLUX build is also annotated by OWLv2 and SAM 2 (one
+    build for all of issue 19's new models: each build's cost is mostly starting its actors), whose settings
+    reach the manifest and whose masks carry both SAM scores. In this process (the session's Prefect API and
+    Ray): a subprocess per family would only pay Python's, Prefect's and Ray's start-up again, and a real
+    ``magicseg`` process is tested in test_build_flow.py and test_cli.py."""
     from flows.cli import main as cli_main
+    from magicseg_models.dataset.reader import DatasetReader
 
+    annotators = {"sdxl": [], "flux": ["--set", "annotate.detector.backend=owlv2",
+                                       "--set", "annotate.segmenter.backend=sam2"]}
     for family in ("sdxl", "flux"):
         out = tmp_path / family
         capsys.readouterr()
         code = cli_main(["build", "--preset", "tiny", "--out", str(out), "--num-samples", "4", "--shard-size", "4",
                          "--set", f"generator.family={family}", "--set", "generator.height=32",
-                         "--set", "generator.width=32",
+                         "--set", "generator.width=32", *annotators[family],
                          # the generator is under test: the quality stage's actor is not needed here
                          "--set", "quality.enabled=false"])
         err = capsys.readouterr().err
@@ -167,8 +172,14 @@ def test_tiny_builds_with_sdxl_and_flux_pass_inspect(tmp_path, capsys, prefect_a
         report = json.loads(capsys.readouterr().out)
         assert code == 0 and report["ok"], report["problems"]
         assert report["planned"] == 4 and report["samples"] + report["dropped_total"] == 4
-        pairs = json.loads((out / "manifest.json").read_text())["models"]["pairs"]
-        assert pairs["family"] == family and pairs["license"].startswith("none")
+        models = json.loads((out / "manifest.json").read_text())["models"]
+        assert models["pairs"]["family"] == family and models["pairs"]["license"].startswith("none")
+        backends = (models["annotate"]["detector_backend"], models["annotate"]["segmenter_backend"])
+        assert backends == (("owlv2", "sam2") if family == "flux" else ("transformers", "segment-anything"))
+    annotations = [a for row in DatasetReader(str(tmp_path / "flux")).iter_rows(columns=["annotations"])
+                   for a in row["annotations"] or []]
+    assert annotations and all(a["predicted_iou"] is not None and a["stability_score"] is not None
+                               for a in annotations)
 
 
 def test_flux_schnell_random_builds_the_published_architecture():
