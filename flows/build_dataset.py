@@ -112,24 +112,31 @@ def build_dataset(config: BuildConfig | None = None, preset: BuildPreset | None 
         done = store.committed()
         todo = [s for s in range(num_shards(spec)) if not plan_shard(spec, s).is_complete(done.get(s))]
         logger.info("%d of %d shards to build at %s", len(todo), num_shards(spec), store.uri)
-        started_ray = ensure_ray(config.ray)
-        api_key = llm_api_key(config.prompts) if config.prompts.backend == "openai" else None
-        executor = RayExecutor(build_stages(config, api_key), on_log=_stage_log(logger), ray_config=config.ray)
         progress = RunProgress(config.health)
-        try:
-            notes = executor.start()
-            for note in notes:  # a changed run (e.g. a GPU stage on CPU) is said where the run is read
-                logger.warning(note)
-            settings = executor.settings()  # provenance from the stages themselves
-            store.write_run_header(config=public_config(config), planned=spec.num_samples,
-                                   classes=vocabulary.full_names(), selected_classes=vocabulary.names,
-                                   models=settings)
-            _run_chunks(config, spec, store, executor, settings, progress, todo, began)
-            stats = executor.stats()
-        finally:
-            executor.shutdown()
-            if started_ray:
-                ray.shutdown()
+        if not todo:
+            # a complete dataset: starting every stage's actors (minutes with real models, on a GPU the
+            # cluster may have to scale up for) would only load models to process nothing
+            notes = [f"nothing to build: all {num_shards(spec)} planned shards are committed; no stage was started"]
+            logger.info(notes[0])
+            stats: dict = {}
+        else:
+            started_ray = ensure_ray(config.ray)
+            api_key = llm_api_key(config.prompts) if config.prompts.backend == "openai" else None
+            executor = RayExecutor(build_stages(config, api_key), on_log=_stage_log(logger), ray_config=config.ray)
+            try:
+                notes = executor.start()
+                for note in notes:  # a changed run (e.g. a GPU stage on CPU) is said where the run is read
+                    logger.warning(note)
+                settings = executor.settings()  # provenance from the stages themselves
+                store.write_run_header(config=public_config(config), planned=spec.num_samples,
+                                       classes=vocabulary.full_names(), selected_classes=vocabulary.names,
+                                       models=settings)
+                _run_chunks(config, spec, store, executor, settings, progress, todo, began)
+                stats = executor.stats()
+            finally:
+                executor.shutdown()
+                if started_ray:
+                    ray.shutdown()
         manifest = store.refresh_manifest()
     summary = _summary(store, manifest, stats, time.perf_counter() - began, notes,
                        [f.as_dict() for f in progress.figures(prompt_outcomes(stats))])

@@ -82,9 +82,11 @@ def test_tiny_build_on_s3_with_prefect_and_ray(s3_bucket, prefect_api, local_ray
     assert sum(prompt_stats["outcomes"].values()) == 16
     _assert_provenance_is_the_stages_settings(uri, config)
 
-    # a rerun does nothing: every shard is committed
+    # a rerun does nothing, and starts no stage (no model is loaded): every shard is committed
     again = build_dataset(config=config)
-    assert again["stages"]["pairs"]["rows"] == 0 and again["kept"] == summary["kept"]
+    assert again["stages"] == {} and again["kept"] == summary["kept"] and again["shards"] == summary["shards"]
+    assert again["notes"] == ["nothing to build: all 2 planned shards are committed; no stage was started"]
+    assert Storage(uri).read_json("manifest.json")["models"] == manifest["models"]  # the provenance stays
 
     # (growing a dataset is the killed build's rerun below: one build less)
 
