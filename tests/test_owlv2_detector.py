@@ -250,7 +250,7 @@ def test_missing_or_foreign_weights_are_one_line_errors(tmp_path):
         Owlv2Detector(DetectorConfig(backend="owlv2", model=str(tmp_path / "no-such-model")))
     assert "\n" not in str(err.value)
     gd = tiny_repos.save_tiny_grounding_dino(tmp_path / "gd")
-    with pytest.raises(DetectorWeightsError, match="grounding-dino model, not OWLv2") as err:
+    with pytest.raises(DetectorWeightsError, match="is a grounding-dino model, not the owlv2 that detector.backend=owlv2 loads") as err:
         Owlv2Detector(DetectorConfig(backend="owlv2", model=str(gd)))
     assert "\n" not in str(err.value)
 

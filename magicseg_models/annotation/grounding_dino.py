@@ -16,6 +16,7 @@ from magicseg_models.config import DetectorConfig
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.errors import one_line
 from magicseg_models.weights import TINY_INIT_SEED
+from magicseg_models.weights.model_types import check_model_type
 
 
 class GroundingDinoDetector(BaseDetector):
@@ -32,6 +33,8 @@ class GroundingDinoDetector(BaseDetector):
             from transformers import AutoProcessor
 
             try:
+                check_model_type(config.model, ("grounding-dino",), label="detector.model",
+                                 backend="detector.backend=transformers", error=DetectorWeightsError)
                 processor = AutoProcessor.from_pretrained(config.model)
                 model = GroundingDinoForObjectDetection.from_pretrained(config.model)
             except OSError as err:

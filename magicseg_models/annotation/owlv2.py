@@ -50,6 +50,7 @@ from magicseg_models.config.build import OWLV2_TEXT_WINDOW
 from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.weights import TINY_INIT_SEED
+from magicseg_models.weights.model_types import check_model_type
 
 
 @dataclass(frozen=True)
@@ -193,15 +194,13 @@ class Owlv2Detector(BaseDetector):
 
 
 def _load_pretrained(model_id: str):
-    from transformers import AutoConfig, AutoProcessor, Owlv2ForObjectDetection
+    from transformers import AutoProcessor, Owlv2ForObjectDetection
 
+    check_model_type(model_id, ("owlv2",), label="detector.model", backend="detector.backend=owlv2",
+                     error=DetectorWeightsError)
     try:
-        cfg = AutoConfig.from_pretrained(model_id)
-        if cfg.model_type != "owlv2":
-            raise DetectorWeightsError(f"detector.model '{model_id}' is a {cfg.model_type} model, not OWLv2 "
-                                       f"(detector.backend=owlv2)")
         processor = AutoProcessor.from_pretrained(model_id)
-        model = Owlv2ForObjectDetection.from_pretrained(model_id, config=cfg)
+        model = Owlv2ForObjectDetection.from_pretrained(model_id)
     except OSError as err:
         raise DetectorWeightsError(f"detector.model '{model_id}' could not be loaded: {one_line(err)}") from None
     return model, processor

@@ -35,6 +35,7 @@ from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.errors import one_line
 from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.hub import local_folder, looks_local
+from magicseg_models.weights.model_types import check_model_type
 
 MASK_THRESHOLD = 0.0  # Sam2Processor.post_process_masks' default: a logit above 0 is inside the mask
 
@@ -107,6 +108,9 @@ def load_sam2(config: SegmenterConfig) -> tuple[Any, Any, str]:
         return Sam2Model(cfg), sam2_processor(cfg), f"transformers Sam2Model {size} (random weights)"
     name = config.sam2_source
     source = local_folder(name) if looks_local(name) else name
+    # Meta's repos hold a sam2_video model: the image model plus video-memory modules the image path never runs
+    check_model_type(source, ("sam2", "sam2_video"), label="segmenter.checkpoint", backend="segmenter.backend=sam2",
+                     error=SegmenterWeightsError)
     try:
         processor = Sam2Processor.from_pretrained(source)
         # float32 whatever the files hold: the encoder's dtype is segmenter.encoder_dtype, the decoder's float32

@@ -47,6 +47,7 @@ from magicseg_models.devices import model_context, resolve_device
 from magicseg_models.config import SegmenterConfig
 from magicseg_models.errors import ConfigError, one_line
 from magicseg_models.weights import TINY_INIT_SEED
+from magicseg_models.weights.model_types import check_model_type
 from magicseg_models.weights.fetch import Checkpoint, CheckpointFetchError, local_checkpoint
 from magicseg_models.weights.hub import HF_SAM_IDS
 
@@ -204,6 +205,8 @@ class HFSamSegmenter(BaseSegmenter):
             if not name or name.endswith(".pth"):
                 name = HF_SAM_IDS[config.model_type]
             try:
+                check_model_type(name, ("sam",), label="segmenter.checkpoint",
+                                 backend="segmenter.backend=transformers", error=SegmenterWeightsError)
                 self.processor = SamProcessor.from_pretrained(name)
                 model = SamModel.from_pretrained(name)
             except OSError as err:
