@@ -101,21 +101,14 @@ FLUX_SCHNELL_TRANSFORMER_CONFIG: dict[str, Any] = {
     "guidance_embeds": False,  # schnell is guidance-distilled away: no guidance input at all (dev has one)
     "axes_dims_rope": (16, 56, 56),
 }
+# FLUX's VAE is SDXL's architecture with 16 latent channels, its own latent statistics and no quant convs
 FLUX_VAE_CONFIG: dict[str, Any] = {
-    "sample_size": 1024,
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
+    **SDXL_VAE_CONFIG,
     "latent_channels": 16,
-    "norm_num_groups": 32,
     "scaling_factor": 0.3611,
     "shift_factor": 0.1159,
     "use_quant_conv": False,
     "use_post_quant_conv": False,
-    "force_upcast": True,
 }
 T5_XXL_ENCODER_CONFIG: dict[str, Any] = {  # google/t5-v1_1-xxl's encoder, as FLUX's text_encoder_2
     "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
