@@ -51,8 +51,10 @@ class DetectorWeightsError(MagicSegError):
 class BaseDetector:
     """Captions, chunking, batching and merging; a backend supplies ``_forward`` (logits and boxes)."""
 
+    backend: str  # detector.backend
     config: DetectorConfig
     device: torch.device
+    source: dict[str, Any]
     tokenizer: Any
     max_text_tokens: int
 
@@ -67,6 +69,20 @@ class BaseDetector:
             while len(self._captions) > 4096:
                 self._captions.popitem(last=False)
         return self._captions[key]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What produced the boxes, for shard metadata and the manifest: ``source`` (the model and its weights),
+        the backend, and the settings that decide which boxes are kept."""
+        c = self.config
+        return {**self.source, "detector_backend": self.backend, "box_threshold": c.box_threshold,
+                "text_threshold": c.text_threshold, "max_text_tokens": self.max_text_tokens,
+                "image_size": self.input_size(), "nms_iou": c.nms_iou, "max_boxes": c.max_boxes,
+                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32", "detector_tf32": c.tf32}
+
+    def input_size(self) -> list[int]:
+        """The image size the model sees: Grounding DINO's resize limits (short side, long side at most)."""
+        return list(self.resize_limits(self.config))
 
     def check_phrases(self, phrases: Sequence[str]) -> None:
         """:class:`~magicseg_models.annotation.captions.PhraseTooLongError` for the first phrase that cannot fit

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from PIL import Image
 
@@ -21,6 +19,8 @@ from magicseg_models.weights.model_types import check_model_type
 
 class GroundingDinoDetector(BaseDetector):
     """transformers' GroundingDinoForObjectDetection, batched, with the text features cached per caption."""
+
+    backend = "transformers"
 
     def __init__(self, config: DetectorConfig, device: str | torch.device | None = None):
         super().__init__()
@@ -63,14 +63,6 @@ class GroundingDinoDetector(BaseDetector):
         self.text_cache = TextFeatureCache(inner.text_backbone, pad_token_id=self.tokenizer.pad_token_id or 0)
         inner.text_backbone = self.text_cache
         self.max_text_tokens = min(config.max_text_tokens, self.model.config.max_text_len)
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {**self.source, "detector_backend": "transformers", "box_threshold": c.box_threshold,
-                "text_threshold": c.text_threshold, "max_text_tokens": self.max_text_tokens,
-                "image_size": list(self.resize_limits(c)), "nms_iou": c.nms_iou, "max_boxes": c.max_boxes,
-                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32", "detector_tf32": c.tf32}
 
     def _forward(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = self.image_processor(images=images, return_tensors="pt")

@@ -34,7 +34,6 @@ import contextlib
 import os
 import types
 import warnings
-from typing import Any
 
 import torch
 from PIL import Image
@@ -116,6 +115,8 @@ def _patched_builder(gmod, tokenizer=None, bert=None):
 class OfficialGroundingDino(BaseDetector):
     """groundingdino-py's model behind the shared detector contract."""
 
+    backend = "official"
+
     def __init__(self, config: DetectorConfig, device: str | torch.device | None = None):
         super().__init__()
         gmod = require_groundingdino()
@@ -172,14 +173,6 @@ class OfficialGroundingDino(BaseDetector):
         short, long = self.resize_limits(config)
         self.transform = T.Compose([T.RandomResize([short], max_size=long), T.ToTensor(),
                                     T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {**self.source, "detector_backend": "official", "box_threshold": c.box_threshold,
-                "text_threshold": c.text_threshold, "max_text_tokens": self.max_text_tokens,
-                "image_size": list(self.resize_limits(c)), "nms_iou": c.nms_iou, "max_boxes": c.max_boxes,
-                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32", "detector_tf32": c.tf32}
 
     def _forward(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         from groundingdino.util.misc import nested_tensor_from_tensor_list

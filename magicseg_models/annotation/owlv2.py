@@ -105,6 +105,8 @@ def build_owlv2_tokenizer():
 class Owlv2Detector(BaseDetector):
     """transformers' Owlv2ForObjectDetection, batched across image sizes, text embeddings cached per phrase."""
 
+    backend = "owlv2"
+
     def __init__(self, config: DetectorConfig, device: str | torch.device | None = None):
         super().__init__()
         from transformers import Owlv2ForObjectDetection, Owlv2ImageProcessor
@@ -137,13 +139,8 @@ class Owlv2Detector(BaseDetector):
         self.text_cache = QueryEmbeddingCache(self._encode)
         self._lengths: dict[str, int] = {}
 
-    @property
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {**self.source, "detector_backend": "owlv2", "box_threshold": c.box_threshold,
-                "text_threshold": c.text_threshold, "max_text_tokens": self.max_text_tokens,
-                "image_size": [self.side, self.side], "nms_iou": c.nms_iou, "max_boxes": c.max_boxes,
-                "detector_dtype": c.dtype if self.device.type == "cuda" else "float32", "detector_tf32": c.tf32}
+    def input_size(self) -> list[int]:
+        return [self.side, self.side]  # every image is padded to a square and resized to it
 
     def check_phrases(self, phrases: Sequence[str]) -> list[str]:
         """The cleaned phrases; :class:`PhraseTooLongError` for the first that does not fit the text window."""

@@ -35,16 +35,23 @@ SDXL_UNET_CONFIG: dict[str, Any] = {
     "flip_sin_to_cos": True,
     "freq_shift": 0,
 }
-SDXL_VAE_CONFIG: dict[str, Any] = {
-    "sample_size": 1024,
+SD15_VAE_CONFIG: dict[str, Any] = {
+    "sample_size": 512,
     "in_channels": 3,
     "out_channels": 3,
     "down_block_types": ("DownEncoderBlock2D",) * 4,
     "up_block_types": ("UpDecoderBlock2D",) * 4,
     "block_out_channels": (128, 256, 512, 512),
     "layers_per_block": 2,
+    "act_fn": "silu",
     "latent_channels": 4,
     "norm_num_groups": 32,
+    "scaling_factor": 0.18215,
+}
+# SDXL's VAE is SD 1.5's architecture trained again: a larger native size and its own latent scale
+SDXL_VAE_CONFIG: dict[str, Any] = {
+    **SD15_VAE_CONFIG,
+    "sample_size": 1024,
     "scaling_factor": 0.13025,
     "force_upcast": True,  # SDXL's VAE overflows in float16: diffusers decodes it in float32
 }

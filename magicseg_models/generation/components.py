@@ -72,19 +72,7 @@ SD15_UNET_CONFIG: dict[str, Any] = {
     "attention_head_dim": 8,
 }
 
-SD15_VAE_CONFIG: dict[str, Any] = {
-    "sample_size": 512,
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "scaling_factor": 0.18215,
-}
+SD15_VAE_CONFIG: dict[str, Any] = arch.SD15_VAE_CONFIG
 
 # CLIP ViT-L/14's text tower (openai/clip-vit-large-patch14), as SD 1.5's text_encoder/config.json: the same tower
 # SDXL and FLUX use as their first text encoder
