@@ -195,6 +195,89 @@ def test_a_phrase_past_the_text_window_is_refused_in_one_line(detector):
     assert "\n" not in message and too_long in message and "17 tokens" in message and "16" in message
 
 
+# ------------------------------------------------------------------------------------------ prompt ensemble
+TEMPLATES = ["a photo of a {}.", "{} in the SCENE!", "art of the {}"]
+
+
+def _owl_vit_canonical(text: str) -> str:
+    """OWL-ViT's ``_canonicalize_string`` restated: lower case, every character outside a-z, 0-9, '-' and space
+    becomes a space, whitespace runs and dash runs become one, ends stripped."""
+    out = "".join(ch if ch in "abcdefghijklmnopqrstuvwxyz0123456789- " else " " for ch in text.lower())
+    while "  " in out or "--" in out:
+        out = out.replace("  ", " ").replace("--", "-")
+    return out.strip()
+
+
+def test_prompt_ensemble_is_the_mean_of_transformers_logits_over_templates():
+    """OWL-ViT's LVIS evaluator: each template's queries through the model, the class logits averaged over the
+    templates, then the sigmoid. Here each template is one plain transformers forward on the canonical texts."""
+    ens = Owlv2Detector(DetectorConfig(**TINY_OWL, **EVERYTHING, query_templates=TEMPLATES, batch_size=2))
+    images = _images(5)[:2]
+    queries = [PHRASES[1], PHRASES[2]]  # different class counts: padded query rows in one pass
+    logits, boxes = ens._run(images, [ens.captions_for(q)[0] for q in queries])
+    assert logits.shape[-1] == 3
+    for b, (image, q) in enumerate(zip(images, queries)):
+        per_template = [_reference(ens, image, [_owl_vit_canonical(t.replace("{}", p)) for p in q])[1]
+                        for t in TEMPLATES]
+        expected = torch.stack([o.logits[0] for o in per_template]).mean(dim=0)
+        torch.testing.assert_close(logits[b, :, :len(q)], expected, atol=1e-5, rtol=0)
+        assert (logits[b, :, len(q):].sigmoid() == 0).all()
+        side = max(image.size)
+        scale = torch.tensor([side / image.width, side / image.height] * 2)
+        torch.testing.assert_close(boxes[b], per_template[0].pred_boxes[0] * scale, atol=1e-5, rtol=0)
+    # the ensemble scores differ from the bare phrase's (the templates change what is detected)
+    bare = Owlv2Detector(DetectorConfig(**TINY_OWL, **EVERYTHING))
+    [found], [plain] = ens.detect(images[:1], queries[:1]), bare.detect(images[:1], queries[:1])
+    assert np.abs(found.best_scores - plain.best_scores).max() > 1e-3
+    assert ens.settings["query_templates"] == TEMPLATES and bare.settings["query_templates"] is None
+    assert ens.text_cache.misses == len({_owl_vit_canonical(t.replace("{}", p)) for t in TEMPLATES
+                                         for q in queries for p in q})
+
+
+def test_the_one_template_ensemble_of_the_bare_phrase_is_the_bare_detector(detector):
+    one = Owlv2Detector(DetectorConfig(**TINY_OWL, **EVERYTHING, query_templates=["{}"], batch_size=2))
+    for a, b in zip(detector.detect(_images(), PHRASES), one.detect(_images(), PHRASES)):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_a_templated_query_past_the_text_window_is_refused_naming_the_template():
+    ens = Owlv2Detector(DetectorConfig(**TINY_OWL, query_templates=["{}", "a photo of the large {} in a video game"]))
+    phrase = " ".join(["cat"] * 8)  # alone it fits: 8 + BOS + EOS; inside the second template it does not
+    with pytest.raises(PhraseTooLongError) as err:
+        ens.check_phrases([phrase])
+    message = str(err.value)
+    assert "\n" not in message and phrase in message and "a photo of the large {} in a video game" in message
+    Owlv2Detector(DetectorConfig(**TINY_OWL)).check_phrases([phrase])
+
+
+def test_query_template_settings():
+    named = load_config("build", "tiny", overrides=["annotate.detector.backend=owlv2",
+                                                    "annotate.detector.query_templates=clip-best"])
+    templates = named.annotate.detector.query_templates
+    assert len(templates) == 7 and "a photo of the small {}." in templates  # OWL-ViT's CLIP_BEST_PROMPT_TEMPLATES
+    for setting, message in [
+        ("annotate.detector.query_templates=clip-bset", "no template set 'clip-bset' \\(did you mean 'clip-best'"),
+        ("annotate.detector.query_templates=[a photo]", "must hold '{}' \\(the class phrase\\) once"),
+        ("annotate.detector.query_templates=['{} and {}']", "must hold '{}'"),
+        ("annotate.detector.query_templates=[]", "is empty"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as err:
+            load_config("build", "tiny", overrides=["annotate.detector.backend=owlv2", setting])
+        assert "\n" not in str(err.value)
+    # other templates are another dataset: a resume that changes them is refused like any detector change
+    from magicseg_models.config import public_config
+    from magicseg_models.config.rerun import config_differences
+
+    plain = load_config("build", "tiny", overrides=["annotate.detector.backend=owlv2"])
+    assert config_differences(public_config(plain), public_config(named)) == [
+        "annotate.detector.query_templates"]
+    with pytest.raises(ConfigError, match="query_templates is for backend owlv2") as err:
+        load_config("build", "tiny", overrides=["annotate.detector.query_templates=clip-best"])
+    assert "\n" not in str(err.value)
+
+
 # ------------------------------------------------------------------------------------------------- weights
 def _detections_json(det) -> list[dict]:
     return [{"boxes": d.boxes.tolist(), "scores": d.scores.tolist(), "labels": d.labels.tolist(),

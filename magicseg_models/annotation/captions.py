@@ -13,11 +13,11 @@ from typing import Sequence
 
 from magicseg_models.errors import MagicSegError
 
-DELIMITERS = ("[CLS]", "[SEP]", ".", "?")
+DELIMITERS = ("[CLS]", "[SEP]", ".", "?")  # the tokens Grounding DINO splits phrases at
 
 
 class PhraseTooLongError(MagicSegError):
-    """A detector phrase needs more token positions than the detector's text encoder reads."""  # the tokens Grounding DINO splits phrases at
+    """A detector phrase needs more token positions than the detector's text encoder reads."""
 
 
 def clean_phrase(phrase: str) -> str:

@@ -25,8 +25,16 @@ images of any size share a forward pass; boxes come out relative to the square a
 image. Images with different class lists are padded to the same number of queries and the padded ones masked
 (probability 0). The text tower runs once per distinct phrase per detector (:class:`QueryEmbeddingCache`).
 
-Text window: 16 token positions per phrase, BOS and EOS included; a longer phrase is refused
-(:class:`PhraseTooLongError`) when first seen, before any forward pass of that call.
+Prompt ensembling (``detector.query_templates``, off by default). Each phrase is queried through every template
+(``"a photo of the large {}."``), the text brought to OWL-ViT's canonical form (lower case; anything but letters,
+digits, ``-`` and spaces becomes a space; runs of spaces and of dashes collapsed), and the phrase's logits are
+the mean of its templates' logits, as OWL-ViT's LVIS evaluator averages the class predictor's outputs over
+``CLIP_BEST_PROMPT_TEMPLATES`` (``clip-best`` here). The mean is of logits, not of embeddings: the class head
+normalises each query embedding, so averaging embeddings would score a different cosine.
+
+Text window: 16 token positions per query, BOS and EOS included; a phrase whose query (any of its templated
+queries) is longer is refused (:class:`PhraseTooLongError`) when first seen, before any forward pass of that call.
+A cut query would no longer hold the whole class name.
 
 Weights (``detector.weights``): ``pretrained`` loads ``detector.model`` (hub id or folder; its config must be an
 OWLv2's); ``random`` builds owlv2-base-patch16 at 960 px and ``tiny`` a few hundred kB model, both from configs
@@ -38,6 +46,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+import re
 
 import torch
 from PIL import Image
@@ -93,6 +103,12 @@ class QueryEmbeddingCache:
         return torch.stack(rows)
 
 
+def canonical_query(text: str) -> str:
+    """OWL-ViT's canonical query text: lower case, only ``a-z0-9``, ``-`` and single spaces, stripped."""
+    text = re.sub(r"[^a-z0-9\- ]", " ", text.lower())
+    return re.sub(r"-+", "-", re.sub(r"\s+", " ", text)).strip()
+
+
 def build_owlv2_tokenizer():
     """The tiny CLIP BPE tokenizer (no download) set up as OWLv2's: 16 positions, padded with ``!`` (id 0)."""
     from magicseg_models.weights.tiny_tokenizers import build_tiny_tokenizer
@@ -136,8 +152,19 @@ class Owlv2Detector(BaseDetector):
         self.interpolate = self.side != vision.image_size  # another side: position embeddings interpolated
         self.model = model.to(self.device).eval()
         self.max_text_tokens = min(config.max_text_tokens, model.config.text_config.max_position_embeddings)
+        self.templates = tuple(config.query_templates or ())
         self.text_cache = QueryEmbeddingCache(self._encode)
         self._lengths: dict[str, int] = {}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings, "query_templates": list(self.templates) or None}
+
+    def query_texts(self, phrase: str) -> list[str]:
+        """The texts a cleaned phrase is queried with: itself, or one per template (canonical form)."""
+        if not self.templates:
+            return [phrase]
+        return [canonical_query(t.replace("{}", phrase)) for t in self.templates]
 
     def input_size(self) -> list[int]:
         return [self.side, self.side]  # every image is padded to a square and resized to it
@@ -148,11 +175,14 @@ class Owlv2Detector(BaseDetector):
         for raw, p in zip(phrases, cleaned):
             if not p:
                 raise ValueError(f"empty detector phrase in {list(phrases)!r}")
-            if p not in self._lengths:
-                self._lengths[p] = len(self.tokenizer(p)["input_ids"])
-            if self._lengths[p] > self.max_text_tokens:
-                raise PhraseTooLongError(f"detector phrase {raw!r} needs {self._lengths[p]} tokens, more than "
-                                         f"OWLv2's text window of {self.max_text_tokens} (BOS and EOS included)")
+            for template, query in zip(self.templates or (None,), self.query_texts(p)):
+                if query not in self._lengths:
+                    self._lengths[query] = len(self.tokenizer(query)["input_ids"])
+                if self._lengths[query] > self.max_text_tokens:
+                    where = f" as {query!r} (query template {template!r})" if template else ""
+                    raise PhraseTooLongError(
+                        f"detector phrase {raw!r}{where} needs {self._lengths[query]} tokens, more than OWLv2's "
+                        f"text window of {self.max_text_tokens} (BOS and EOS included)")
         return cleaned
 
     def captions_for(self, phrases: Sequence[str]) -> list[Caption]:
@@ -172,8 +202,11 @@ class Owlv2Detector(BaseDetector):
 
     def _run(self, images: list[Image.Image], captions: list[Caption]) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        per_phrase = max(len(self.templates), 1)
         with torch.inference_mode(), model_context(self.device, self.config):
-            embeds = [self.text_cache(caption.queries) for caption in captions]  # type: ignore[attr-defined]
+            # phrase k of an image owns query rows k * per_phrase ... (k + 1) * per_phrase - 1, one per template
+            embeds = [self.text_cache([q for p in caption.queries for q in self.query_texts(p)])  # type: ignore
+                      for caption in captions]
             width = max(len(e) for e in embeds)
             queries = embeds[0].new_zeros((len(embeds), width, embeds[0].shape[-1]))
             mask = torch.zeros((len(embeds), width), dtype=torch.bool, device=self.device)
@@ -183,6 +216,10 @@ class Owlv2Detector(BaseDetector):
             b, h, w, d = feature_map.shape
             feats = feature_map.reshape(b, h * w, d)
             logits, _ = self.model.class_predictor(feats, queries, mask)
+            if per_phrase > 1:  # the ensemble: each phrase's logits are the mean over its templates
+                logits = logits.float().unflatten(-1, (-1, per_phrase)).mean(dim=-1)
+                phrase_mask = mask[:, ::per_phrase]
+                logits = torch.where(phrase_mask[:, None, :], logits, torch.finfo(logits.dtype).min)
             boxes = self.model.box_predictor(feats, feature_map, self.interpolate)
         # boxes are relative to the padded square (side = the image's longer side): make them relative to the image
         sizes = torch.tensor([[im.width, im.height] for im in images], dtype=torch.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -154,6 +155,12 @@ OWLV2_TEXT_WINDOW = 16  # token positions of OWLv2's text encoder per query (BOS
 OWLV2_DEFAULTS = {"model": OWLV2_MODEL, "box_threshold": 0.1, "text_threshold": 0.1,
                   "max_text_tokens": OWLV2_TEXT_WINDOW}
 _OFFICIAL_ONLY = ("config_file", "checkpoint", "text_encoder")
+# Named query-template sets of backend owlv2. clip-best: the seven templates of CLIP's ImageNet prompt study that
+# OWL-ViT's own LVIS evaluation averages each class's logits over (its published AP figures are measured so).
+QUERY_TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "clip-best": ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                  "a {} in a video game.", "art of the {}.", "a photo of the small {}."),
+}
 
 
 class DetectorConfig(Section):
@@ -189,6 +196,10 @@ class DetectorConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype on a GPU (a CPU runs float32)")
     tf32: bool = Field(False, description="TF32 tensor cores for the detector's float32 matmuls (GPU)")
+    query_templates: list[str] | None = Field(
+        None, description="owlv2: prompt ensembling, each class phrase queried through every template ('{}' is "
+        "the phrase) and its logits averaged over them, as OWL-ViT's LVIS evaluation does; a list, or the name of "
+        f"a set ({', '.join(QUERY_TEMPLATE_SETS)}); None = the bare phrase")
 
     _local_paths = field_validator("model", "text_encoder")(lambda value: resolve_local_path(value))
     _local_files = field_validator("config_file", "checkpoint")(
@@ -204,9 +215,37 @@ class DetectorConfig(Section):
             data["model"] = OWLV2_MODEL
         return data
 
+    @field_validator("query_templates", mode="before")
+    @classmethod
+    def _named_template_set(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in QUERY_TEMPLATE_SETS:
+                close = difflib.get_close_matches(value, list(QUERY_TEMPLATE_SETS), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"detector.query_templates: no template set {value!r}{hint}; give a list of "
+                                 f"templates or one of {', '.join(QUERY_TEMPLATE_SETS)}")
+            return list(QUERY_TEMPLATE_SETS[value])
+        return value
+
+    @field_validator("query_templates")
+    @classmethod
+    def _one_slot_per_template(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("detector.query_templates is empty: give templates, or leave it unset for the "
+                                 "bare phrase")
+            bad = [t for t in value if t.count("{}") != 1 or set("{}") & set(t.replace("{}", "", 1))]
+            if bad:
+                raise ValueError(f"detector.query_templates: {bad[0]!r} must hold '{{}}' (the class phrase) once "
+                                 f"and no other braces")
+        return value
+
     @model_validator(mode="after")
     def _owlv2_combinations(self) -> DetectorConfig:
         if self.backend != "owlv2":
+            if self.query_templates is not None:
+                raise ValueError(f"detector.query_templates is for backend owlv2 (one query per phrase); Grounding "
+                                 f"DINO (backend {self.backend}) reads one caption of all phrases")
             return self
         official = [k for k in _OFFICIAL_ONLY if getattr(self, k) is not None]
         if official:
