@@ -76,7 +76,7 @@ def test_one_unet_call_per_step_holds_the_four_branches_and_shared_latents(gen):
                 noise[0] * sigma.init_noise_sigma, sigma.timesteps[0]), rtol=1e-6, atol=1e-6)
     # [uncond img | uncond cf | cond img | cond cf]: zeros for the unconditional half (force_zeros_for_empty_prompt)
     hidden, added = cond["encoder_hidden_states"], cond["added_cond_kwargs"]
-    assert hidden.shape == (4 * n, 77, 64) and added["text_embeds"].shape == (4 * n, 32)
+    assert hidden.shape == (4 * n, 77, 32 + 48) and added["text_embeds"].shape == (4 * n, 48)  # both towers, the pooled 2nd
     assert not hidden[:2 * n].any() and not added["text_embeds"][:2 * n].any()
     torch.testing.assert_close(hidden[2 * n:], pipe.encode_prompt([*PROMPTS, *COUNTERFACTUALS])[0])
     assert added["time_ids"].tolist() == [[SIZE, SIZE, 0, 0, SIZE, SIZE]] * (4 * n)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from magicseg_models.config.base import RayConfig, Section, StageResources, StorageConfig, Weights, resolve_local_path
-from magicseg_models.weights.hub import HF_SAM2_IDS
+from magicseg_models.weights.hub import FAMILY_BASE_MODELS, HF_SAM2_IDS, SINGLE_FILE_FAMILIES, is_single_file
 
 
 # segment-anything's released checkpoints, one per model_type (its README's download links)
@@ -90,7 +90,14 @@ class GeneratorConfig(Section):
     family: Literal["sd15", "sdxl", "flux"] = Field(
         "sd15", description="the model family and so the paired pipeline: sd15 (Stable Diffusion 1.x), sdxl "
         "(Stable Diffusion XL), flux (FLUX.1-schnell/-dev); docs/generators.md says which to pick")
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    model: str = Field(
+        FAMILY_BASE_MODELS["sd15"], description="a hub id, a diffusers folder, or a single-file checkpoint "
+        "(.safetensors / .ckpt in the original layout: a path, or an hf://, s3://, https:// URL fetched once per "
+        "node) for sd15 and sdxl")
+    single_file_config: str | None = Field(
+        None, description="single-file checkpoints: the diffusers repo (hub id or folder) whose configs, "
+        "tokenizers and scheduler describe the file's architecture; None = the family's base model "
+        f"({FAMILY_BASE_MODELS['sd15']}, {FAMILY_BASE_MODELS['sdxl']}); only its small files are read")
     revision: str | None = None
     variant: str | None = Field(
         None, description="weights variant to load (fp16: the *.fp16.* files, half the download); a component "
@@ -124,7 +131,7 @@ class GeneratorConfig(Section):
     jpeg_quality: int = Field(95, ge=1, le=100)
     resources: StageResources = StageResources()
 
-    _local_model_path = field_validator("model")(lambda value: resolve_local_path(value))
+    _local_model_path = field_validator("model", "single_file_config")(lambda value: resolve_local_path(value))
 
     @field_validator("height", "width")
     @classmethod
@@ -144,6 +151,23 @@ class GeneratorConfig(Section):
                                      f"latent patches), got {getattr(self, name)}")
         if self.safety_checker and self.family != "sd15":
             raise ValueError(f"generator.safety_checker: family {self.family} ships no safety checker (sd15 only)")
+        return self
+
+    @model_validator(mode="after")
+    def _single_file_settings(self) -> GeneratorConfig:
+        single = is_single_file(self.model)
+        if not single:
+            if self.single_file_config is not None:
+                raise ValueError(f"generator.single_file_config describes a single-file checkpoint; {self.model!r} is a "
+                                 f"hub id or diffusers folder, which holds its own configs")
+            return self
+        if self.family not in SINGLE_FILE_FAMILIES:
+            raise ValueError(f"generator.model: single-file checkpoints load for families "
+                             f"{', '.join(SINGLE_FILE_FAMILIES)}; for {self.family} give its diffusers folder or hub "
+                             f"id (such as {FAMILY_BASE_MODELS[self.family]})")
+        if self.revision is not None:
+            raise ValueError("generator.revision is for a hub id; a single file on the hub names its revision in "
+                             "the URL (hf://org/name@revision/file.safetensors)")
         return self
 
 

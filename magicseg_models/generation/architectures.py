@@ -83,17 +83,20 @@ TINY_SDXL_UNET_CONFIG: dict[str, Any] = {
     "layers_per_block": 1,
     "transformer_layers_per_block": (1, 2),
     "attention_head_dim": (2, 4),
-    "cross_attention_dim": 64,  # 32 + 32: the two tiny text towers
+    "cross_attention_dim": 80,  # 32 + 48: the two tiny text towers
     "use_linear_projection": True,
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": 8,
-    "projection_class_embeddings_input_dim": 80,  # 6 x 8 + the 32-d pooled embedding
+    "projection_class_embeddings_input_dim": 96,  # 6 x 8 + the 48-d pooled embedding
     "norm_num_groups": 32,
 }
 TINY_CLIP_TEXT_CONFIG: dict[str, Any] = {
     "hidden_size": 32, "intermediate_size": 37, "projection_dim": 32, "num_hidden_layers": 2,
     "num_attention_heads": 4, "max_position_embeddings": CLIP_TOKENS, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
 }
+# SDXL's second tower is wider than its first (1280 vs 768), and the tiny one is too (48 vs 32): diffusers'
+# single-file reader tells the two encoders of a file apart by their widths
+TINY_SDXL_TEXT_2_CONFIG: dict[str, Any] = {**TINY_CLIP_TEXT_CONFIG, "hidden_size": 48, "projection_dim": 48}
 
 # ------------------------------------------------------------------------------------------------ FLUX
 FLUX_SCHNELL_TRANSFORMER_CONFIG: dict[str, Any] = {

@@ -16,7 +16,9 @@ Three ways to get Stable Diffusion 1.x components, picked by ``generator.weights
   fp32 ones; a component without such files loads its plain files instead, said in one log line and recorded in
   the settings (``variants``). Models load with low CPU memory (diffusers through ``accelerate``: built on the
   meta device, weights assigned straight from the file, no random initialisation first).
-  ``tiny`` and ``random`` load nothing, so ``generator.variant`` does not apply to them.
+  ``tiny`` and ``random`` load nothing, so ``generator.variant`` does not apply to them. ``generator.model`` may
+  also be a single-file checkpoint (``.safetensors`` / ``.ckpt``, SD 1.x or SDXL, the layout fine-tunes ship):
+  :mod:`magicseg_models.weights.single_file` loads it.
 
 The scheduler is the model's own (PNDM for SD 1.5) or any compatible diffusers scheduler, by class name or a
 short alias (``dpm-solver++``, ``euler``, ``ddim``, ...), built from the model's scheduler config.
@@ -28,7 +30,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -38,8 +40,10 @@ from magicseg_models.errors import ConfigError, MagicSegError, one_line
 from magicseg_models.generation import architectures as arch
 from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.tiny_tokenizers import build_tiny_t5_tokenizer, build_tiny_tokenizer  # noqa: F401
-from magicseg_models.weights.hub import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, has_variant, local_folder, looks_local
-from magicseg_models.weights.hub import FAMILY_FOLDERS, FAMILY_NAMES, FAMILY_WEIGHTED
+from magicseg_models.weights.hub import (
+    DIFFUSERS_WEIGHTS, FAMILY_BASE_MODELS, FAMILY_FOLDERS, FAMILY_NAMES, FAMILY_WEIGHTED, TRANSFORMERS_WEIGHTS,
+    has_variant, is_single_file, local_folder, looks_local,
+)
 from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
 
 logger = logging.getLogger(__name__)
@@ -315,7 +319,7 @@ def _build_sdxl(size: str, device: torch.device, dtype: torch.dtype = torch.floa
     unet_cfg = arch.TINY_SDXL_UNET_CONFIG if tiny else arch.SDXL_UNET_CONFIG
     vae_cfg = arch.tiny_vae_config(TINY_VAE_CONFIG, latent_channels=4) if tiny else arch.SDXL_VAE_CONFIG
     text_cfg = arch.TINY_CLIP_TEXT_CONFIG if tiny else arch.CLIP_L_TEXT_CONFIG
-    text_2_cfg = arch.TINY_CLIP_TEXT_CONFIG if tiny else arch.SDXL_TEXT_2_CONFIG
+    text_2_cfg = arch.TINY_SDXL_TEXT_2_CONFIG if tiny else arch.SDXL_TEXT_2_CONFIG
 
     def build():
         return (UNet2DConditionModel(**unet_cfg), AutoencoderKL(**vae_cfg),
@@ -350,10 +354,6 @@ def _build_flux(size: str, device: torch.device, max_sequence_length: int,
                       scheduler=default_scheduler("flux"), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
 
-FAMILY_EXAMPLES = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-                   "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "flux": "black-forest-labs/FLUX.1-schnell"}
-
-
 def _checked_model(model: str, family: str) -> str:
     """``model`` as given (a hub id) or as an absolute folder that holds the family's subfolders."""
     if not looks_local(model):
@@ -362,7 +362,7 @@ def _checked_model(model: str, family: str) -> str:
     label = FAMILY_NAMES[family]
     if not os.path.isdir(path):
         raise WeightsError(f"generator.model: no such folder {model!r} (give a {label} diffusers folder or a hub "
-                           f"id such as {FAMILY_EXAMPLES[family]})")
+                           f"id such as {FAMILY_BASE_MODELS[family]})")
     missing = [sub for sub in FAMILY_FOLDERS[family] if not os.path.isdir(os.path.join(path, sub))]
     if missing:
         raise WeightsError(f"generator.model: {model!r} is not a {label} diffusers folder "
@@ -406,6 +406,19 @@ def _load_pretrained_family(model: str, revision: str | None, dtype: torch.dtype
         raise WeightsError(f"cannot load generator weights {model!r}"
                            f"{f' (revision {revision})' if revision else ''}: {one_line(err)}") from None
     return Components(**parts, source={"variants": variants})
+
+
+def _load_single_file(config, family: str, dtype: torch.dtype) -> Components:
+    """A single-file checkpoint (:mod:`magicseg_models.weights.single_file`); ``variant`` picks among a diffusers
+    repo's files, so it has nothing to choose here: the file loads as it is, in ``generator.dtype``."""
+    from magicseg_models.weights.single_file import load_single_file
+
+    if config.variant:
+        logger.info("generator.variant=%s does not apply to the single file %s: it loads as it is, cast to %s",
+                    config.variant, config.model, config.dtype)
+    parts, source = load_single_file(config.model, config.single_file_config, family, dtype, config.safety_checker)
+    known = {f.name for f in fields(Components)} - {"source"}
+    return Components(**{k: v for k, v in parts.items() if k in known}, source=source)
 
 
 def resolve_variants(model: str, revision: str | None, variant: str | None, safety: bool,
@@ -482,7 +495,8 @@ def load_components(config, device: torch.device | None = None, dtype: torch.dty
     # check the scheduler name before anything heavy is built
     make_scheduler(config.scheduler, default_scheduler())
     if config.weights == "pretrained":
-        components = _load_pretrained(config.model, config.revision, dtype, config.safety_checker, config.variant)
+        components = (_load_single_file(config, "sd15", dtype) if is_single_file(config.model) else
+                      _load_pretrained(config.model, config.revision, dtype, config.safety_checker, config.variant))
         source = {"weights": "pretrained", "model": config.model, "revision": config.revision,
                   **components.source}
     elif config.weights == "tiny":
@@ -510,7 +524,8 @@ def _load_family_components(config, family: str, device: torch.device, dtype: to
         make_scheduler(config.scheduler, default_scheduler("sdxl"))
     architecture = {"sdxl": "sdxl architecture", "flux": "flux.1-schnell architecture"}[family]
     if config.weights == "pretrained":
-        components = _load_pretrained_family(config.model, config.revision, dtype, config.variant, family)
+        components = (_load_single_file(config, family, dtype) if is_single_file(config.model) else
+                      _load_pretrained_family(config.model, config.revision, dtype, config.variant, family))
         source = {"weights": "pretrained", "model": config.model, "revision": config.revision,
                   **components.source}
     else:

@@ -38,6 +38,16 @@ FAMILY_FOLDERS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedule
                   "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                            "scheduler")}
 FAMILY_NAMES = {"sd15": "Stable Diffusion 1.x", "sdxl": "Stable Diffusion XL", "flux": "FLUX.1"}
+# each family's base model on the hub: the example in error messages, and the diffusers repo whose configs,
+# tokenizers and scheduler describe a single-file checkpoint when generator.model_config is unset
+FAMILY_BASE_MODELS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                      "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "flux": "black-forest-labs/FLUX.1-schnell"}
+# single-file checkpoints (the original CompVis / Stability layout that A1111, ComfyUI and most fine-tunes ship)
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SINGLE_FILE_FAMILIES = ("sd15", "sdxl")
+# what a diffusers repo must hold to describe a single file's architecture (configs, tokenizers, scheduler):
+# (huggingface_hub's patterns match across folders), none of them weights
+CONFIG_PATTERNS = ("*.json", "*.txt", "*.model")
 HF_SAM_IDS = {"vit_h": "facebook/sam-vit-huge", "vit_l": "facebook/sam-vit-large", "vit_b": "facebook/sam-vit-base"}
 # SAM 2.1 by Hiera size (segmenter.sam2_size): Meta's repos hold transformers weights (a sam2_video config,
 # which Sam2Model reads for the image path) beside the official .pt files
@@ -58,6 +68,12 @@ def looks_local(name: str) -> bool:
     """A folder rather than a hub id: an explicit path, an existing one, or more than ``org/name``."""
     return (name.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(os.path.expanduser(name))
             or name.count("/") > 1 or "\\" in name)
+
+
+def is_single_file(model: str) -> bool:
+    """``generator.model`` names one checkpoint file (a path or URL ending in .safetensors / .ckpt), not a
+    diffusers folder or hub id."""
+    return model.split("?", 1)[0].lower().endswith(SINGLE_FILE_SUFFIXES)
 
 
 def local_folder(name: str) -> str:

@@ -18,9 +18,9 @@ from typing import Any
 
 from magicseg_models.weights.fetch import cached_checkpoint, hub_download_command, is_url, parse_hf_url
 from magicseg_models.weights.hub import (
-    FAMILY_FOLDERS, FAMILY_WEIGHTED, HF_SAM_IDS, PROCESSOR_FILES, TOKENIZER_FILES, TRANSFORMERS_WEIGHTS,
+    FAMILY_BASE_MODELS, FAMILY_FOLDERS, FAMILY_WEIGHTED, HF_SAM_IDS, PROCESSOR_FILES, TOKENIZER_FILES, TRANSFORMERS_WEIGHTS,
     Requirement, download_command, groundingdino_config_file, has_variant, include_patterns, local_folder,
-    looks_local, missing_files, model_files, with_variant,
+    is_single_file, looks_local, missing_files, model_files, with_variant,
 )
 from magicseg_models.weights.openai_clip import OPENAI_TOKENIZER, is_openai_file
 
@@ -148,11 +148,29 @@ def _generator(config) -> list[ModelEntry]:
         return [_built("generator", f"{tiny} (random init), local tokenizers", "float32")]
     if c.weights == "random":
         return [_built("generator", f"{full} (random init), local tokenizers", c.dtype)]
+    if is_single_file(c.model):
+        return _single_file_generator(c, short)
     requirements, plain = generator_requirements(c.model, c.revision, c.variant, c.safety_checker, c.family)
     fmt = f"diffusers {short} folder" + (f", {c.variant} variant" if c.variant else "")
     if plain:
         fmt += f" (plain files for {', '.join(plain)})"
     return [_hub_model("generator", c.model, c.revision, fmt, c.dtype, requirements)]
+
+
+def _single_file_generator(c, short: str) -> list[ModelEntry]:
+    """A single-file checkpoint, and the diffusers repo whose configs, tokenizers and scheduler describe it."""
+    repo = c.single_file_config or FAMILY_BASE_MODELS[c.family]
+    requirements = [("model_index.json",)]
+    requirements += [(f"{name}/config.json",) for name in FAMILY_WEIGHTED[c.family] if name != "safety_checker"]
+    requirements += [tuple(f"{folder}/{n}" for n in TOKENIZER_FILES)
+                     for folder in FAMILY_FOLDERS[c.family] if folder.startswith("tokenizer")]
+    requirements.append(("scheduler/scheduler_config.json",))
+    if c.safety_checker:  # no part of a single file: its weights come from the config repo
+        requirements += model_files(TRANSFORMERS_WEIGHTS, "safety_checker")
+        requirements.append(("feature_extractor/preprocessor_config.json",))
+    return [_file("generator", c.model, f"single-file {short} checkpoint (original layout)", c.dtype),
+            _hub_model("generator config", repo, None, f"diffusers {short} configs, tokenizers, scheduler", "-",
+                       requirements)]
 
 
 def _gpu_dtype(dtype: str) -> str:
