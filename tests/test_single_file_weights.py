@@ -135,20 +135,35 @@ def test_unreadable_files_and_config_repos_are_one_line_errors(sd15, tmp_path):
 
 
 _OFFLINE_SNIPPET = """
-import json, sys
+import contextlib, io, json, sys
 import torch
+from flows.cli import main
 from magicseg_models.config import load_config
+from magicseg_models.errors import MagicSegError
 from magicseg_models.generation.components import load_components
-sets = [f"generator.{k}={v}" for k, v in dict(weights="pretrained", model=sys.argv[1],
-                                                single_file_config=sys.argv[2]).items()]
-loaded = load_components(load_config("build", "tiny", overrides=sets).generator, device=torch.device("cpu"))
-print(json.dumps({"source": loaded.source, "unet": float(sum(p.double().sum() for p in loaded.unet.parameters()))}))
+url, cached, other = sys.argv[1:]
+sets = lambda repo: [f"generator.{k}={v}" for k, v in dict(weights="pretrained", model=url,
+                                                           single_file_config=repo).items()]
+loaded = load_components(load_config("build", "tiny", overrides=sets(cached)).generator, device=torch.device("cpu"))
+out = {"source": loaded.source, "unet": float(sum(p.double().sum() for p in loaded.unet.parameters()))}
+try:
+    load_components(load_config("build", "tiny", overrides=sets(other)).generator, device=torch.device("cpu"))
+except MagicSegError as err:
+    out["missing"] = str(err)
+listing = io.StringIO()
+with contextlib.redirect_stdout(listing):
+    out["models_exit"] = main(["models", "--json", "--kind", "build", "--preset", "tiny", *[
+        a for s in sets(other) for a in ("--set", s)]])
+out["models"] = json.loads(listing.getvalue())
+print(json.dumps(out))
 """
 
 
 def test_offline_a_hub_file_and_a_cached_config_repo_load_and_magicseg_models_lists_both(sd15, tmp_path):
     """As on a cluster without internet: the file is an hf:// URL and the config repo a hub id, both in the
-    Hugging Face cache (the config repo with its small files only, as the printed command fetches it)."""
+    Hugging Face cache (the config repo with its small files only, as the printed command fetches it). One fresh
+    interpreter with HF_HUB_OFFLINE=1 loads it, tries a config repo that is not cached, and runs
+    ``magicseg models`` on that one."""
     hf_home = tmp_path / "hf"
     weights_repo = tmp_path / "weights-repo"
     weights_repo.mkdir()
@@ -162,9 +177,10 @@ def test_offline_a_hub_file_and_a_cached_config_repo_load_and_magicseg_models_li
     tiny_repos.put_in_hf_cache(hf_home, "tiny-org/tiny-sd-configs", configs_only)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
            "MAGICSEG_CACHE": str(tmp_path / "cache")}
+    env.pop("PREFECT_API_URL", None)
     url = "hf://tiny-org/my-finetune/my-finetune.safetensors"
-    result = subprocess.run([sys.executable, "-c", _OFFLINE_SNIPPET, url, "tiny-org/tiny-sd-configs"],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    result = subprocess.run([sys.executable, "-c", _OFFLINE_SNIPPET, url, "tiny-org/tiny-sd-configs",
+                             "tiny-org/other-configs"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
     from magicseg_models.generation.components import load_components
@@ -172,20 +188,11 @@ def test_offline_a_hub_file_and_a_cached_config_repo_load_and_magicseg_models_li
     local = load_components(_config(str(sd15["folder"])), device=torch.device("cpu"))
     assert got["unet"] == pytest.approx(float(sum(p.double().sum() for p in local.unet.parameters())), abs=1e-9)
     assert got["source"]["single_file_config"] == "tiny-org/tiny-sd-configs"
-
-    listing = subprocess.run([sys.executable, "-m", "flows.cli", "models", "--json", "--kind", "build",
-                              "--preset", "tiny", "--set", "generator.weights=pretrained", "--set",
-                              f"generator.model={url}", "--set", "generator.single_file_config=tiny-org/other-configs"],
-                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    entries = {e["role"]: e for e in json.loads(listing.stdout)}
-    assert listing.returncode == 1  # the other config repo is not in the cache
+    # the config repo that is not cached: one line with the command that fetches it
+    assert "\n" not in got["missing"] and 'hf download tiny-org/other-configs --include "*.json"' in got["missing"]
+    entries = {e["role"]: e for e in got["models"]}
+    assert got["models_exit"] == 1  # the other config repo is not in the cache
     assert entries["generator"]["available"] == "yes" and entries["generator"]["source"] == url
     assert entries["generator config"]["available"] == "no"
     assert entries["generator config"]["fetch"].startswith("hf download tiny-org/other-configs")
     assert "safetensors" not in entries["generator config"]["fetch"]  # configs and tokenizers only, no weights
-
-    missing = subprocess.run([sys.executable, "-c", _OFFLINE_SNIPPET, url, "tiny-org/other-configs"],
-                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert missing.returncode != 0
-    last = missing.stderr.strip().splitlines()[-1]
-    assert "tiny-org/other-configs" in last and "hf download tiny-org/other-configs" in last

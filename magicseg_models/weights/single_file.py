@@ -62,9 +62,9 @@ def config_folder(single_file_config: str | None, family: str) -> str:
     try:
         return snapshot_download(repo, allow_patterns=list(CONFIG_PATTERNS))
     except Exception as err:  # offline and not cached, unknown repo, gated: say what fetches it
-        raise SingleFileError(f"generator.single_file_config {repo!r}: its configs and tokenizers are not here "
-                              f"({one_line(err)}); fetch them with: "
-                              f"{download_command(repo, None, CONFIG_PATTERNS)}") from None
+        raise SingleFileError(f"generator.single_file_config {repo!r}: its configs and tokenizers are not here; "
+                              f"fetch them with: {download_command(repo, None, CONFIG_PATTERNS)} "
+                              f"({one_line(err, limit=160)})") from None
 
 
 def load_single_file(model: str, single_file_config: str | None, family: str, dtype: torch.dtype,
