@@ -187,6 +187,32 @@ def test_detector_batches_images_and_encodes_each_caption_once(detector):
         assert (a.boxes[:, 2] > a.boxes[:, 0]).all() and (a.boxes[:, 3] > a.boxes[:, 1]).all()
 
 
+def test_a_text_cache_smaller_than_one_batch_still_serves_the_whole_batch(detector):
+    """Both detectors' caches are bounded LRUs; a batch with more distinct captions than the cache holds
+    gets every caption's own features (values are read before the new ones evict anything)."""
+    from magicseg_models.annotation.text_cache import LruStore
+
+    images = [Image.fromarray(_image(i, 64, 64)) for i in range(3)]
+    phrases = [["cat"], ["hot dog", "dog"], ["person"]]
+    reference = detector.detect(images, phrases)
+    cache = detector.text_cache
+    saved, cache.store = cache.store, LruStore(max_entries=1)
+    try:
+        again = detector.detect(images, phrases)
+        assert cache.misses == 3 and cache.hits == 0
+    finally:
+        cache.store = saved
+    for a, b in zip(reference, again):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    store = LruStore(max_entries=2)
+    assert store.missing(["a", "b", "a"]) == ["a", "b"] and (store.hits, store.misses) == (1, 2)
+    store.add({"a": 1, "b": 2})
+    assert store.missing(["a"]) == []  # "a" is now the most recent, so "b" goes first
+    store.add({"c": 3})
+    assert "b" not in store and store["a"] == 1 and store["c"] == 3
+
+
 def test_chunked_captions_give_the_detections_of_single_captions(detector):
     chunked = GroundingDinoDetector(DetectorConfig(**TINY_DET, max_text_tokens=8))
     phrases = ["hot dog", "traffic light", "potted plant", "tv monitor"]

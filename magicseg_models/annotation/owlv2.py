@@ -43,7 +43,6 @@ in code with a CLIP BPE tokenizer made here (no download).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -55,6 +54,7 @@ from PIL import Image
 from magicseg_models.annotation.captions import Caption, PhraseTooLongError, clean_phrase
 from magicseg_models.annotation.detector_base import BaseDetector, DetectorWeightsError
 from magicseg_models.annotation.detector_configs import random_owlv2_config, tiny_owlv2_config
+from magicseg_models.annotation.text_cache import LruStore
 from magicseg_models.config import DetectorConfig
 from magicseg_models.config.build import OWLV2_TEXT_WINDOW
 from magicseg_models.devices import model_context, resolve_device
@@ -79,27 +79,19 @@ class QueryEmbeddingCache:
 
     def __init__(self, encode: Callable[[list[str]], torch.Tensor], max_entries: int = 8192):
         self.encode = encode
-        self.max_entries = max_entries
-        self.hits = 0
-        self.misses = 0
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.store = LruStore(max_entries)
+
+    hits = property(lambda self: self.store.hits)
+    misses = property(lambda self: self.store.misses)
 
     def clear(self) -> None:
-        self._cache.clear()
+        self.store.clear()
 
     def __call__(self, phrases: Sequence[str]) -> torch.Tensor:
-        missing = [p for p in dict.fromkeys(phrases) if p not in self._cache]
-        self.hits += len(phrases) - len(missing)
-        self.misses += len(missing)
+        missing = self.store.missing(phrases)
         fresh = dict(zip(missing, self.encode(missing))) if missing else {}
-        rows = [fresh[p] if p in fresh else self._cache[p] for p in phrases]
-        for p in phrases:
-            if p in self._cache:
-                self._cache.move_to_end(p)
-        for p, value in fresh.items():
-            self._cache[p] = value
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
+        rows = [fresh[p] if p in fresh else self.store[p] for p in phrases]
+        self.store.add(fresh)
         return torch.stack(rows)
 
 

@@ -1,10 +1,54 @@
-"""The detector's text-feature cache: Grounding DINO's text backbone run once per distinct caption."""
+"""The detectors' text caches: each distinct caption (Grounding DINO) or query (OWLv2) goes through the text
+tower once."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, Hashable, Iterable
 
 import torch
+
+
+class LruStore:
+    """A bounded least-recently-used store of computed values that counts hits and misses.
+
+    A call asks :meth:`missing` for the keys it must compute (each once, in first-seen order; the others are
+    hits and become most recent), reads every value before :meth:`add` stores the new ones, so an eviction can
+    never take a value that same call still needs.
+    """
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self._items[key]
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def missing(self, keys: Iterable[Hashable]) -> list[Hashable]:
+        keys = list(keys)
+        absent: dict[Hashable, None] = {}
+        for key in keys:
+            if key in self._items:
+                self._items.move_to_end(key)
+            else:
+                absent[key] = None
+        self.hits += len(keys) - len(absent)
+        self.misses += len(absent)
+        return list(absent)
+
+    def add(self, fresh: dict[Hashable, Any]) -> None:
+        for key, value in fresh.items():
+            self._items[key] = value
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
 
 
 class TextFeatureCache(torch.nn.Module):
@@ -21,14 +65,14 @@ class TextFeatureCache(torch.nn.Module):
         self.backbone = backbone
         self.config = backbone.config
         self.pad_token_id = pad_token_id
-        self.max_entries = max_entries
         self.enabled = True
-        self.hits = 0
-        self.misses = 0
-        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.store = LruStore(max_entries)
+
+    hits = property(lambda self: self.store.hits)
+    misses = property(lambda self: self.store.misses)
 
     def clear(self) -> None:
-        self._cache.clear()
+        self.store.clear()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, return_dict=True,
                 **kwargs):
@@ -47,14 +91,7 @@ class TextFeatureCache(torch.nn.Module):
         lengths = (real * torch.arange(1, seq + 1, device=input_ids.device)).max(dim=1).values.tolist()
         ids_cpu, tt_cpu = input_ids.cpu(), token_type_ids.cpu()
         keys = [(tuple(ids_cpu[b, :n].tolist()), tuple(tt_cpu[b, :n].tolist())) for b, n in enumerate(lengths)]
-        missing: dict[tuple, int] = {}
-        for b, key in enumerate(keys):
-            if key in self._cache:
-                self._cache.move_to_end(key)
-            elif key not in missing:
-                missing[key] = b
-        self.hits += batch - len(missing)
-        self.misses += len(missing)
+        missing = {key: keys.index(key) for key in self.store.missing(keys)}  # key -> its first row
         fresh: dict[tuple, torch.Tensor] = {}
         if missing:
             rows = list(missing.values())
@@ -64,14 +101,11 @@ class TextFeatureCache(torch.nn.Module):
             hidden = out.last_hidden_state
             for j, (key, b) in enumerate(missing.items()):
                 fresh[key] = hidden[j, :lengths[b]].detach()
-        first = next(iter(fresh.values())) if fresh else self._cache[keys[0]]
+        first = next(iter(fresh.values())) if fresh else self.store[keys[0]]
         features = first.new_zeros((batch, seq, first.shape[-1]))
         for b, key in enumerate(keys):
-            features[b, :lengths[b]] = fresh[key] if key in fresh else self._cache[key]
-        for key, value in fresh.items():
-            self._cache[key] = value
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
+            features[b, :lengths[b]] = fresh[key] if key in fresh else self.store[key]
+        self.store.add(fresh)
         if not return_dict:
             return (features,)
         return BaseModelOutput(last_hidden_state=features)
