@@ -97,6 +97,27 @@ def test_the_variant_does_not_apply_to_a_single_file_and_says_so(sd15, caplog):
     assert "variants" not in loaded.source and loaded.source["single_file"] == "my-finetune.safetensors"
 
 
+def test_the_safety_checker_comes_from_the_config_repo(tmp_path, sd15):
+    """A single file holds no safety checker: with generator.safety_checker it loads from the config repo."""
+    from diffusers import StableDiffusionPipeline
+
+    from magicseg_models.generation.components import load_components
+
+    with_checker = load_components(_config("unused", weights="tiny", safety_checker="true"), device=torch.device("cpu"))
+    repo = tmp_path / "with-checker"
+    StableDiffusionPipeline(**with_checker.as_kwargs(), requires_safety_checker=True).save_pretrained(repo)
+    path = str(sd15["files"][".safetensors"])
+    loaded = load_components(_config(path, single_file_config=str(repo), safety_checker="true"),
+                             device=torch.device("cpu"))
+    want = with_checker.safety_checker.state_dict()
+    assert all(torch.equal(got, want[k]) for k, got in loaded.safety_checker.state_dict().items())
+    assert loaded.feature_extractor is not None
+    with pytest.raises(MagicSegError, match="no safety checker in") as err:
+        load_components(_config(path, single_file_config=str(sd15["folder"]), safety_checker="true"),
+                        device=torch.device("cpu"))
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"family": "flux"}, "single-file checkpoints load for families sd15, sdxl; for flux give its diffusers folder"),
     ({"revision": "abc"}, "generator.revision is for a hub id"),

@@ -23,7 +23,7 @@ move to a context class.
 Batching. The processor pads every image to a square (bottom and right) and resizes it to the model's side, so
 images of any size share a forward pass; boxes come out relative to the square and are rescaled here to the
 image. Images with different class lists are padded to the same number of queries and the padded ones masked
-(probability 0). The text tower runs once per distinct phrase per detector (:class:`QueryEmbeddingCache`).
+(probability 0). The text tower runs once per distinct query text per detector (:class:`QueryEmbeddingCache`).
 
 Prompt ensembling (``detector.query_templates``, off by default). Each phrase is queried through every template
 (``"a photo of the large {}."``), the text brought to OWL-ViT's canonical form (lower case; anything but letters,
@@ -43,10 +43,9 @@ in code with a CLIP BPE tokenizer made here (no download).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
-
-import re
 
 import torch
 from PIL import Image

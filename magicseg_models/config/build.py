@@ -158,8 +158,8 @@ class GeneratorConfig(Section):
         single = is_single_file(self.model)
         if not single:
             if self.single_file_config is not None:
-                raise ValueError(f"generator.single_file_config describes a single-file checkpoint; {self.model!r} is a "
-                                 f"hub id or diffusers folder, which holds its own configs")
+                raise ValueError(f"generator.single_file_config describes a single-file checkpoint; {self.model!r} "
+                                 f"is a hub id or diffusers folder, which holds its own configs")
             return self
         if self.family not in SINGLE_FILE_FAMILIES:
             raise ValueError(f"generator.model: single-file checkpoints load for families "

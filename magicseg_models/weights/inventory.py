@@ -18,9 +18,9 @@ from typing import Any
 
 from magicseg_models.weights.fetch import cached_checkpoint, hub_download_command, is_url, parse_hf_url
 from magicseg_models.weights.hub import (
-    FAMILY_BASE_MODELS, FAMILY_FOLDERS, FAMILY_WEIGHTED, HF_SAM_IDS, PROCESSOR_FILES, TOKENIZER_FILES, TRANSFORMERS_WEIGHTS,
-    Requirement, download_command, groundingdino_config_file, has_variant, include_patterns, local_folder,
-    is_single_file, looks_local, missing_files, model_files, with_variant,
+    FAMILY_BASE_MODELS, FAMILY_FOLDERS, FAMILY_WEIGHTED, HF_SAM_IDS, PROCESSOR_FILES, TOKENIZER_FILES,
+    TRANSFORMERS_WEIGHTS, Requirement, download_command, groundingdino_config_file, has_variant, include_patterns,
+    is_single_file, local_folder, looks_local, missing_files, model_files, with_variant,
 )
 from magicseg_models.weights.openai_clip import OPENAI_TOKENIZER, is_openai_file
 

@@ -55,7 +55,8 @@ def config_folder(single_file_config: str | None, family: str) -> str:
     if looks_local(repo):
         path = local_folder(repo)
         if not os.path.isfile(os.path.join(path, "model_index.json")):
-            raise SingleFileError(f"generator.single_file_config: {repo!r} is not a diffusers folder (no model_index.json)")
+            raise SingleFileError(f"generator.single_file_config: {repo!r} is not a diffusers folder "
+                                  f"(no model_index.json)")
         return path
     from huggingface_hub import snapshot_download
 
@@ -76,6 +77,7 @@ def load_single_file(model: str, single_file_config: str | None, family: str, dt
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     checkpoint = local_checkpoint(model, label="generator.model")
+    repo = single_file_config or FAMILY_BASE_MODELS[family]
     folder = config_folder(single_file_config, family)
     pipeline_cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
     extra = {"safety_checker": None, "feature_extractor": None} if family == "sd15" else {}
@@ -84,12 +86,12 @@ def load_single_file(model: str, single_file_config: str | None, family: str, dt
                                                  local_files_only=True, **extra)
     except Exception as err:  # not a checkpoint, another family's file, truncated: one line for the user
         raise SingleFileError(f"generator.model {model!r} could not be read as a {family} single-file checkpoint "
-                              f"described by {single_file_config or FAMILY_BASE_MODELS[family]!r}: {one_line(err)}") from None
+                              f"described by {repo!r}: {one_line(err)}") from None
     parts = {name: module for name, module in pipeline.components.items() if module is not None}
     if safety:
-        parts.update(_safety_checker(folder, single_file_config or FAMILY_BASE_MODELS[family], dtype))
-    source = {"single_file": os.path.basename(checkpoint.source.split("?", 1)[0]), "sha256": file_sha256(checkpoint.path),
-              "single_file_config": single_file_config or FAMILY_BASE_MODELS[family]}
+        parts.update(_safety_checker(folder, repo, dtype))
+    source = {"single_file": os.path.basename(checkpoint.source.split("?", 1)[0]),
+              "sha256": file_sha256(checkpoint.path), "single_file_config": repo}
     return parts, source
 
 
