@@ -69,28 +69,22 @@ class QueryCaption(Caption):
     queries: tuple[str, ...] = ()
 
 
-class QueryEmbeddingCache:
-    """Normalised text embeddings per phrase: the text tower runs once per distinct phrase (bounded LRU).
+class QueryEmbeddingCache(LruStore):
+    """Normalised text embeddings per query text: the text tower runs once per distinct text (bounded LRU).
 
-    A phrase's embedding does not depend on the other queries (a causal text tower over its own tokens,
+    A query's embedding does not depend on the other queries (a causal text tower over its own tokens,
     padding masked), so cached and freshly computed embeddings agree.
     """
 
     def __init__(self, encode: Callable[[list[str]], torch.Tensor], max_entries: int = 8192):
+        super().__init__(max_entries)
         self.encode = encode
-        self.store = LruStore(max_entries)
 
-    hits = property(lambda self: self.store.hits)
-    misses = property(lambda self: self.store.misses)
-
-    def clear(self) -> None:
-        self.store.clear()
-
-    def __call__(self, phrases: Sequence[str]) -> torch.Tensor:
-        missing = self.store.missing(phrases)
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        missing = self.missing(texts)
         fresh = dict(zip(missing, self.encode(missing))) if missing else {}
-        rows = [fresh[p] if p in fresh else self.store[p] for p in phrases]
-        self.store.add(fresh)
+        rows = [fresh[t] if t in fresh else self[t] for t in texts]
+        self.add(fresh)
         return torch.stack(rows)
 
 

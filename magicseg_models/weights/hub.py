@@ -39,7 +39,7 @@ FAMILY_FOLDERS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedule
                            "scheduler")}
 FAMILY_NAMES = {"sd15": "Stable Diffusion 1.x", "sdxl": "Stable Diffusion XL", "flux": "FLUX.1"}
 # each family's base model on the hub: the example in error messages, and the diffusers repo whose configs,
-# tokenizers and scheduler describe a single-file checkpoint when generator.model_config is unset
+# tokenizers and scheduler describe a single-file checkpoint when generator.single_file_config is unset
 FAMILY_BASE_MODELS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
                       "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "flux": "black-forest-labs/FLUX.1-schnell"}
 # single-file checkpoints (the original CompVis / Stability layout that A1111, ComfyUI and most fine-tunes ship)

@@ -126,12 +126,17 @@ def generator_requirements(model: str, revision: str | None, variant: str | None
         if state is not True:  # no variant, or unknown yet: the plain files serve too
             names += list(weights)
         requirements += [(f"{name}/config.json",), tuple(f"{name}/{n}" for n in names)]
+    return requirements + _unweighted_files(family, safety), plain
+
+
+def _unweighted_files(family: str, safety: bool) -> list[Requirement]:
+    """A diffusers generator folder's files besides its models: tokenizers, scheduler, the checker's processor."""
     tokenizers = [folder for folder in FAMILY_FOLDERS[family] if folder.startswith("tokenizer")]
-    requirements += [tuple(f"{folder}/{n}" for n in TOKENIZER_FILES) for folder in tokenizers]
+    requirements = [tuple(f"{folder}/{n}" for n in TOKENIZER_FILES) for folder in tokenizers]
     requirements.append(("scheduler/scheduler_config.json",))
     if safety:
         requirements.append(("feature_extractor/preprocessor_config.json",))
-    return requirements, plain
+    return requirements
 
 
 GENERATOR_KINDS = {  # per family: its short name, and what its tiny and random weights built in code are
@@ -162,12 +167,9 @@ def _single_file_generator(c, short: str) -> list[ModelEntry]:
     repo = c.single_file_config or FAMILY_BASE_MODELS[c.family]
     requirements = [("model_index.json",)]
     requirements += [(f"{name}/config.json",) for name in FAMILY_WEIGHTED[c.family] if name != "safety_checker"]
-    requirements += [tuple(f"{folder}/{n}" for n in TOKENIZER_FILES)
-                     for folder in FAMILY_FOLDERS[c.family] if folder.startswith("tokenizer")]
-    requirements.append(("scheduler/scheduler_config.json",))
     if c.safety_checker:  # no part of a single file: its weights come from the config repo
         requirements += model_files(TRANSFORMERS_WEIGHTS, "safety_checker")
-        requirements.append(("feature_extractor/preprocessor_config.json",))
+    requirements += _unweighted_files(c.family, c.safety_checker)
     return [_file("generator", c.model, f"single-file {short} checkpoint (original layout)", c.dtype),
             _hub_model("generator config", repo, None, f"diffusers {short} configs, tokenizers, scheduler", "-",
                        requirements)]

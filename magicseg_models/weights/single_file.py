@@ -49,9 +49,8 @@ def file_sha256(path: str, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-def config_folder(single_file_config: str | None, family: str) -> str:
+def config_folder(repo: str) -> str:
     """The diffusers repo describing a single file, as a local folder (see the module docstring, step 2)."""
-    repo = single_file_config or FAMILY_BASE_MODELS[family]
     if looks_local(repo):
         path = local_folder(repo)
         if not os.path.isfile(os.path.join(path, "model_index.json")):
@@ -78,7 +77,7 @@ def load_single_file(model: str, single_file_config: str | None, family: str, dt
 
     checkpoint = local_checkpoint(model, label="generator.model")
     repo = single_file_config or FAMILY_BASE_MODELS[family]
-    folder = config_folder(single_file_config, family)
+    folder = config_folder(repo)
     pipeline_cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
     extra = {"safety_checker": None, "feature_extractor": None} if family == "sd15" else {}
     try:
