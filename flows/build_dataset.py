@@ -181,8 +181,7 @@ def _run_chunks(config: BuildConfig, spec: PlanSpec, store: DatasetStore, execut
     with TerminalProgress("building samples", total=planned_rows) as bar:
         try:
             while not all(f.state.is_final() for f in futures) and not any(f.state.is_failed() for f in futures):
-                # a second between progress reports, or less: the loop wakes as soon as the next chunk ends
-                next(f for f in futures if not f.state.is_final()).wait(timeout=1.0)
+                _wait_for_next(futures, timeout=1.0)  # a second between progress reports, or less
                 _report(progress_id, bar, progress, planned_rows, began)
             failure = _cause(futures)
             if failure is not None:
@@ -195,6 +194,14 @@ def _run_chunks(config: BuildConfig, spec: PlanSpec, store: DatasetStore, execut
                 _health_table(progress.figures(prompt_outcomes(_stats_if_alive(executor))), failed=str(err))
             raise
         _report(progress_id, bar, progress, planned_rows, began)
+
+
+def _wait_for_next(futures, timeout: float) -> None:
+    """Until the first unfinished chunk ends, or ``timeout``. The last chunk may end between the caller's check and
+    this call: then there is nothing to wait for, and it returns at once."""
+    pending = next((f for f in futures if not f.state.is_final()), None)
+    if pending is not None:
+        pending.wait(timeout=timeout)
 
 
 def _cause(futures) -> BaseException | None:
