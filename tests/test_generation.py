@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -464,11 +461,3 @@ def test_compiled_unet_gives_the_same_images(gen):
         ours = generator([job(0)])[0]
     reference = gen([job(0)])[0]
     np.testing.assert_allclose(pixels(ours["image"]).astype(int), pixels(reference["image"]).astype(int), atol=2)
-
-
-# ------------------------------------------------------------------------------------- layering, benchmark
-def test_magicseg_models_generation_imports_neither_ray_nor_prefect():
-    code = ("import sys; import magicseg_models.generation; "
-            "bad = [m for m in ('ray', 'prefect') if m in sys.modules]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})

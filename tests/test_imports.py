@@ -10,6 +10,9 @@ imports on its own, in any order. ``if TYPE_CHECKING:`` blocks never run and are
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +115,27 @@ def test_layers_point_down():
         wrong = sorted(t for t in imported if t.split(".")[0] in banned)
         assert not wrong, f"{name} imports {wrong[0]} (line {imported[wrong[0]]}): layers are flows -> tasks -> " \
                           "magicseg_models"
+
+
+# the library's modules that users import outside a build, and what each may not load at run time (a static import
+# graph cannot see a third-party package loading Prefect or Ray)
+RUNTIME_BANS = {
+    "magicseg_models.evaluation": ("prefect", "ray", "torch"),  # scoring saved label maps needs no torch
+    "magicseg_models.evaluation.readers": ("prefect", "ray", "torch"),
+    "magicseg_models.generation": ("prefect", "ray"),
+    "magicseg_models.prompts.openai_writer": ("prefect", "ray"),
+    "magicseg_models.dataset.preview": ("prefect", "ray"),
+}
+
+
+def test_library_modules_load_no_orchestration_at_run_time():
+    """One interpreter imports the modules in order (the torch-free ones first) and checks after each import what
+    it has loaded so far."""
+    code = ("import importlib, json, sys\n"
+            "for name, banned in json.loads(sys.argv[1]).items():\n"
+            "    importlib.import_module(name)\n"
+            "    bad = sorted({m.split('.')[0] for m in sys.modules} & set(banned))\n"
+            "    assert not bad, f'importing {name} loaded {bad}'\n")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(RUNTIME_BANS)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

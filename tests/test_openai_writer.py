@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import sys
 import threading
 import time
 from email.utils import formatdate
@@ -452,11 +451,3 @@ def test_pickles_without_live_state(srv):
     assert client.complete_many_sync([_messages("cat")])[0]
     clone = pickle.loads(pickle.dumps(client))
     assert clone.stats == client.stats and clone.complete_many_sync([_messages("dog")])[0]
-
-
-def test_no_orchestration_imports():
-    import subprocess
-
-    code = ("import sys, magicseg_models.prompts.openai_writer; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'ray')]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)

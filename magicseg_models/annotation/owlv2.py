@@ -57,7 +57,7 @@ from magicseg_models.annotation.text_cache import LruStore
 from magicseg_models.config import DetectorConfig
 from magicseg_models.config.build import OWLV2_TEXT_WINDOW
 from magicseg_models.devices import model_context, resolve_device
-from magicseg_models.errors import ConfigError, MagicSegError, one_line
+from magicseg_models.errors import ConfigError, one_line
 from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.model_types import check_model_type
 

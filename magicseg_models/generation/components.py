@@ -26,7 +26,6 @@ short alias (``dpm-solver++``, ``euler``, ``ddim``, ...), built from the model's
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -41,8 +40,7 @@ from magicseg_models.generation import architectures as arch
 from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.tiny_tokenizers import build_tiny_t5_tokenizer, build_tiny_tokenizer  # noqa: F401
 from magicseg_models.weights.hub import (
-    DIFFUSERS_WEIGHTS, FAMILY_BASE_MODELS, FAMILY_FOLDERS, FAMILY_NAMES, FAMILY_WEIGHTED, TRANSFORMERS_WEIGHTS,
-    has_variant, is_single_file, local_folder, looks_local,
+    FAMILY_BASE_MODELS, FAMILY_FOLDERS, FAMILY_NAMES, FAMILY_WEIGHTED, has_variant, is_single_file, local_folder, looks_local,
 )
 from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
 

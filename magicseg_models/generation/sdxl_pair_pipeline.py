@@ -130,7 +130,7 @@ class PairedStableDiffusionXLPipeline(DiffusionPipeline):
         self.check_inputs(prompt, counterfactual_prompt, seeds, height, width, num_inference_steps,
                           guidance_scale, latents, output_type)
         n = len(prompt)
-        device, dtype = self.device, self.dtype
+        device = self.device
         do_cfg = guidance_scale > 1.0
 
         # 2. Encode prompts: the 2N conditional texts in one call per tower; [img | cf] order
