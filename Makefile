@@ -8,10 +8,11 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # pip byte-compiles every file it installs (about 28,000 here, over two minutes on two cores); Python compiles the
 # few thousand a run imports on first use instead
 PIP_INSTALL := $(BIN)/pip install -q --no-compile
-# Test processes in parallel: each test file stays on one worker (its module fixtures are built once). Most tests
-# wait on start-ups (Python, Ray, Prefect), so two workers keep two cores busy; more than the cores only contend.
-TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+# Test processes in parallel, for machines with cores to spare: `make test TEST_WORKERS=4` (pytest-xdist, each test
+# file on one worker so its module fixtures are built once). Off by default: on two cores two workers overload the
+# machine (Ray's 30 s raylet start-up limit was hit, a build took over 5 minutes to commit its first shard).
+TEST_WORKERS ?= 0
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: install demo test test-fast official browser clean
 

@@ -16,11 +16,6 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret-key-do-not-leak")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# Under pytest-xdist the workers share the cores: torch's (OpenMP) threads per process are split between them, as
-# Ray does for its actors, instead of every worker spinning threads for all the cores. Before torch is imported.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 @pytest.fixture(scope="session")
@@ -130,11 +125,3 @@ def warm_prefect_home(migrated_prefect_home, tmp_path):
     """``tmp_path/prefect`` (the PREFECT_HOME of ``helpers.fresh_run_env(tmp_path)``) as a copy of the migrated
     home: the run still starts its own local Prefect, without the one-off set-up of a first run."""
     return shutil.copytree(migrated_prefect_home, tmp_path / "prefect")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The files that hold slow tests run first, each file's tests still together and in order: with `make test`'s
-    two workers (``--dist loadfile`` hands out whole files in this order), the long end-to-end files start early
-    and the many short files fill both workers at the end, instead of one long file running on alone."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
