@@ -50,7 +50,7 @@ browser:
 
 # groundingdino-py compiles an extension against the installed torch, so it must see it (no build isolation).
 official: install
-	$(BIN)/pip install --no-build-isolation 'groundingdino-py>=0.4'
+	$(PIP_INSTALL) --no-build-isolation 'groundingdino-py>=0.4'
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

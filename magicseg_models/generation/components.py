@@ -40,7 +40,8 @@ from magicseg_models.generation import architectures as arch
 from magicseg_models.weights import TINY_INIT_SEED
 from magicseg_models.weights.tiny_tokenizers import build_tiny_t5_tokenizer, build_tiny_tokenizer  # noqa: F401
 from magicseg_models.weights.hub import (
-    FAMILY_BASE_MODELS, FAMILY_FOLDERS, FAMILY_NAMES, FAMILY_WEIGHTED, has_variant, is_single_file, local_folder, looks_local,
+    FAMILY_BASE_MODELS, FAMILY_FOLDERS, FAMILY_NAMES, FAMILY_WEIGHTED, has_variant, is_single_file, local_folder,
+    looks_local,
 )
 from magicseg_models.weights.hub import SD_WEIGHTED_COMPONENTS as WEIGHTED_COMPONENTS
 
